@@ -1,0 +1,146 @@
+"""`InteractionDataModule`: prepares a source once and hands batches of tensors on.
+
+Training batches are built by vectorised indexing (a sampler yields index batches, the dataset
+gathers a whole batch at once), so there is no per-example Python in the hot path.
+Validation batches are chunks of users with their held-out items, for full-catalogue ranking.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import lightning as L
+import numpy as np
+import polars as pl
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+
+from features.prepare import HeldOut, PreparedData, prepare
+from features.sources.base import Source
+
+
+def padded_rows(indptr: np.ndarray, values: np.ndarray, rows: np.ndarray, pad: int) -> np.ndarray:
+    """Rows of a CSR matrix as a (len(rows), max_len) array padded with `pad` (max_len >= 1)."""
+    starts, ends = indptr[rows], indptr[rows + 1]
+    lengths = ends - starts
+    out = np.full((len(rows), max(int(lengths.max(initial=0)), 1)), pad, dtype=np.int64)
+    row_of = np.repeat(np.arange(len(rows)), lengths)
+    col = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    out[row_of, col] = values[np.repeat(starts, lengths) + col]
+    return out
+
+
+def csr_by_user(pairs: np.ndarray, num_users: int) -> tuple[np.ndarray, np.ndarray]:
+    """(indptr, items) grouping `pairs` ([user, item] rows) by user."""
+    order = np.argsort(pairs[:, 0], kind="stable")
+    counts = np.bincount(pairs[:, 0], minlength=num_users)
+    return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), pairs[order, 1]
+
+
+class TrainBatches(Dataset):
+    """Index batch → dict of tensors: user, history (target masked out), item and its features."""
+
+    def __init__(self, data: PreparedData):
+        self.pairs = torch.from_numpy(data.train)
+        self.histories = torch.from_numpy(data.train_histories)
+        self.item_genres = torch.from_numpy(data.item_genres)
+        self.item_year = torch.from_numpy(data.item_year)
+        self.pad = data.num_items
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, rows: list[int]) -> dict[str, torch.Tensor]:
+        pairs = self.pairs[torch.as_tensor(rows)]
+        user, item = pairs[:, 0], pairs[:, 1]  # (B,), (B,)
+        history = self.histories[user]  # (B, N)
+        # The target must not be part of the history it is predicted from.
+        history = history.masked_fill(history == item[:, None], self.pad)
+        return {
+            "user": user,
+            "history": history,
+            "item": item,
+            "item_genres": self.item_genres[item],  # (B, G)
+            "item_year": self.item_year[item],  # (B,)
+        }
+
+
+class HeldOutBatches(Dataset):
+    """Chunk of users → dict: user, history, seen items (to exclude), held-out items (relevant)."""
+
+    def __init__(self, held_out: HeldOut, histories: np.ndarray, seen: tuple[np.ndarray, np.ndarray]):
+        self.held_out = held_out
+        self.histories = histories
+        self.seen_indptr, self.seen_items = seen
+
+    def __len__(self) -> int:
+        return len(self.held_out)
+
+    def __getitem__(self, rows: list[int]) -> dict[str, torch.Tensor]:
+        rows = np.asarray(rows)
+        users = self.held_out.users[rows]
+        relevant = padded_rows(self.held_out.indptr, self.held_out.items, rows, pad=-1)
+        counts = self.held_out.indptr[rows + 1] - self.held_out.indptr[rows]
+        return {
+            "user": torch.from_numpy(users),
+            "history": torch.from_numpy(self.histories[users]),
+            "seen": torch.from_numpy(padded_rows(self.seen_indptr, self.seen_items, users, pad=-1)),
+            "relevant": torch.from_numpy(relevant),  # (U, R), -1 = padding or unknown item
+            "num_relevant": torch.from_numpy(counts),  # (U,)
+        }
+
+
+def _loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, drop_last: bool) -> DataLoader:
+    if shuffle:
+        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
+    else:
+        sampler = SequentialSampler(dataset)
+    batches = BatchSampler(sampler, batch_size=batch_size, drop_last=drop_last)
+    return DataLoader(dataset, sampler=batches, batch_size=None, num_workers=0)
+
+
+class InteractionDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        source: Source,
+        split: Callable[[pl.LazyFrame], pl.LazyFrame],
+        history_length: int = 50,  # recent training items per user fed to the user tower
+        batch_size: int = 1024,  # training examples per step (also the in-batch negatives)
+        eval_batch_size: int = 1024,  # users per chunk in full-catalogue evaluation
+        seed: int = 0,  # shuffling order
+    ):
+        super().__init__()
+        self.source = source
+        self.split = split
+        self.history_length = history_length
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.seed = seed
+        self.data: PreparedData | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.data is None:
+            self.data = prepare(self.source, self.split, history_length=self.history_length)
+
+    def _prepared(self) -> PreparedData:
+        self.setup()
+        assert self.data is not None
+        return self.data
+
+    def train_dataloader(self) -> DataLoader:
+        data = self._prepared()
+        drop_last = len(data.train) > self.batch_size
+        return _loader(TrainBatches(data), self.batch_size, True, self.seed, drop_last)
+
+    def val_dataloader(self) -> DataLoader:
+        data = self._prepared()
+        seen = csr_by_user(data.train, data.num_users)
+        dataset = HeldOutBatches(data.val, data.train_histories, seen)
+        return _loader(dataset, self.eval_batch_size, False, self.seed, False)
+
+    def test_dataloader(self) -> DataLoader:
+        """Test users with everything known before the test period (train + val) as features."""
+        data = self._prepared()
+        seen = csr_by_user(data.known, data.num_users)
+        dataset = HeldOutBatches(data.test, data.known_histories, seen)
+        return _loader(dataset, self.eval_batch_size, False, self.seed, False)

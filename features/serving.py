@@ -1,0 +1,43 @@
+"""The per-item and per-user tables a bundle is served from, as polars frames.
+
+Built from everything known before the test period (train + val): at serving time a user's
+features are their current ones, and their seen items are all they interacted with."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from features import schema
+from features.datamodule import csr_by_user
+from features.prepare import PreparedData
+
+GENRE_IDS = "genre_ids"
+YEAR_BUCKET = "year_bucket"
+HISTORY = "history"
+SEEN = "seen"
+
+
+def _lists(rows: np.ndarray, pad: int) -> pl.Series:
+    return pl.Series([r[r != pad] for r in rows], dtype=pl.List(pl.Int64))
+
+
+def item_table(data: PreparedData) -> pl.DataFrame:
+    """Index-ordered: item_id, title, genres, year, genre_ids, year_bucket."""
+    return data.items_df.with_columns(
+        _lists(data.item_genres, data.num_genres).alias(GENRE_IDS),
+        pl.Series(YEAR_BUCKET, data.item_year, dtype=pl.Int64),
+    )
+
+
+def user_table(data: PreparedData) -> pl.DataFrame:
+    """Index-ordered: user_id, history (recent item indices, oldest first), seen (item indices)."""
+    indptr, items = csr_by_user(data.known, data.num_users)
+    seen = pl.Series([items[indptr[u] : indptr[u + 1]] for u in range(data.num_users)], dtype=pl.List(pl.Int64))
+    return pl.DataFrame(
+        {
+            schema.USER_ID: data.user_vocab.frame["raw_id"],
+            HISTORY: _lists(data.known_histories, data.num_items),
+            SEEN: seen,
+        }
+    )

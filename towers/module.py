@@ -1,0 +1,205 @@
+"""`TwoTowerModule`: the LightningModule that trains a `UserTower` and an `ItemTower` together.
+
+It owns the training step (sampled softmax over in-batch + extra negatives), the optimisers
+(sparse Adam over embedding tables, so a step touches only the rows in the batch; AdamW over
+everything dense), and full-catalogue validation. It is not what serving loads: export takes the
+plain tower modules out of it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import lightning as L
+import torch
+from torch import nn
+
+from towers.losses import SampledSoftmaxLoss
+from towers.metrics import KS, RankingMetrics
+from towers.ranking import exact_top_k
+from towers.similarity import Similarity
+from towers.towers import FeatureSpec, ItemTower, TowerConfig, UserTower
+
+
+@dataclass
+class ItemCatalogue:
+    """Side features and training popularity of every item, indexed by item index."""
+
+    genres: torch.Tensor  # (I, G) genre indices padded with num_genres
+    year: torch.Tensor  # (I,) year bucket
+    counts: torch.Tensor  # (I,) training interactions per item
+
+
+@dataclass
+class NegativeConfig:
+    num_negatives: int = 0  # extra negatives shared by the whole batch, on top of in-batch ones
+    distribution: str = "uniform"  # "uniform" over the catalogue or "popularity" (training counts)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 0.01  # learning rate of both optimisers
+    weight_decay: float = 0.0  # AdamW decay of dense parameters
+    embedding_l2: float = 0.0  # L2 penalty on the embedding rows a batch touches
+    schedule: str = "constant"  # "constant" or "cosine" (to zero over the run), after warmup
+    warmup_steps: int = 0  # linear warm-up steps
+
+
+class TwoTowerModule(L.LightningModule):
+    def __init__(
+        self,
+        spec: FeatureSpec,
+        catalogue: ItemCatalogue,
+        towers: TowerConfig | None = None,
+        loss: SampledSoftmaxLoss | None = None,
+        negatives: NegativeConfig | None = None,
+        optim: OptimConfig | None = None,
+        ks: tuple[int, ...] = KS,
+    ):
+        super().__init__()
+        towers, negatives, optim = towers or TowerConfig(), negatives or NegativeConfig(), optim or OptimConfig()
+        if negatives.distribution not in ("uniform", "popularity"):
+            raise ValueError(f"NegativeConfig.distribution: expected uniform or popularity, got {negatives.distribution!r}")
+        if optim.schedule not in ("constant", "cosine"):
+            raise ValueError(f"OptimConfig.schedule: expected constant or cosine, got {optim.schedule!r}")
+        self.spec, self.tower_config, self.negatives, self.optim = spec, towers, negatives, optim
+        # Plain values only, so checkpoints load with torch.load(weights_only=True).
+        self.save_hyperparameters(
+            {"spec": spec.to_dict(), "towers": towers.to_dict(), "negatives": asdict(negatives), "optim": asdict(optim)}
+        )
+        self.automatic_optimization = False  # two optimisers: sparse embeddings and dense rest
+        self.user_tower = UserTower(spec, towers)
+        self.item_tower = ItemTower(spec, towers)
+        self.loss = loss or SampledSoftmaxLoss()
+        self.register_buffer("item_genres", catalogue.genres.long(), persistent=False)
+        self.register_buffer("item_year", catalogue.year.long(), persistent=False)
+        probability = (catalogue.counts.double() + 1.0) / (catalogue.counts.double() + 1.0).sum()
+        self.register_buffer("item_log_p", probability.log().float(), persistent=False)
+        self.metrics = RankingMetrics(ks)
+        self._catalogue_vectors: torch.Tensor | None = None
+
+    @property
+    def similarity(self) -> Similarity:
+        return Similarity.parse(self.tower_config.similarity)
+
+    # -- encoding -------------------------------------------------------------------------
+    def encode_users(self, user: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        return self.user_tower(user, history)  # (B, D)
+
+    def encode_items(self, item: torch.Tensor) -> torch.Tensor:
+        return self.item_tower(item, self.item_genres[item], self.item_year[item])  # (B, D)
+
+    @torch.no_grad()
+    def encode_catalogue(self, chunk: int = 65536) -> torch.Tensor:
+        """Vectors of every item, (I, D)."""
+        items = torch.arange(self.spec.num_items, device=self.item_year.device)
+        return torch.cat([self.encode_items(part) for part in items.split(chunk)])
+
+    # -- training ---------------------------------------------------------------------------
+    def _sample_negatives(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        m = self.negatives.num_negatives
+        if self.negatives.distribution == "uniform":
+            ids = torch.randint(0, self.spec.num_items, (m,), device=device)
+            log_q = torch.full((m,), math.log(m / self.spec.num_items), device=device)
+        else:
+            ids = torch.multinomial(self.item_log_p.exp(), m, replacement=True)
+            log_q = math.log(m) + self.item_log_p[ids]
+        return ids, log_q
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        user_vectors = self.encode_users(batch["user"], batch["history"])  # (B, D)
+        item_vectors = self.item_tower(batch["item"], batch["item_genres"], batch["item_year"])  # (B, D)
+        items = batch["item"]
+        item_log_q = math.log(len(items)) + self.item_log_p[items]  # (B,)
+        extra = {}
+        if self.negatives.num_negatives > 0:
+            negatives, negative_log_q = self._sample_negatives(items.device)
+            extra = {
+                "negative_vectors": self.encode_items(negatives),  # (M, D)
+                "negatives": negatives,
+                "negative_log_q": negative_log_q,
+            }
+        loss = self.loss(user_vectors, item_vectors, items, item_log_q, **extra)
+        if self.optim.embedding_l2 > 0:
+            loss = loss + self.optim.embedding_l2 * self._touched_l2(batch)
+
+        optimizers = self.optimizers()
+        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        for opt in optimizers:
+            opt.step()
+        schedulers = self.lr_schedulers()
+        for scheduler in schedulers if isinstance(schedulers, list) else [schedulers] if schedulers else []:
+            scheduler.step()
+        self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=len(items))
+        return loss
+
+    def _touched_l2(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        rows = [self.item_tower.item_embedding(batch["item"])]
+        if self.user_tower.user_embedding is not None:
+            rows.append(self.user_tower.user_embedding(batch["user"]))
+        return sum(r.pow(2).sum(-1).mean() for r in rows)
+
+    def configure_optimizers(self):
+        sparse, dense = [], []
+        for module in self.modules():
+            for param in module.parameters(recurse=False):
+                if not param.requires_grad:
+                    continue
+                (sparse if isinstance(module, nn.Embedding) and module.sparse else dense).append(param)
+        optimizers = []
+        if sparse:
+            optimizers.append(torch.optim.SparseAdam(sparse, lr=self.optim.lr))
+        if dense:
+            optimizers.append(torch.optim.AdamW(dense, lr=self.optim.lr, weight_decay=self.optim.weight_decay))
+        total = max(int(self.trainer.estimated_stepping_batches), 1) if self._trainer else 1
+        warmup, schedule = self.optim.warmup_steps, self.optim.schedule
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            if schedule == "cosine":
+                progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+                return 0.5 * (1.0 + math.cos(math.pi * progress))
+            return 1.0
+
+        schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, factor) for opt in optimizers]
+        return optimizers, schedulers
+
+    # -- evaluation -------------------------------------------------------------------------
+    def _start_ranking(self) -> None:
+        self.metrics.reset()
+        self._catalogue_vectors = self.encode_catalogue()
+
+    def _rank(self, batch: dict[str, torch.Tensor]) -> None:
+        user_vectors = self.encode_users(batch["user"], batch["history"])  # (U, D)
+        _, top = exact_top_k(user_vectors, self._catalogue_vectors, self.metrics.max_k, batch["seen"])
+        self.metrics.update(top.cpu(), batch["relevant"].cpu(), batch["num_relevant"].cpu())
+
+    def _log_ranking(self, stage: str) -> dict[str, float]:
+        values = self.metrics.compute(stage)
+        for name, value in values.items():
+            self.log(name, value, prog_bar=name.endswith("recall@20"))
+        self._catalogue_vectors = None
+        return values
+
+    def on_validation_epoch_start(self) -> None:
+        self._start_ranking()
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._rank(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_ranking("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._start_ranking()
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._rank(batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_ranking("test")

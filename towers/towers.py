@@ -1,0 +1,145 @@
+"""The user tower and the item tower: plain nn.Modules that never see each other.
+
+Each returns a (B, D) batch of vectors in one shared space; the relevance of an item to a user
+is their inner product (cosine when the similarity is `cosine`, in which case both towers return
+unit vectors). This file knows nothing of losses, optimisers or indexes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from towers.similarity import Similarity
+
+
+@dataclass
+class FeatureSpec:
+    """Sizes of the towers' inputs, read off the prepared data."""
+
+    num_users: int  # user-id vocabulary
+    num_items: int  # item-id vocabulary; index num_items pads histories
+    num_genres: int  # genre vocabulary; index num_genres pads genre bags
+    num_year_buckets: int  # release-year buckets; bucket 0 = unknown
+    history_length: int  # recent items per user fed to the user tower
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TowerConfig:
+    """Hyper-parameters of both towers."""
+
+    embedding_dim: int = 64  # D: the dimension of the shared space and of every embedding table
+    similarity: str = "cosine"  # "cosine" or "dot" (see towers.similarity)
+    use_user_id: bool = True  # user-id embedding on the user side
+    use_history: bool = True  # mean-pooled recent history on the user side
+    history_gate: float | None = 0.5  # weight of the id embedding vs history; None = learned
+    use_genres: bool = True  # genre bag on the item side
+    use_year: bool = True  # release-year bucket on the item side
+    mlp_layers: int = 0  # residual MLP blocks on top of each tower's fused features
+    dropout: float = 0.0  # dropout inside the MLP blocks
+    sparse: bool = True  # sparse embedding gradients (only touched rows are updated)
+    init_std: float = 0.1  # normal init of embedding tables
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ResidualMLP(nn.Module):
+    """x + MLP(x), `layers` times: keeps the identity path that embedding models rely on."""
+
+    def __init__(self, dim: int, layers: int, dropout: float):
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, dim))
+            for _ in range(layers)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = x + block(x)
+        return x
+
+
+def _embedding(rows: int, dim: int, cfg: TowerConfig, padding_idx: int | None = None) -> nn.Embedding:
+    table = nn.Embedding(rows, dim, padding_idx=padding_idx, sparse=cfg.sparse)
+    nn.init.normal_(table.weight, std=cfg.init_std)
+    if padding_idx is not None:
+        with torch.no_grad():
+            table.weight[padding_idx].zero_()
+    return table
+
+
+def masked_mean(vectors: torch.Tensor, ids: torch.Tensor, pad: int) -> torch.Tensor:
+    """Mean over the non-padding positions: (B, L, D), (B, L) → (B, D); zeros for empty rows."""
+    present = (ids != pad).unsqueeze(-1).to(vectors.dtype)  # (B, L, 1)
+    return (vectors * present).sum(1) / present.sum(1).clamp(min=1.0)
+
+
+class UserTower(nn.Module):
+    """User id embedding fused with the mean of the user's recent history, then an optional MLP."""
+
+    def __init__(self, spec: FeatureSpec, cfg: TowerConfig):
+        super().__init__()
+        if not (cfg.use_user_id or cfg.use_history):
+            raise ValueError("TowerConfig: the user tower needs use_user_id or use_history")
+        self.spec, self.cfg = spec, cfg
+        self.similarity = Similarity.parse(cfg.similarity)
+        dim = cfg.embedding_dim
+        self.pad = spec.num_items
+        self.user_embedding = _embedding(spec.num_users, dim, cfg) if cfg.use_user_id else None
+        self.history_embedding = (
+            _embedding(spec.num_items + 1, dim, cfg, padding_idx=self.pad) if cfg.use_history else None
+        )
+        # SimpleX-style gate between the id embedding and the pooled history.
+        gate = 0.5 if cfg.history_gate is None else cfg.history_gate
+        self.gate_logit = nn.Parameter(torch.logit(torch.tensor(gate)), requires_grad=cfg.history_gate is None)
+        self.mlp = ResidualMLP(dim, cfg.mlp_layers, cfg.dropout)
+
+    def forward(self, user: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        """user (B,), history (B, N) item indices padded with num_items → (B, D)."""
+        parts = []
+        if self.user_embedding is not None:
+            parts.append(self.user_embedding(user))  # (B, D)
+        if self.history_embedding is not None:
+            parts.append(masked_mean(self.history_embedding(history), history, self.pad))  # (B, D)
+        if len(parts) == 2:
+            gate = torch.sigmoid(self.gate_logit)
+            x = gate * parts[0] + (1 - gate) * parts[1]
+        else:
+            x = parts[0]
+        return self.similarity.prepare(self.mlp(x))  # (B, D)
+
+
+class ItemTower(nn.Module):
+    """Item id embedding + genre bag + release-year bucket, summed, then an optional MLP."""
+
+    def __init__(self, spec: FeatureSpec, cfg: TowerConfig):
+        super().__init__()
+        self.spec, self.cfg = spec, cfg
+        self.similarity = Similarity.parse(cfg.similarity)
+        dim = cfg.embedding_dim
+        self.item_embedding = _embedding(spec.num_items, dim, cfg)
+        self.genre_pad = spec.num_genres
+        self.genre_embedding = (
+            _embedding(spec.num_genres + 1, dim, cfg, padding_idx=self.genre_pad)
+            if cfg.use_genres and spec.num_genres > 0
+            else None
+        )
+        self.year_embedding = (
+            _embedding(spec.num_year_buckets, dim, cfg, padding_idx=0) if cfg.use_year else None
+        )
+        self.mlp = ResidualMLP(dim, cfg.mlp_layers, cfg.dropout)
+
+    def forward(self, item: torch.Tensor, genres: torch.Tensor, year: torch.Tensor) -> torch.Tensor:
+        """item (B,), genres (B, G) padded with num_genres, year (B,) bucket → (B, D)."""
+        x = self.item_embedding(item)  # (B, D)
+        if self.genre_embedding is not None:
+            x = x + masked_mean(self.genre_embedding(genres), genres, self.genre_pad)
+        if self.year_embedding is not None:
+            x = x + self.year_embedding(year)
+        return self.similarity.prepare(self.mlp(x))  # (B, D)

@@ -1,0 +1,136 @@
+"""Train a two-tower model, pick the best epoch on validation, export the bundle, and evaluate
+the exported bundle on the test split next to a popularity baseline.
+
+    python train.py                                  # bundled MovieLens, CPU, a couple of minutes
+    python train.py paths.output_dir=runs/ml         # choose the run directory
+    python train.py experiment=gowalla               # a shipped experiment
+    python train.py data=synthetic trainer.max_epochs=2
+
+`main` is the Hydra entry point; `train(cfg)` does the work and can be called from tests.
+This file is glue: the data pipeline lives in features/, the model in towers/, export and
+ranking in serve/.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from features import InteractionDataModule
+from features.datamodule import csr_by_user
+from features.serving import item_table, user_table
+from serve.bundle import export_bundle
+from serve.evaluate import evaluate_popularity, evaluate_recommender
+from serve.recommender import Recommender
+from towers import FeatureSpec, ItemCatalogue, TwoTowerModule
+from towers.metrics import METRICS, metric_name
+
+log = logging.getLogger("twotower")
+ROOT = Path(__file__).resolve().parent
+OmegaConf.register_new_resolver("repo_root", lambda: str(ROOT), replace=True)
+
+
+def _instantiate_all(group: DictConfig | None) -> list:
+    """Every `_target_` entry of a config group (callbacks, loggers); [] when empty."""
+    if not group:
+        return []
+    if "_target_" in group:
+        return [instantiate(group)]
+    return [instantiate(node) for node in group.values() if node and "_target_" in node]
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def metrics_table(metrics: dict[str, float], ks) -> str:
+    """Rows metric@k, columns twotower / popularity."""
+    lines = [f"{'metric':<14}{'twotower':>10}{'popularity':>12}"]
+    for name in METRICS:
+        for k in ks:
+            key = metric_name(name, k)
+            lines.append(
+                f"{key:<14}{metrics.get('test/' + key, float('nan')):>10.4f}"
+                f"{metrics.get('popularity/test/' + key, float('nan')):>12.4f}"
+            )
+    return "\n".join(lines)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit, select on validation, export, evaluate on test. Returns the metrics it writes."""
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    L.seed_everything(cfg.seed, workers=True)
+
+    datamodule: InteractionDataModule = instantiate(cfg.data)
+    datamodule.setup()
+    data = datamodule.data
+    log.info(
+        "%s: %d users, %d items, %d train / %d val / %d test interactions",
+        data.name, data.num_users, data.num_items, len(data.train),
+        data.val.num_interactions, data.test.num_interactions,
+    )
+    catalogue = ItemCatalogue(
+        genres=torch.from_numpy(data.item_genres),
+        year=torch.from_numpy(data.item_year),
+        counts=torch.from_numpy(data.item_counts),
+    )
+    model: TwoTowerModule = instantiate(cfg.model)(spec=FeatureSpec(**data.feature_sizes()), catalogue=catalogue)
+
+    callbacks = _instantiate_all(cfg.get("callbacks"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=_instantiate_all(cfg.get("logger")) or False)
+    last = output_dir / "checkpoints" / "last.ckpt"
+    resume_from = str(last) if cfg.get("resume") and last.is_file() else None
+    if resume_from:
+        log.info("resuming from %s", resume_from)
+    started = time.perf_counter()
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
+    fit_seconds = time.perf_counter() - started
+
+    checkpoint = next((c for c in callbacks if isinstance(c, L.pytorch.callbacks.ModelCheckpoint)), None)
+    if checkpoint is not None and checkpoint.best_model_path:
+        best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(best["state_dict"])
+        log.info("best checkpoint: %s (%s = %.4f)", checkpoint.best_model_path, cfg.monitor, checkpoint.best_model_score)
+    model = model.cpu().eval()
+    metrics = {k: float(v) for k, v in trainer.validate(model, datamodule=datamodule, verbose=False)[0].items()}
+
+    bundle_dir = export_bundle(
+        output_dir / "bundle", model.user_tower, model.item_tower, item_table(data), user_table(data),
+        index_factory=cfg.index.factory,
+    )
+    recommender = Recommender.load(bundle_dir)
+    metrics.update(evaluate_recommender(recommender, data.test, model.metrics.ks, stage="test"))
+    seen = csr_by_user(data.known, data.num_users)
+    known_counts = torch.bincount(torch.from_numpy(data.known[:, 1]), minlength=data.num_items).numpy()
+    popularity = evaluate_popularity(known_counts, seen, data.test, model.metrics.ks, stage="test")
+    metrics.update({f"popularity/{k}": v for k, v in popularity.items()})
+    metrics.update({"train/seconds": fit_seconds, "train/epochs": float(trainer.current_epoch)})
+    _write_json(output_dir / "metrics.json", metrics)
+
+    print(metrics_table(metrics, model.metrics.ks))
+    print(f"metrics: {output_dir / 'metrics.json'}")
+    print(f"bundle: {bundle_dir}")
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> None:
+    train(cfg)
+
+
+if __name__ == "__main__":
+    main()
