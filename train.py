@@ -71,6 +71,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, select on validation, export, evaluate on test. Returns the metrics it writes."""
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     L.seed_everything(cfg.seed, workers=True)

@@ -27,7 +27,7 @@ def _find(root: Path, stem: str) -> Path:
     for name in (f"{stem}.csv", f"{stem}.csv.gz"):
         if (root / name).is_file():
             return root / name
-    return existing_file(root / f"{stem}.csv", "movielens")
+    return existing_file(root / f"{stem}.csv", f"movielens {stem}")
 
 
 def _read_csv(path: Path, dtypes: dict[str, pl.DataType]) -> pl.LazyFrame:

@@ -1,0 +1,57 @@
+"""Shared fixtures: configs composed once with CPU and tiny sizes forced, a trained synthetic
+run (trained once per session, exported, ready to serve), and the shared datasets folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+import train as train_module
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
+
+# Small enough to train in seconds on 2 cores, big enough that the planted clusters are learnable.
+TINY = [
+    "data=synthetic",
+    "data.source.num_users=300",
+    "data.source.num_items=120",
+    "data.source.num_clusters=6",
+    "data.batch_size=128",
+    "data.history_length=10",
+    "model.negatives.num_negatives=64",
+    "model.optim.lr=0.02",
+    "trainer.accelerator=cpu",
+    "trainer.max_epochs=6",
+    "trainer.enable_progress_bar=false",
+    "logger=none",
+]
+
+
+def compose_config(output_dir: Path, overrides: list[str] = ()) -> DictConfig:
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name="train", overrides=[*TINY, f"paths.output_dir={output_dir}", *overrides])
+
+
+def shared_dataset(name: str) -> Path:
+    """Path of a dataset under ../shared/datasets, or skip the test when it is absent."""
+    path = SHARED_DATASETS / name
+    if not path.is_dir():
+        pytest.skip(f"{path} not present (../shared is not beside this checkout)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> tuple[Path, dict[str, float]]:
+    """A synthetic run trained once per session: (output_dir, metrics). Its bundle is output_dir/bundle."""
+    output_dir = tmp_path_factory.mktemp("run")
+    metrics = train_module.train(compose_config(output_dir))
+    return output_dir, metrics
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(trained_run) -> Path:
+    return trained_run[0] / "bundle"

@@ -1,0 +1,178 @@
+"""End to end: train a few epochs on synthetic data, export, load the bundle, recommend."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import train as train_module
+from serve import BundleError, Recommender, UnknownItemError, UnknownUserError
+from serve.bundle import MANIFEST, USERS
+from tests.conftest import ROOT, compose_config
+from towers.metrics import KS, METRICS, metric_name
+from towers.ranking import exact_top_k
+
+
+def test_metrics_json_is_flat_with_every_name_for_model_and_popularity(trained_run):
+    output_dir, metrics = trained_run
+    written = json.loads((output_dir / "metrics.json").read_text())
+    assert written == pytest.approx(metrics)
+    for name in METRICS:
+        for k in KS:
+            for prefix in ("test/", "popularity/test/", "val/"):
+                assert isinstance(written[prefix + metric_name(name, k)], float)
+    assert (output_dir / "checkpoints" / "last.ckpt").is_file()
+    assert (output_dir / "config.yaml").is_file()
+
+
+def test_two_tower_beats_popularity_on_planted_clusters(trained_run):
+    _, metrics = trained_run
+    for key in ("recall@20", "ndcg@20"):
+        assert metrics[f"test/{key}"] > 1.5 * metrics[f"popularity/test/{key}"], key
+
+
+def test_checkpoints_load_without_unpickling_objects(trained_run):
+    output_dir, _ = trained_run
+    state = torch.load(output_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    assert "state_dict" in state
+
+
+def test_offline_top_k_equals_what_the_recommender_returns(bundle_dir):
+    recommender = Recommender.load(bundle_dir)
+    bundle = recommender.bundle
+    users = np.arange(len(recommender.user_vocab))
+    # Independent path: torch exact ranking over the exported item vectors.
+    histories = recommender.histories[users]
+    with torch.no_grad():
+        user_vectors = bundle.user_tower(torch.from_numpy(users), histories)
+    seen = torch.full((len(users), 200), -1, dtype=torch.long)
+    for u in users:
+        s = recommender.seen(u)
+        seen[u, : len(s)] = torch.from_numpy(s)
+    _, expected = exact_top_k(user_vectors, torch.from_numpy(bundle.item_vectors), 20, seen)
+    _, offline = recommender.top_k(users, 20)  # what evaluate_recommender ranks with
+    np.testing.assert_array_equal(offline, expected.numpy())
+    raw_users = recommender.user_vocab.raw_ids(users)
+    for u, raw in zip(users[:50], raw_users[:50], strict=True):
+        online = [r.item_id for r in recommender.recommend(raw, k=20)]
+        assert online == recommender.item_ids[offline[u]].tolist()
+
+
+def test_recommend_returns_k_unseen_items_with_titles(bundle_dir):
+    recommender = Recommender.load(bundle_dir)
+    user = recommender.user_vocab.raw_ids(np.array([0]))[0]
+    seen = set(recommender.item_ids[recommender.seen(0)].tolist())
+    results = recommender.recommend(user, k=15)
+    assert len(results) == 15
+    assert not {r.item_id for r in results} & seen
+    assert all(r.title and r.title.startswith("Item ") for r in results)
+    scores = [r.score for r in results]
+    assert scores == sorted(scores, reverse=True)
+    with_seen = recommender.recommend(str(user), k=15, exclude_seen=False)  # ids given as strings work
+    assert len(with_seen) == 15
+    assert recommender.recommend_many([user, user], k=3) == [results[:3], results[:3]]
+
+
+def test_similar_items_exclude_the_item_itself(bundle_dir):
+    recommender = Recommender.load(bundle_dir)
+    item = recommender.item_ids[0].item()
+    results = recommender.similar_items(item, k=5)
+    assert len(results) == 5 and item not in [r.item_id for r in results]
+
+
+@pytest.mark.parametrize("k", [0, -1, 2.5, True])
+def test_bad_k_is_named(bundle_dir, k):
+    recommender = Recommender.load(bundle_dir)
+    with pytest.raises(ValueError, match=f"k must be a positive integer, got {k!r}"):
+        recommender.recommend(recommender.user_vocab.raw_ids(np.array([0]))[0], k=k)
+
+
+def test_unknown_ids_are_named(bundle_dir):
+    recommender = Recommender.load(bundle_dir)
+    with pytest.raises(UnknownUserError, match="unknown user id 'nobody'"):
+        recommender.recommend("nobody")
+    with pytest.raises(UnknownItemError, match="unknown item id 12"):
+        recommender.similar_items(12)
+
+
+def _copy(bundle_dir, tmp_path):
+    target = tmp_path / "bundle"
+    shutil.copytree(bundle_dir, target)
+    return target
+
+
+def test_a_bundle_missing_a_file_is_named(bundle_dir, tmp_path):
+    broken = _copy(bundle_dir, tmp_path)
+    (broken / USERS).unlink()
+    with pytest.raises(BundleError, match="bundle is missing users.parquet"):
+        Recommender.load(broken)
+    with pytest.raises(BundleError, match="no bundle directory"):
+        Recommender.load(tmp_path / "nowhere")
+
+
+def test_another_format_version_or_a_similarity_mismatch_fails_loudly(bundle_dir, tmp_path):
+    bundle = _copy(bundle_dir, tmp_path)
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    (bundle / MANIFEST).write_text(json.dumps({**manifest, "format_version": 99}))
+    with pytest.raises(BundleError, match="bundle format version 99; this twotower reads version 1"):
+        Recommender.load(bundle)
+    (bundle / MANIFEST).write_text(json.dumps({**manifest, "similarity": "dot"}))
+    with pytest.raises(BundleError, match="similarity 'dot' but the towers were trained with 'cosine'"):
+        Recommender.load(bundle)
+
+
+def test_cli_prints_json_and_names_errors(bundle_dir):
+    recommender = Recommender.load(bundle_dir)
+    user = str(recommender.user_vocab.raw_ids(np.array([1]))[0])
+    command = [sys.executable, "-m", "serve", "recommend", "--bundle", str(bundle_dir), "--user", user, "--k", "4"]
+    done = subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT)
+    out = json.loads(done.stdout)
+    assert out["user_id"] == user and len(out["items"]) == 4
+    assert out["items"][0]["item_id"] == recommender.recommend(user, k=1)[0].item_id
+    bad = subprocess.run([*command[:-1], "0"], capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 2 and "k must be a positive integer" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_same_seed_gives_the_same_metrics(tmp_path, trained_run):
+    _, metrics = trained_run
+    again = train_module.train(compose_config(tmp_path))
+    for key in ("test/recall@20", "test/ndcg@20", "val/recall@20"):
+        assert again[key] == pytest.approx(metrics[key], abs=1e-9)
+
+
+def _weights(path):
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def test_training_resumes_from_the_last_checkpoint(tmp_path):
+    train_module.train(compose_config(tmp_path, ["trainer.max_epochs=2"]))
+    first = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    # Same run directory, another seed: a finished run is not retrained from scratch.
+    train_module.train(compose_config(tmp_path, ["trainer.max_epochs=2", "seed=7"]))
+    for name, tensor in _weights(tmp_path / "checkpoints" / "last.ckpt").items():
+        torch.testing.assert_close(tensor, first["state_dict"][name], msg=name)
+    # Asking for more epochs continues where it stopped.
+    train_module.train(compose_config(tmp_path, ["trainer.max_epochs=3"]))
+    resumed = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert resumed["epoch"] == first["epoch"] + 1 and resumed["global_step"] == first["global_step"] * 3 // 2
+
+
+def test_train_py_command_line_writes_the_run_directory(tmp_path):
+    from tests.conftest import TINY
+
+    done = subprocess.run(
+        [sys.executable, "train.py", *TINY, "trainer.max_epochs=1", f"paths.output_dir={tmp_path}"],
+        capture_output=True, text=True, cwd=ROOT, check=True,
+    )
+    last_lines = done.stdout.strip().splitlines()
+    assert last_lines[-1] == f"bundle: {tmp_path / 'bundle'}"
+    assert last_lines[-2] == f"metrics: {tmp_path / 'metrics.json'}"
+    assert any(line.startswith("recall@20") for line in last_lines)
+    assert (tmp_path / ".hydra" / "config.yaml").is_file()
+    assert (tmp_path / "bundle" / MANIFEST).is_file()

@@ -1,0 +1,65 @@
+import math
+
+import torch
+import torch.nn.functional as F
+
+from towers import SampledSoftmaxLoss
+
+
+def _manual(users, items, ids, log_q, temperature):
+    logits = users @ items.T / temperature - log_q
+    for i in range(len(ids)):
+        for j in range(len(ids)):
+            if i != j and ids[i] == ids[j]:
+                logits[i, j] = -math.inf
+    return F.cross_entropy(logits, torch.arange(len(ids)))
+
+
+def test_matches_a_hand_written_softmax_with_logq_and_accidental_hits():
+    g = torch.Generator().manual_seed(0)
+    users = F.normalize(torch.randn(4, 3, generator=g), dim=1)
+    items = F.normalize(torch.randn(4, 3, generator=g), dim=1)
+    ids = torch.tensor([1, 2, 1, 3])  # item 1 twice: an accidental hit for rows 0 and 2
+    log_q = torch.log(torch.tensor([0.5, 0.2, 0.5, 0.1]) * 4)
+    loss = SampledSoftmaxLoss(temperature=0.1)(users, items, ids, log_q)
+    torch.testing.assert_close(loss, _manual(users, items, ids, log_q, 0.1))
+
+
+def test_accidental_hits_are_masked():
+    users = torch.eye(2)
+    items = torch.eye(2)[[0, 0]]  # both rows' positive is the same item vector
+    ids = torch.tensor([5, 5])
+    loss = SampledSoftmaxLoss(temperature=1.0, logq_correction=False)(users, items, ids, torch.zeros(2))
+    # Every other candidate is masked, so each row's softmax is over its positive alone.
+    torch.testing.assert_close(loss, torch.tensor(0.0))
+
+
+def test_extra_negatives_add_candidates_and_mask_the_positive_among_them():
+    users = torch.eye(2)
+    items = torch.eye(2)
+    ids = torch.tensor([0, 1])
+    loss_fn = SampledSoftmaxLoss(temperature=1.0, logq_correction=False)
+    base = loss_fn(users, items, ids, torch.zeros(2))
+    negatives = torch.tensor([[0.0, 1.0], [0.5, 0.5]])
+    with_negs = loss_fn(users, items, ids, torch.zeros(2), negatives, torch.tensor([7, 0]), torch.zeros(2))
+    assert with_negs > base  # more competition
+    # Negative id 0 equals row 0's positive: it is masked for row 0 but not for row 1.
+    logits = users @ torch.cat([items, negatives]).T
+    logits[0, 3] = -math.inf
+    torch.testing.assert_close(with_negs, F.cross_entropy(logits, torch.arange(2)))
+
+
+def test_logq_correction_lowers_the_pull_of_popular_items():
+    users = torch.eye(2)
+    items = torch.eye(2)
+    ids = torch.tensor([0, 1])
+    loss_fn = SampledSoftmaxLoss(temperature=1.0)
+    even = loss_fn(users, items, ids, torch.log(torch.tensor([1.0, 1.0])))
+    skewed = loss_fn(users, items, ids, torch.log(torch.tensor([1.9, 0.1])))
+    assert not torch.isclose(even, skewed)
+
+
+def test_learned_temperature_is_a_parameter_and_reported():
+    loss_fn = SampledSoftmaxLoss(temperature=0.05, learn_temperature=True)
+    assert loss_fn.log_scale.requires_grad
+    assert abs(loss_fn.temperature - 0.05) < 1e-6

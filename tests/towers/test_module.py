@@ -1,0 +1,51 @@
+import torch
+
+from towers import FeatureSpec, ItemCatalogue, NegativeConfig, OptimConfig, TowerConfig, TwoTowerModule
+
+SPEC = FeatureSpec(num_users=6, num_items=10, num_genres=2, num_year_buckets=3, history_length=4)
+
+
+def _module(**kwargs) -> TwoTowerModule:
+    catalogue = ItemCatalogue(
+        genres=torch.randint(0, 3, (10, 2)), year=torch.randint(0, 3, (10,)), counts=torch.arange(10)
+    )
+    return TwoTowerModule(SPEC, catalogue, TowerConfig(embedding_dim=8), **kwargs)
+
+
+def test_embedding_tables_get_a_sparse_optimizer_and_the_rest_a_dense_one():
+    model = _module()
+    optimizers, _ = model.configure_optimizers()
+    sparse, *rest = optimizers
+    assert isinstance(sparse, torch.optim.SparseAdam)
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    assert {id(p) for g in sparse.param_groups for p in g["params"]} == embeddings
+
+
+def test_popularity_negatives_are_drawn_by_training_counts_with_their_log_q():
+    torch.manual_seed(0)
+    model = _module(negatives=NegativeConfig(num_negatives=5000, distribution="popularity"))
+    ids, log_q = model._sample_negatives(torch.device("cpu"))
+    counts = torch.bincount(ids, minlength=10).float()
+    assert counts[9] > 5 * counts[1]  # item 9 has count 9, item 1 count 1 (+1 smoothing)
+    expected = torch.log(torch.tensor(5000.0)) + model.item_log_p[ids]
+    torch.testing.assert_close(log_q, expected)
+    uniform = _module(negatives=NegativeConfig(num_negatives=4))
+    _, log_q = uniform._sample_negatives(torch.device("cpu"))
+    torch.testing.assert_close(log_q, torch.full((4,), float(torch.log(torch.tensor(0.4)))))
+
+
+def test_catalogue_vectors_match_encode_items_and_the_similarity_is_declared():
+    model = _module().eval()
+    vectors = model.encode_catalogue(chunk=3)
+    assert vectors.shape == (10, 8)
+    torch.testing.assert_close(vectors[4:6], model.encode_items(torch.tensor([4, 5])))
+    assert model.similarity.value == "cosine"
+
+
+def test_bad_schedule_or_distribution_is_named():
+    import pytest
+
+    with pytest.raises(ValueError, match="distribution"):
+        _module(negatives=NegativeConfig(distribution="zipf"))
+    with pytest.raises(ValueError, match="schedule"):
+        _module(optim=OptimConfig(schedule="step"))

@@ -1,0 +1,45 @@
+import pytest
+import torch
+
+from towers import FeatureSpec, ItemTower, Similarity, TowerConfig, UserTower
+
+SPEC = FeatureSpec(num_users=5, num_items=7, num_genres=3, num_year_buckets=4, history_length=3)
+
+
+def test_towers_return_unit_vectors_under_cosine_and_raw_ones_under_dot():
+    user = UserTower(SPEC, TowerConfig(embedding_dim=8, similarity="cosine"))
+    out = user(torch.tensor([0, 4]), torch.tensor([[1, 2, 7], [7, 7, 7]]))
+    assert out.shape == (2, 8)
+    torch.testing.assert_close(out.norm(dim=1), torch.ones(2))
+    item = ItemTower(SPEC, TowerConfig(embedding_dim=8, similarity="dot", init_std=1.0))
+    vectors = item(torch.tensor([0, 6]), torch.tensor([[0, 3], [3, 3]]), torch.tensor([1, 0]))
+    assert vectors.shape == (2, 8) and not torch.allclose(vectors.norm(dim=1), torch.ones(2))
+
+
+def test_history_padding_does_not_change_the_user_vector():
+    tower = UserTower(SPEC, TowerConfig(embedding_dim=4))
+    short = tower(torch.tensor([1]), torch.tensor([[2, 7, 7]]))
+    longer_pad = tower(torch.tensor([1]), torch.tensor([[7, 2, 7]]))
+    torch.testing.assert_close(short, longer_pad)
+
+
+def test_user_vector_depends_on_history_and_id_through_the_gate():
+    cfg = TowerConfig(embedding_dim=4, similarity="dot", history_gate=1.0)  # id only
+    tower = UserTower(SPEC, cfg)
+    a = tower(torch.tensor([1]), torch.tensor([[2, 7, 7]]))
+    b = tower(torch.tensor([1]), torch.tensor([[3, 4, 7]]))
+    torch.testing.assert_close(a, b)
+    tower = UserTower(SPEC, TowerConfig(embedding_dim=4, history_gate=None))
+    assert tower.gate_logit.requires_grad
+
+
+def test_history_only_user_tower_has_no_user_table():
+    tower = UserTower(SPEC, TowerConfig(use_user_id=False))
+    assert tower.user_embedding is None
+    with pytest.raises(ValueError, match="needs use_user_id or use_history"):
+        UserTower(SPEC, TowerConfig(use_user_id=False, use_history=False))
+
+
+def test_unknown_similarity_is_named():
+    with pytest.raises(ValueError, match="unknown similarity 'l2'"):
+        Similarity.parse("l2")
