@@ -3,7 +3,9 @@
 - `TemporalSplit`: each user's latest interactions go to validation and test.
 - `ShippedSplit`: the dataset ships train/test; validation is carved from each user's train
   interactions at random (never from test), so model selection never sees the test set.
-- `RandomSplit`: every interaction independently, e.g. 8:1:1.
+- `RandomSplit`: random 8:1:1 per interaction, RecBole's `RS` split: by default each user's
+  interactions are shuffled and cut by ratio (RecBole's `group_by: user`), so every user with
+  enough interactions has some in each part; `by_user=False` cuts the whole shuffled frame once.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ class TemporalSplit:
         n = pl.len().over(by_user)
         # Position from the end: 0 is the user's latest interaction.
         from_end = (
-            pl.int_range(pl.len()).over(by_user, order_by=[schema.TIMESTAMP, schema.ITEM_ID])
+            pl.int_range(pl.len())
+            .over(by_user, order_by=[schema.TIMESTAMP, schema.ITEM_ID])
             .reverse()
             .over(by_user)
         )
@@ -61,7 +64,9 @@ class TemporalSplit:
 
 @dataclass
 class ShippedSplit:
-    val_ratio: float = 0.1  # share of each user's shipped train interactions carved out for validation
+    val_ratio: float = (
+        0.1  # share of each user's shipped train interactions carved out for validation
+    )
     seed: int = 0
 
     def __call__(self, lf: pl.LazyFrame) -> pl.LazyFrame:
@@ -76,26 +81,57 @@ class ShippedSplit:
         rank = pl.col("_key").rank("ordinal").over([schema.USER_ID, _SPLIT]) - 1
         n_val = pl.min_horizontal(_holdout_count(n_train, self.val_ratio), n_train - 1).clip(0)
         return keyed.with_columns(
-            pl.when(is_train & (rank < n_val)).then(pl.lit("val")).otherwise(pl.col(_SPLIT)).alias(_SPLIT)
+            pl.when(is_train & (rank < n_val))
+            .then(pl.lit("val"))
+            .otherwise(pl.col(_SPLIT))
+            .alias(_SPLIT)
         ).drop("_key")
+
+
+def _ratio_counts(n: pl.Expr, val_ratio: float, test_ratio: float) -> tuple[pl.Expr, pl.Expr]:
+    """(n_val, n_test) out of `n` interactions, as RecBole's `Dataset._calcu_split_ids` counts them.
+
+    Each held-out part is floor(ratio * n); a part that would round down from a non-zero share
+    to 0 gets one interaction instead, test first, while more than one stays in train.
+    """
+    total = (1.0 - val_ratio - test_ratio) + val_ratio + test_ratio
+    val_r, test_r = val_ratio / total, test_ratio / total
+    n_test = (n * test_r).floor().cast(pl.Int64)
+    n_val = (n * val_r).floor().cast(pl.Int64)
+
+    def bump(share: float) -> pl.Expr:
+        return ((n * share) > 0) & ((n * share) < 1)
+
+    bump_test = bump(test_r) & (n - n_val - n_test > 1)
+    n_test = n_test + bump_test.cast(pl.Int64)
+    bump_val = bump(val_r) & (n - n_val - n_test > 1)
+    return n_val + bump_val.cast(pl.Int64), n_test
 
 
 @dataclass
 class RandomSplit:
-    val_ratio: float = 0.1
-    test_ratio: float = 0.1
+    val_ratio: float = 0.1  # share of interactions held out for validation
+    test_ratio: float = 0.1  # share held out for test
+    by_user: bool = True  # cut each user's shuffled interactions (RecBole group_by: user)
     seed: int = 0
 
     def __call__(self, lf: pl.LazyFrame) -> pl.LazyFrame:
-        u = pl.col("_key")
+        over = [schema.USER_ID] if self.by_user else None
+        n = pl.len().over(over) if over else pl.len()
+        # Position in a random order (within the user when by_user): train first, then val, test.
+        rank = (
+            pl.col("_key").rank("ordinal").over(over) if over else pl.col("_key").rank("ordinal")
+        ) - 1
+        n_val, n_test = _ratio_counts(n, self.val_ratio, self.test_ratio)
+        n_train = n - n_val - n_test
         return (
             _random_key(lf.drop(_SPLIT, strict=False), self.seed)
             .with_columns(
-                pl.when(u < self.test_ratio)
-                .then(pl.lit("test"))
-                .when(u < self.test_ratio + self.val_ratio)
+                pl.when(rank < n_train)
+                .then(pl.lit("train"))
+                .when(rank < n_train + n_val)
                 .then(pl.lit("val"))
-                .otherwise(pl.lit("train"))
+                .otherwise(pl.lit("test"))
                 .alias(_SPLIT)
             )
             .drop("_key")

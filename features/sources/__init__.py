@@ -1,17 +1,28 @@
 """Data sources: each reads one dataset layout into the same validated interactions frame."""
 
 from features.sources.base import Source
+from features.sources.download import ChecksumError
+from features.sources.interactions import Interactions, scan_table
+from features.sources.lastfm import LastFMHetRec
 from features.sources.lightgcn import LightGCN, scan_lightgcn
 from features.sources.movielens import MovieLens, bundled_dir, scan_movies, scan_ratings
+from features.sources.movielens_100k import MovieLens100K
+from features.sources.movielens_archive import MovieLensArchive
 from features.sources.synthetic import Synthetic
 
 __all__ = [
+    "ChecksumError",
+    "Interactions",
+    "LastFMHetRec",
     "LightGCN",
     "MovieLens",
+    "MovieLens100K",
+    "MovieLensArchive",
     "Source",
     "Synthetic",
     "bundled_dir",
     "scan_lightgcn",
     "scan_movies",
     "scan_ratings",
+    "scan_table",
 ]
