@@ -81,18 +81,26 @@ def train(cfg: DictConfig) -> dict[str, float]:
     data = datamodule.data
     log.info(
         "%s: %d users, %d items, %d train / %d val / %d test interactions",
-        data.name, data.num_users, data.num_items, len(data.train),
-        data.val.num_interactions, data.test.num_interactions,
+        data.name,
+        data.num_users,
+        data.num_items,
+        len(data.train),
+        data.val.num_interactions,
+        data.test.num_interactions,
     )
     catalogue = ItemCatalogue(
         genres=torch.from_numpy(data.item_genres),
         year=torch.from_numpy(data.item_year),
         counts=torch.from_numpy(data.item_counts),
     )
-    model: TwoTowerModule = instantiate(cfg.model)(spec=FeatureSpec(**data.feature_sizes()), catalogue=catalogue)
+    model: TwoTowerModule = instantiate(cfg.model)(
+        spec=FeatureSpec(**data.feature_sizes()), catalogue=catalogue
+    )
 
     callbacks = _instantiate_all(cfg.get("callbacks"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=_instantiate_all(cfg.get("logger")) or False)
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=_instantiate_all(cfg.get("logger")) or False
+    )
     last = output_dir / "checkpoints" / "last.ckpt"
     resume_from = str(last) if cfg.get("resume") and last.is_file() else None
     if resume_from:
@@ -101,22 +109,38 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
     fit_seconds = time.perf_counter() - started
 
-    checkpoint = next((c for c in callbacks if isinstance(c, L.pytorch.callbacks.ModelCheckpoint)), None)
+    checkpoint = next(
+        (c for c in callbacks if isinstance(c, L.pytorch.callbacks.ModelCheckpoint)), None
+    )
     if checkpoint is not None and checkpoint.best_model_path:
         best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
         model.load_state_dict(best["state_dict"])
-        log.info("best checkpoint: %s (%s = %.4f)", checkpoint.best_model_path, cfg.monitor, checkpoint.best_model_score)
+        log.info(
+            "best checkpoint: %s (%s = %.4f)",
+            checkpoint.best_model_path,
+            cfg.monitor,
+            checkpoint.best_model_score,
+        )
     model = model.cpu().eval()
-    metrics = {k: float(v) for k, v in trainer.validate(model, datamodule=datamodule, verbose=False)[0].items()}
+    metrics = {
+        k: float(v)
+        for k, v in trainer.validate(model, datamodule=datamodule, verbose=False)[0].items()
+    }
 
     bundle_dir = export_bundle(
-        output_dir / "bundle", model.user_tower, model.item_tower, item_table(data), user_table(data),
+        output_dir / "bundle",
+        model.user_tower,
+        model.item_tower,
+        item_table(data),
+        user_table(data),
         index_factory=cfg.index.factory,
     )
     recommender = Recommender.load(bundle_dir)
     metrics.update(evaluate_recommender(recommender, data.test, model.metrics.ks, stage="test"))
     seen = csr_by_user(data.known, data.num_users)
-    known_counts = torch.bincount(torch.from_numpy(data.known[:, 1]), minlength=data.num_items).numpy()
+    known_counts = torch.bincount(
+        torch.from_numpy(data.known[:, 1]), minlength=data.num_items
+    ).numpy()
     popularity = evaluate_popularity(known_counts, seen, data.test, model.metrics.ks, stage="test")
     metrics.update({f"popularity/{k}": v for k, v in popularity.items()})
     metrics.update({"train/seconds": fit_seconds, "train/epochs": float(trainer.current_epoch)})

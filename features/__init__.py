@@ -6,4 +6,11 @@ from features.prepare import HeldOut, PreparedData, prepare
 from features.schema import SchemaError
 from features.vocab import Vocabulary
 
-__all__ = ["HeldOut", "InteractionDataModule", "PreparedData", "SchemaError", "Vocabulary", "prepare"]
+__all__ = [
+    "HeldOut",
+    "InteractionDataModule",
+    "PreparedData",
+    "SchemaError",
+    "Vocabulary",
+    "prepare",
+]

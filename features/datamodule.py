@@ -7,7 +7,7 @@ Validation batches are chunks of users with their held-out items, for full-catal
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import lightning as L
 import numpy as np
@@ -68,7 +68,9 @@ class TrainBatches(Dataset):
 class HeldOutBatches(Dataset):
     """Chunk of users → dict: user, history, seen items (to exclude), held-out items (relevant)."""
 
-    def __init__(self, held_out: HeldOut, histories: np.ndarray, seen: tuple[np.ndarray, np.ndarray]):
+    def __init__(
+        self, held_out: HeldOut, histories: np.ndarray, seen: tuple[np.ndarray, np.ndarray]
+    ):
         self.held_out = held_out
         self.histories = histories
         self.seen_indptr, self.seen_items = seen
@@ -90,7 +92,9 @@ class HeldOutBatches(Dataset):
         }
 
 
-def _loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, drop_last: bool) -> DataLoader:
+def _loader(
+    dataset: Dataset, batch_size: int, shuffle: bool, seed: int, drop_last: bool
+) -> DataLoader:
     if shuffle:
         sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
     else:

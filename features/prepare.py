@@ -10,8 +10,8 @@ dropping what the model cannot know.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import polars as pl
@@ -60,7 +60,9 @@ class PreparedData:
     history_length: int
     num_year_buckets: int
     train_histories: np.ndarray  # (U, N) last N train items per user, padded with num_items
-    known_histories: np.ndarray  # (U, N) last N train + val items: the serving features at test time
+    known_histories: (
+        np.ndarray
+    )  # (U, N) last N train + val items: the serving features at test time
     items_df: pl.DataFrame  # index-ordered item metadata: item_id, title, genres, year
 
     @property
@@ -114,7 +116,9 @@ def _held_out(df: pl.DataFrame) -> HeldOut:
     df = df.sort(USER, maintain_order=True)
     users, counts = np.unique(df[USER].to_numpy(), return_counts=True)
     indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    return HeldOut(users.astype(np.int64), indptr, df[ITEM].fill_null(-1).to_numpy().astype(np.int64))
+    return HeldOut(
+        users.astype(np.int64), indptr, df[ITEM].fill_null(-1).to_numpy().astype(np.int64)
+    )
 
 
 def _pairs(df: pl.DataFrame) -> np.ndarray:
@@ -171,14 +175,21 @@ def prepare(
     for name in ("val", "test"):
         unknown = by_split[name][ITEM].null_count()
         if unknown:
-            log.info("%s: %d %s interactions have items absent from train (kept as misses)", source.name, unknown, name)
+            log.info(
+                "%s: %d %s interactions have items absent from train (kept as misses)",
+                source.name,
+                unknown,
+                name,
+            )
 
     items_df = _item_table(source, item_vocab)
     genre_names = sorted(set(items_df[schema.GENRES].explode().drop_nulls().to_list()))
     item_genres = _genre_matrix(items_df, genre_names)
-    item_year = items_df.select(
-        year_bucket(pl.col(schema.YEAR), year_start, year_width, num_year_buckets)
-    ).to_series().to_numpy()
+    item_year = (
+        items_df.select(year_bucket(pl.col(schema.YEAR), year_start, year_width, num_year_buckets))
+        .to_series()
+        .to_numpy()
+    )
 
     return PreparedData(
         name=source.name,
@@ -206,7 +217,9 @@ def _item_table(source: Source, item_vocab: Vocabulary) -> pl.DataFrame:
     items = source.items()
     if items is None:
         items = pl.DataFrame(schema={schema.ITEM_ID: item_vocab.dtype})
-    items_lf = schema.validate(items.lazy(), schema.ITEMS, f"{source.name} items", schema.ITEMS_OPTIONAL)
+    items_lf = schema.validate(
+        items.lazy(), schema.ITEMS, f"{source.name} items", schema.ITEMS_OPTIONAL
+    )
     present = items_lf.collect_schema().names()
     fill = {
         schema.TITLE: pl.lit(None, pl.String),

@@ -33,7 +33,9 @@ def item_table(data: PreparedData) -> pl.DataFrame:
 def user_table(data: PreparedData) -> pl.DataFrame:
     """Index-ordered: user_id, history (recent item indices, oldest first), seen (item indices)."""
     indptr, items = csr_by_user(data.known, data.num_users)
-    seen = pl.Series([items[indptr[u] : indptr[u + 1]] for u in range(data.num_users)], dtype=pl.List(pl.Int64))
+    seen = pl.Series(
+        [items[indptr[u] : indptr[u + 1]] for u in range(data.num_users)], dtype=pl.List(pl.Int64)
+    )
     return pl.DataFrame(
         {
             schema.USER_ID: data.user_vocab.frame["raw_id"],

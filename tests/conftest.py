@@ -33,7 +33,9 @@ TINY = [
 
 def compose_config(output_dir: Path, overrides: list[str] = ()) -> DictConfig:
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="train", overrides=[*TINY, f"paths.output_dir={output_dir}", *overrides])
+        return compose(
+            config_name="train", overrides=[*TINY, f"paths.output_dir={output_dir}", *overrides]
+        )
 
 
 def shared_dataset(name: str) -> Path:

@@ -39,7 +39,9 @@ def test_two_tower_beats_popularity_on_planted_clusters(trained_run):
 
 def test_checkpoints_load_without_unpickling_objects(trained_run):
     output_dir, _ = trained_run
-    state = torch.load(output_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    state = torch.load(
+        output_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True
+    )
     assert "state_dict" in state
 
 
@@ -74,7 +76,9 @@ def test_recommend_returns_k_unseen_items_with_titles(bundle_dir):
     assert all(r.title and r.title.startswith("Item ") for r in results)
     scores = [r.score for r in results]
     assert scores == sorted(scores, reverse=True)
-    with_seen = recommender.recommend(str(user), k=15, exclude_seen=False)  # ids given as strings work
+    with_seen = recommender.recommend(
+        str(user), k=15, exclude_seen=False
+    )  # ids given as strings work
     assert len(with_seen) == 15
     assert recommender.recommend_many([user, user], k=3) == [results[:3], results[:3]]
 
@@ -110,7 +114,7 @@ def _copy(bundle_dir, tmp_path):
 def test_a_bundle_missing_a_file_is_named(bundle_dir, tmp_path):
     broken = _copy(bundle_dir, tmp_path)
     (broken / USERS).unlink()
-    with pytest.raises(BundleError, match="bundle is missing users.parquet"):
+    with pytest.raises(BundleError, match=r"bundle is missing users\.parquet"):
         Recommender.load(broken)
     with pytest.raises(BundleError, match="no bundle directory"):
         Recommender.load(tmp_path / "nowhere")
@@ -120,23 +124,42 @@ def test_another_format_version_or_a_similarity_mismatch_fails_loudly(bundle_dir
     bundle = _copy(bundle_dir, tmp_path)
     manifest = json.loads((bundle / MANIFEST).read_text())
     (bundle / MANIFEST).write_text(json.dumps({**manifest, "format_version": 99}))
-    with pytest.raises(BundleError, match="bundle format version 99; this twotower reads version 1"):
+    with pytest.raises(
+        BundleError, match="bundle format version 99; this twotower reads version 1"
+    ):
         Recommender.load(bundle)
     (bundle / MANIFEST).write_text(json.dumps({**manifest, "similarity": "dot"}))
-    with pytest.raises(BundleError, match="similarity 'dot' but the towers were trained with 'cosine'"):
+    with pytest.raises(
+        BundleError, match="similarity 'dot' but the towers were trained with 'cosine'"
+    ):
         Recommender.load(bundle)
 
 
 def test_cli_prints_json_and_names_errors(bundle_dir):
     recommender = Recommender.load(bundle_dir)
     user = str(recommender.user_vocab.raw_ids(np.array([1]))[0])
-    command = [sys.executable, "-m", "serve", "recommend", "--bundle", str(bundle_dir), "--user", user, "--k", "4"]
+    command = [
+        sys.executable,
+        "-m",
+        "serve",
+        "recommend",
+        "--bundle",
+        str(bundle_dir),
+        "--user",
+        user,
+        "--k",
+        "4",
+    ]
     done = subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT)
     out = json.loads(done.stdout)
     assert out["user_id"] == user and len(out["items"]) == 4
     assert out["items"][0]["item_id"] == recommender.recommend(user, k=1)[0].item_id
     bad = subprocess.run([*command[:-1], "0"], capture_output=True, text=True, cwd=ROOT)
-    assert bad.returncode == 2 and "k must be a positive integer" in bad.stderr and "Traceback" not in bad.stderr
+    assert (
+        bad.returncode == 2
+        and "k must be a positive integer" in bad.stderr
+        and "Traceback" not in bad.stderr
+    )
 
 
 def test_same_seed_gives_the_same_metrics(tmp_path, trained_run):
@@ -152,14 +175,18 @@ def _weights(path):
 
 def test_training_resumes_from_the_last_checkpoint(tmp_path):
     train_module.train(compose_config(tmp_path, ["trainer.max_epochs=2"]))
-    first = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    first = torch.load(
+        tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
+    )
     # Same run directory, another seed: a finished run is not retrained from scratch.
     train_module.train(compose_config(tmp_path, ["trainer.max_epochs=2", "seed=7"]))
     for name, tensor in _weights(tmp_path / "checkpoints" / "last.ckpt").items():
         torch.testing.assert_close(tensor, first["state_dict"][name], msg=name)
     # Asking for more epochs continues where it stopped.
     train_module.train(compose_config(tmp_path, ["trainer.max_epochs=3"]))
-    resumed = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    resumed = torch.load(
+        tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
+    )
     assert resumed["global_step"] == first["global_step"] * 3 // 2
 
 
@@ -168,7 +195,10 @@ def test_train_py_command_line_writes_the_run_directory(tmp_path):
 
     done = subprocess.run(
         [sys.executable, "train.py", *TINY, "trainer.max_epochs=1", f"paths.output_dir={tmp_path}"],
-        capture_output=True, text=True, cwd=ROOT, check=True,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
     )
     last_lines = done.stdout.strip().splitlines()
     assert last_lines[-1] == f"bundle: {tmp_path / 'bundle'}"

@@ -38,7 +38,9 @@ def metric_sums(hit: torch.Tensor, num_relevant: torch.Tensor, ks=KS) -> dict[st
     for k in ks:
         top = hit[:, :k]
         found = top.sum(1)
-        idcg = torch.cumsum(discounts, 0)[(num_relevant.clamp(max=k) - 1).long().clamp(max=top.shape[1] - 1)]
+        idcg = torch.cumsum(discounts, 0)[
+            (num_relevant.clamp(max=k) - 1).long().clamp(max=top.shape[1] - 1)
+        ]
         first = torch.where(top.any(1), 1.0 / (top.argmax(1) + 1).double(), torch.zeros_like(found))
         out[metric_name("recall", k)] = (found / num_relevant).sum().item()
         out[metric_name("ndcg", k)] = ((top * discounts[: top.shape[1]]).sum(1) / idcg).sum().item()
@@ -62,7 +64,9 @@ class RankingMetrics:
         self.sums: dict[str, float] = {}
         self.num_users = 0
 
-    def update(self, top_items: torch.Tensor, relevant: torch.Tensor, num_relevant: torch.Tensor) -> None:
+    def update(
+        self, top_items: torch.Tensor, relevant: torch.Tensor, num_relevant: torch.Tensor
+    ) -> None:
         for name, value in metric_sums(hits(top_items, relevant), num_relevant, self.ks).items():
             self.sums[name] = self.sums.get(name, 0.0) + value
         self.num_users += int(top_items.shape[0])

@@ -58,15 +58,28 @@ class TwoTowerModule(L.LightningModule):
         ks: tuple[int, ...] = KS,
     ):
         super().__init__()
-        towers, negatives, optim = towers or TowerConfig(), negatives or NegativeConfig(), optim or OptimConfig()
+        towers, negatives, optim = (
+            towers or TowerConfig(),
+            negatives or NegativeConfig(),
+            optim or OptimConfig(),
+        )
         if negatives.distribution not in ("uniform", "popularity"):
-            raise ValueError(f"NegativeConfig.distribution: expected uniform or popularity, got {negatives.distribution!r}")
+            raise ValueError(
+                f"NegativeConfig.distribution: expected uniform or popularity, got {negatives.distribution!r}"
+            )
         if optim.schedule not in ("constant", "cosine"):
-            raise ValueError(f"OptimConfig.schedule: expected constant or cosine, got {optim.schedule!r}")
+            raise ValueError(
+                f"OptimConfig.schedule: expected constant or cosine, got {optim.schedule!r}"
+            )
         self.spec, self.tower_config, self.negatives, self.optim = spec, towers, negatives, optim
         # Plain values only, so checkpoints load with torch.load(weights_only=True).
         self.save_hyperparameters(
-            {"spec": spec.to_dict(), "towers": towers.to_dict(), "negatives": asdict(negatives), "optim": asdict(optim)}
+            {
+                "spec": spec.to_dict(),
+                "towers": towers.to_dict(),
+                "negatives": asdict(negatives),
+                "optim": asdict(optim),
+            }
         )
         self.automatic_optimization = False  # two optimisers: sparse embeddings and dense rest
         self.user_tower = UserTower(spec, towers)
@@ -109,7 +122,9 @@ class TwoTowerModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         user_vectors = self.encode_users(batch["user"], batch["history"])  # (B, D)
-        item_vectors = self.item_tower(batch["item"], batch["item_genres"], batch["item_year"])  # (B, D)
+        item_vectors = self.item_tower(
+            batch["item"], batch["item_genres"], batch["item_year"]
+        )  # (B, D)
         items = batch["item"]
         item_log_q = math.log(len(items)) + self.item_log_p[items]  # (B,)
         extra = {}
@@ -132,9 +147,18 @@ class TwoTowerModule(L.LightningModule):
         for opt in optimizers:
             opt.step()
         schedulers = self.lr_schedulers()
-        for scheduler in schedulers if isinstance(schedulers, list) else [schedulers] if schedulers else []:
+        for scheduler in (
+            schedulers if isinstance(schedulers, list) else [schedulers] if schedulers else []
+        ):
             scheduler.step()
-        self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=len(items))
+        self.log(
+            "train/loss",
+            loss.detach(),
+            prog_bar=True,
+            on_step=True,
+            on_epoch=True,
+            batch_size=len(items),
+        )
         return loss
 
     def _touched_l2(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -149,12 +173,16 @@ class TwoTowerModule(L.LightningModule):
             for param in module.parameters(recurse=False):
                 if not param.requires_grad:
                     continue
-                (sparse if isinstance(module, nn.Embedding) and module.sparse else dense).append(param)
+                (sparse if isinstance(module, nn.Embedding) and module.sparse else dense).append(
+                    param
+                )
         optimizers = []
         if sparse:
             optimizers.append(torch.optim.SparseAdam(sparse, lr=self.optim.lr))
         if dense:
-            optimizers.append(torch.optim.AdamW(dense, lr=self.optim.lr, weight_decay=self.optim.weight_decay))
+            optimizers.append(
+                torch.optim.AdamW(dense, lr=self.optim.lr, weight_decay=self.optim.weight_decay)
+            )
         total = max(int(self.trainer.estimated_stepping_batches), 1) if self._trainer else 1
         warmup, schedule = self.optim.warmup_steps, self.optim.schedule
 
@@ -176,7 +204,9 @@ class TwoTowerModule(L.LightningModule):
 
     def _rank(self, batch: dict[str, torch.Tensor]) -> None:
         user_vectors = self.encode_users(batch["user"], batch["history"])  # (U, D)
-        _, top = exact_top_k(user_vectors, self._catalogue_vectors, self.metrics.max_k, batch["seen"])
+        _, top = exact_top_k(
+            user_vectors, self._catalogue_vectors, self.metrics.max_k, batch["seen"]
+        )
         self.metrics.update(top.cpu(), batch["relevant"].cpu(), batch["num_relevant"].cpu())
 
     def _log_ranking(self, stage: str) -> dict[str, float]:

@@ -7,7 +7,7 @@ unit vectors). This file knows nothing of losses, optimisers or indexes.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -55,7 +55,13 @@ class ResidualMLP(nn.Module):
     def __init__(self, dim: int, layers: int, dropout: float):
         super().__init__()
         self.blocks = nn.ModuleList(
-            nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, dim))
+            nn.Sequential(
+                nn.LayerNorm(dim),
+                nn.Linear(dim, dim),
+                nn.GELU(),
+                nn.Dropout(dropout),
+                nn.Linear(dim, dim),
+            )
             for _ in range(layers)
         )
 
@@ -65,7 +71,9 @@ class ResidualMLP(nn.Module):
         return x
 
 
-def _embedding(rows: int, dim: int, cfg: TowerConfig, padding_idx: int | None = None) -> nn.Embedding:
+def _embedding(
+    rows: int, dim: int, cfg: TowerConfig, padding_idx: int | None = None
+) -> nn.Embedding:
     table = nn.Embedding(rows, dim, padding_idx=padding_idx, sparse=cfg.sparse)
     nn.init.normal_(table.weight, std=cfg.init_std)
     if padding_idx is not None:
@@ -93,11 +101,15 @@ class UserTower(nn.Module):
         self.pad = spec.num_items
         self.user_embedding = _embedding(spec.num_users, dim, cfg) if cfg.use_user_id else None
         self.history_embedding = (
-            _embedding(spec.num_items + 1, dim, cfg, padding_idx=self.pad) if cfg.use_history else None
+            _embedding(spec.num_items + 1, dim, cfg, padding_idx=self.pad)
+            if cfg.use_history
+            else None
         )
         # SimpleX-style gate between the id embedding and the pooled history.
         gate = 0.5 if cfg.history_gate is None else cfg.history_gate
-        self.gate_logit = nn.Parameter(torch.logit(torch.tensor(gate)), requires_grad=cfg.history_gate is None)
+        self.gate_logit = nn.Parameter(
+            torch.logit(torch.tensor(gate)), requires_grad=cfg.history_gate is None
+        )
         self.mlp = ResidualMLP(dim, cfg.mlp_layers, cfg.dropout)
 
     def forward(self, user: torch.Tensor, history: torch.Tensor) -> torch.Tensor:

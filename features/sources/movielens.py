@@ -58,8 +58,10 @@ def release_year(title: pl.Expr) -> pl.Expr:
 
 
 def genre_list(genres: pl.Expr) -> pl.Expr:
-    """"Adventure|Comedy" → ["Adventure", "Comedy"]; "(no genres listed)" → []."""
-    return genres.str.split("|").list.eval(pl.element().filter(pl.element() != "(no genres listed)"))
+    """ "Adventure|Comedy" → ["Adventure", "Comedy"]; "(no genres listed)" → []."""
+    return genres.str.split("|").list.eval(
+        pl.element().filter(pl.element() != "(no genres listed)")
+    )
 
 
 def scan_movies(path: str | Path) -> pl.LazyFrame:

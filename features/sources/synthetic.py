@@ -61,23 +61,21 @@ class Synthetic:
             items[at] = members[c][pos]
         timestamps = 1_600_000_000 + np.arange(users.size, dtype=np.int64) * 60
 
-        interactions = (
-            pl.DataFrame(
-                {
-                    schema.USER_ID: users + USER_ID_OFFSET,
-                    schema.ITEM_ID: items + ITEM_ID_OFFSET,
-                    schema.TIMESTAMP: timestamps,
-                }
-            )
-            .unique([schema.USER_ID, schema.ITEM_ID], keep="first", maintain_order=True)
-        )
+        interactions = pl.DataFrame(
+            {
+                schema.USER_ID: users + USER_ID_OFFSET,
+                schema.ITEM_ID: items + ITEM_ID_OFFSET,
+                schema.TIMESTAMP: timestamps,
+            }
+        ).unique([schema.USER_ID, schema.ITEM_ID], keep="first", maintain_order=True)
         extra_genre = rng.integers(0, self.num_clusters, self.num_items)
         items_df = pl.DataFrame(
             {
                 schema.ITEM_ID: np.arange(self.num_items, dtype=np.int64) + ITEM_ID_OFFSET,
                 schema.TITLE: [f"Item {i} (cluster {c})" for i, c in enumerate(item_cluster)],
                 schema.GENRES: [
-                    sorted({f"g{c}", f"g{e}"}) for c, e in zip(item_cluster, extra_genre, strict=True)
+                    sorted({f"g{c}", f"g{e}"})
+                    for c, e in zip(item_cluster, extra_genre, strict=True)
                 ],
                 schema.YEAR: rng.integers(1950, 2024, self.num_items).astype(np.int32),
             }

@@ -46,4 +46,6 @@ def test_val_batches_cover_every_validation_user_with_seen_and_relevant_items():
 
 def test_padded_rows():
     indptr, values = np.array([0, 2, 2, 5]), np.array([1, 2, 3, 4, 5])
-    np.testing.assert_array_equal(padded_rows(indptr, values, np.array([2, 1, 0]), -1), [[3, 4, 5], [-1, -1, -1], [1, 2, -1]])
+    np.testing.assert_array_equal(
+        padded_rows(indptr, values, np.array([2, 1, 0]), -1), [[3, 4, 5], [-1, -1, -1], [1, 2, -1]]
+    )

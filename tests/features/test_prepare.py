@@ -25,7 +25,12 @@ class Frames:
 
 def _tiny() -> Frames:
     # user 10: items 1..6 over time; user 20: items 1, 2, 3 then 7 (7 appears only in test).
-    rows = [(10, i, t) for t, i in enumerate([1, 2, 3, 4, 5, 6])] + [(20, 1, 0), (20, 2, 1), (20, 3, 2), (20, 7, 3)]
+    rows = [(10, i, t) for t, i in enumerate([1, 2, 3, 4, 5, 6])] + [
+        (20, 1, 0),
+        (20, 2, 1),
+        (20, 3, 2),
+        (20, 7, 3),
+    ]
     interactions = pl.DataFrame(rows, schema=["user_id", "item_id", "timestamp"], orient="row")
     items = pl.DataFrame(
         {
@@ -90,10 +95,16 @@ def test_bad_split_value_is_named():
 
 def test_shipped_split_keeps_the_test_set_untouched():
     df = pl.DataFrame(
-        {"user_id": [1] * 10 + [1, 1], "item_id": list(range(12)), "split": ["train"] * 10 + ["test"] * 2}
+        {
+            "user_id": [1] * 10 + [1, 1],
+            "item_id": list(range(12)),
+            "split": ["train"] * 10 + ["test"] * 2,
+        }
     )
     data = prepare(Frames(df), ShippedSplit(val_ratio=0.2))
-    assert data.test.num_interactions == 2 and data.val.num_interactions == 2 and len(data.train) == 8
+    assert (
+        data.test.num_interactions == 2 and data.val.num_interactions == 2 and len(data.train) == 8
+    )
 
 
 def test_histories_keep_the_last_items_in_order():

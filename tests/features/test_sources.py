@@ -24,7 +24,7 @@ def test_bundled_movielens_ships_with_its_licence_and_reads_positives_only():
 def test_movie_titles_give_genre_lists_and_release_years(tmp_path):
     path = tmp_path / "movies.csv"
     path.write_text(
-        'movieId,title,genres\n1,Toy Story (1995),Adventure|Animation\n'
+        "movieId,title,genres\n1,Toy Story (1995),Adventure|Animation\n"
         '2,"Heat, The (1995) ",Action\n3,No Year,(no genres listed)\n'
     )
     df = scan_movies(path).collect()
@@ -53,12 +53,14 @@ def test_movielens_reads_gzip_and_plain_csv_the_same(tmp_path):
 
 def test_movielens_missing_column_is_named_with_the_file(tmp_path):
     (tmp_path / "ratings.csv").write_text("userId,itemId,rating,timestamp\n1,2,4.0,3\n")
-    with pytest.raises(schema.SchemaError, match=r"ratings.csv: missing column 'movieId'.*Found columns: userId"):
+    with pytest.raises(
+        schema.SchemaError, match=r"ratings.csv: missing column 'movieId'.*Found columns: userId"
+    ):
         MovieLens(root=str(tmp_path)).interactions().collect()
 
 
 def test_missing_file_names_the_path(tmp_path):
-    with pytest.raises(FileNotFoundError, match="movielens ratings: no file at .*ratings.csv"):
+    with pytest.raises(FileNotFoundError, match=r"movielens ratings: no file at .*ratings\.csv"):
         MovieLens(root=str(tmp_path)).interactions()
 
 
@@ -67,8 +69,13 @@ def test_lightgcn_lines_become_pairs_with_the_shipped_split(tmp_path):
     (tmp_path / "test.txt").write_text("0 8\n1 9 10\n")
     df = LightGCN(root=str(tmp_path)).interactions().collect()
     assert df.rows() == [
-        (0, 5, "train"), (0, 6, "train"), (0, 7, "train"), (1, 5, "train"),
-        (0, 8, "test"), (1, 9, "test"), (1, 10, "test"),
+        (0, 5, "train"),
+        (0, 6, "train"),
+        (0, 7, "train"),
+        (1, 5, "train"),
+        (0, 8, "test"),
+        (1, 9, "test"),
+        (1, 10, "test"),
     ]
 
 

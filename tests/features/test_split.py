@@ -6,7 +6,11 @@ from features.split import RandomSplit, ShippedSplit, TemporalSplit
 
 
 def _user(user, n):
-    return {"user_id": [user] * n, "item_id": list(range(n)), "timestamp": list(range(100, 100 + n))}
+    return {
+        "user_id": [user] * n,
+        "item_id": list(range(n)),
+        "timestamp": list(range(100, 100 + n)),
+    }
 
 
 def test_temporal_split_holds_out_each_users_latest_interactions():
@@ -34,7 +38,11 @@ def test_shipped_split_carves_validation_from_train_only():
     )
     df = ShippedSplit(val_ratio=0.2, seed=1)(lf).collect()
     assert df.filter(pl.col("item_id") >= 10)["split"].to_list() == ["test", "test"]
-    assert df["split"].value_counts().sort("split").rows() == [("test", 2), ("train", 8), ("val", 2)]
+    assert df["split"].value_counts().sort("split").rows() == [
+        ("test", 2),
+        ("train", 8),
+        ("val", 2),
+    ]
     again = ShippedSplit(val_ratio=0.2, seed=1)(lf).collect()
     assert df.equals(again)
 

@@ -27,5 +27,5 @@ def test_parquet_round_trip_and_a_bad_file_is_named(tmp_path):
     vocab.write_parquet(tmp_path / "v.parquet")
     assert Vocabulary.read_parquet(tmp_path / "v.parquet").frame.equals(vocab.frame)
     pl.DataFrame({"id": [1]}).write_parquet(tmp_path / "bad.parquet")
-    with pytest.raises(ValueError, match="bad.parquet: not a vocabulary"):
+    with pytest.raises(ValueError, match=r"bad\.parquet: not a vocabulary"):
         Vocabulary.read_parquet(tmp_path / "bad.parquet")

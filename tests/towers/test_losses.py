@@ -29,7 +29,9 @@ def test_accidental_hits_are_masked():
     users = torch.eye(2)
     items = torch.eye(2)[[0, 0]]  # both rows' positive is the same item vector
     ids = torch.tensor([5, 5])
-    loss = SampledSoftmaxLoss(temperature=1.0, logq_correction=False)(users, items, ids, torch.zeros(2))
+    loss = SampledSoftmaxLoss(temperature=1.0, logq_correction=False)(
+        users, items, ids, torch.zeros(2)
+    )
     # Every other candidate is masked, so each row's softmax is over its positive alone.
     torch.testing.assert_close(loss, torch.tensor(0.0))
 
@@ -41,7 +43,9 @@ def test_extra_negatives_add_candidates_and_mask_the_positive_among_them():
     loss_fn = SampledSoftmaxLoss(temperature=1.0, logq_correction=False)
     base = loss_fn(users, items, ids, torch.zeros(2))
     negatives = torch.tensor([[0.0, 1.0], [0.5, 0.5]])
-    with_negs = loss_fn(users, items, ids, torch.zeros(2), negatives, torch.tensor([7, 0]), torch.zeros(2))
+    with_negs = loss_fn(
+        users, items, ids, torch.zeros(2), negatives, torch.tensor([7, 0]), torch.zeros(2)
+    )
     assert with_negs > base  # more competition
     # Negative id 0 equals row 0's positive: it is masked for row 0 but not for row 1.
     logits = users @ torch.cat([items, negatives]).T

@@ -1,13 +1,22 @@
 import torch
 
-from towers import FeatureSpec, ItemCatalogue, NegativeConfig, OptimConfig, TowerConfig, TwoTowerModule
+from towers import (
+    FeatureSpec,
+    ItemCatalogue,
+    NegativeConfig,
+    OptimConfig,
+    TowerConfig,
+    TwoTowerModule,
+)
 
 SPEC = FeatureSpec(num_users=6, num_items=10, num_genres=2, num_year_buckets=3, history_length=4)
 
 
 def _module(**kwargs) -> TwoTowerModule:
     catalogue = ItemCatalogue(
-        genres=torch.randint(0, 3, (10, 2)), year=torch.randint(0, 3, (10,)), counts=torch.arange(10)
+        genres=torch.randint(0, 3, (10, 2)),
+        year=torch.randint(0, 3, (10,)),
+        counts=torch.arange(10),
     )
     return TwoTowerModule(SPEC, catalogue, TowerConfig(embedding_dim=8), **kwargs)
 
@@ -15,7 +24,7 @@ def _module(**kwargs) -> TwoTowerModule:
 def test_embedding_tables_get_a_sparse_optimizer_and_the_rest_a_dense_one():
     model = _module()
     optimizers, _ = model.configure_optimizers()
-    sparse, *rest = optimizers
+    sparse, *_rest = optimizers
     assert isinstance(sparse, torch.optim.SparseAdam)
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
     assert {id(p) for g in sparse.param_groups for p in g["params"]} == embeddings
