@@ -53,3 +53,41 @@ def test_random_split_ratios_are_close_and_deterministic():
     shares = dict(df["split"].value_counts(normalize=True).iter_rows())
     assert abs(shares["train"] - 0.8) < 0.02 and abs(shares["test"] - 0.1) < 0.02
     assert df.equals(RandomSplit(val_ratio=0.1, test_ratio=0.1, seed=0)(lf).collect())
+
+
+def _recbole_counts(n: int, ratios=(0.8, 0.1, 0.1)) -> list[int]:
+    """RecBole's Dataset._calcu_split_ids, as counts (train, val, test) for one user."""
+    total = sum(ratios)
+    ratios = [r / total for r in ratios]
+    counts = [int(r * n) for r in ratios]
+    counts[0] = n - sum(counts[1:])
+    for i in range(1, len(ratios)):
+        if counts[0] <= 1:
+            break
+        if 0 < ratios[-i] * n < 1:
+            counts[-i] += 1
+            counts[0] -= 1
+    return counts
+
+
+def test_random_split_per_user_matches_recbole_counts():
+    users = [u for u in range(1, 120) for _ in range(u)]  # user u has u interactions
+    lf = pl.LazyFrame({"user_id": users, "item_id": list(range(len(users)))})
+    df = RandomSplit(val_ratio=0.1, test_ratio=0.1, seed=3)(lf).collect()
+    counts = (
+        df.group_by("user_id")
+        .agg((pl.col("split") == s).sum().alias(s) for s in ("train", "val", "test"))
+        .sort("user_id")
+    )
+    for user, *got in counts.iter_rows():
+        assert got == _recbole_counts(user), user
+
+
+def test_random_split_global_cuts_the_whole_frame_once():
+    lf = pl.LazyFrame({"user_id": [0] * 5 + [1] * 5, "item_id": list(range(10))})
+    df = RandomSplit(val_ratio=0.1, test_ratio=0.1, by_user=False, seed=0)(lf).collect()
+    assert df["split"].value_counts().sort("split").rows() == [
+        ("test", 1),
+        ("train", 8),
+        ("val", 1),
+    ]

@@ -1,0 +1,399 @@
+"""Retrieval quality side by side: popularity, tuned ALS (implicit) and twotower, on the same split
+with the same metric code, next to the published numbers for that split.
+
+    python benchmarks/quality.py --datasets movielens lastfm
+    python benchmarks/quality.py --datasets gowalla --models popularity als   # skip twotower
+
+Per dataset: the data config the experiment uses is prepared once (same seed, so the same split
+`train.train` sees). Every model ranks the full catalogue for each held-out user with the user's
+known items masked (`towers.ranking.exact_top_k`, or FAISS through the bundle for twotower) and is
+scored by `towers.metrics.RankingMetrics` over the same `HeldOut` sets.
+
+- popularity: training + validation counts (as train.py reports it).
+- ALS: implicit's `AlternatingLeastSquares` fitted on the training pairs for each point of a small
+  grid; the grid point with the best validation recall@20 is evaluated on test. At test time its
+  user vectors are re-solved from each user's train + validation items with the item factors
+  fixed (`recalculate_user`), the same information twotower's user tower sees at test time.
+- twotower: `train.train(cfg)` with the dataset's experiment config (model chosen on validation).
+
+Prints one table and merges the results into benchmarks/results/quality.json (one key per
+dataset). It is a benchmark, not a test: nothing here asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+import train as train_module
+from features.datamodule import csr_by_user, padded_rows
+from features.prepare import HeldOut, PreparedData
+from serve.evaluate import evaluate_popularity
+from towers.metrics import KS, RankingMetrics, metric_name
+from towers.ranking import exact_top_k
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "quality.json"
+MONITOR = metric_name("recall", 20)  # what ALS is tuned on (validation), as train.py's monitor
+
+
+@dataclass
+class Dataset:
+    experiment: str | None  # conf/experiment/<name>.yaml, used when it exists
+    data: str  # conf/data/<name>.yaml, the fallback when the experiment file is absent
+    published: list[dict] = field(default_factory=list)  # rows from ../shared/datasets/README.md
+    ks_shown: tuple[int, ...] = (20, 50)
+
+
+GOWALLA_PUBLISHED = [
+    {"model": "MF-BPR", "recall@20": 0.1627, "ndcg@20": 0.1378, "source": "BARS re-run"},
+    {
+        "model": "YoutubeDNN (two-tower)",
+        "recall@20": 0.1754,
+        "ndcg@20": 0.1473,
+        "source": "BARS re-run",
+    },
+    {"model": "EASE^R", "recall@20": 0.1765, "ndcg@20": 0.1467, "source": "BARS re-run"},
+    {"model": "LightGCN", "recall@20": 0.1820, "ndcg@20": 0.1547, "source": "BARS re-run"},
+    {"model": "MF-CCL", "recall@20": 0.1837, "ndcg@20": 0.1493, "source": "BARS re-run"},
+    {"model": "SimpleX", "recall@20": 0.1872, "ndcg@20": 0.1557, "source": "BARS re-run"},
+    {"model": "UltraGCN", "recall@20": 0.1862, "ndcg@20": 0.1580, "source": "UltraGCN paper"},
+]
+LASTFM_PUBLISHED = [
+    {
+        "model": "BPR",
+        "recall@10": 0.1761,
+        "ndcg@10": 0.1674,
+        "source": "RecBole-GNN results/social/lastfm.md",
+    },
+    {
+        "model": "LightGCN",
+        "recall@10": 0.2064,
+        "ndcg@10": 0.1972,
+        "source": "RecBole-GNN results/social/lastfm.md",
+    },
+]
+DATASETS = {
+    "movielens": Dataset(None, "movielens"),
+    "ml100k": Dataset(None, "movielens_100k"),
+    "electronics": Dataset(None, "bars_electronics"),
+    "lastfm": Dataset("lastfm", "lastfm_hetrec", LASTFM_PUBLISHED, ks_shown=(10, 20, 50)),
+    "gowalla": Dataset("gowalla", "lightgcn", GOWALLA_PUBLISHED),
+}
+
+# implicit ALS grid (all combinations). Rendle et al. 2021: tune regularisation and the
+# unobserved weight (alpha here) honestly; dimension helps iALS, so 128 is in the grid too.
+ALS_GRID = {
+    "factors": (64, 128),
+    "regularization": (0.1, 1.0, 10.0, 30.0),  # implicit's L2 is not scaled by counts
+    "alpha": (1.0, 5.0, 20.0),
+    "iterations": (15,),
+}
+ALS_GRID_TINY = {"factors": (64,), "regularization": (0.1,), "alpha": (5.0,), "iterations": (10,)}
+
+
+# -- shared ranking ----------------------------------------------------------------------------
+def rank_and_score(
+    user_vectors: np.ndarray,
+    item_vectors: np.ndarray,
+    seen: tuple[np.ndarray, np.ndarray],
+    held_out: HeldOut,
+    ks=KS,
+    stage: str = "test",
+    chunk: int = 2048,
+) -> dict[str, float]:
+    """Full-catalogue top-k for every held-out user (row i of `user_vectors` is held_out.users[i]),
+    the user's `seen` (indptr, items) masked, scored by `RankingMetrics`."""
+    metrics = RankingMetrics(ks)
+    items_t = torch.from_numpy(np.ascontiguousarray(item_vectors, dtype=np.float32))  # (I, D)
+    seen_indptr, seen_items = seen
+    for start in range(0, len(held_out), chunk):
+        rows = np.arange(start, min(start + chunk, len(held_out)))
+        users = held_out.users[rows]
+        users_t = torch.from_numpy(
+            np.ascontiguousarray(user_vectors[rows], dtype=np.float32)
+        )  # (U, D)
+        seen_rows = torch.from_numpy(padded_rows(seen_indptr, seen_items, users, pad=-1))
+        _, top = exact_top_k(users_t, items_t, metrics.max_k, seen_rows)  # (U, K)
+        relevant = padded_rows(held_out.indptr, held_out.items, rows, pad=-1)
+        counts = held_out.indptr[rows + 1] - held_out.indptr[rows]
+        metrics.update(top, torch.from_numpy(relevant), torch.from_numpy(counts))
+    return metrics.compute(stage)
+
+
+def user_item_matrix(pairs: np.ndarray, num_users: int, num_items: int) -> sp.csr_matrix:
+    """Binary CSR users x items from [user, item] rows."""
+    values = np.ones(len(pairs), dtype=np.float32)
+    matrix = sp.csr_matrix((values, (pairs[:, 0], pairs[:, 1])), shape=(num_users, num_items))
+    matrix.sum_duplicates()
+    matrix.data[:] = 1.0
+    return matrix
+
+
+# -- models ------------------------------------------------------------------------------------
+def run_popularity(data: PreparedData) -> dict:
+    seen = csr_by_user(data.known, data.num_users)
+    counts = np.bincount(data.known[:, 1], minlength=data.num_items)
+    started = time.perf_counter()
+    metrics = evaluate_popularity(counts, seen, data.test, KS, stage="test")
+    return {"metrics": metrics, "train_seconds": 0.0, "eval_seconds": time.perf_counter() - started}
+
+
+def run_als(data: PreparedData, grid: dict, seed: int, threads: int) -> dict:
+    from implicit.cpu.als import AlternatingLeastSquares  # the bench extra; imported only here
+    from threadpoolctl import threadpool_limits
+
+    # implicit parallelises itself, so BLAS runs single-threaded inside fit (implicit warns
+    # otherwise); the ranking matmuls outside keep torch's threads.
+    train_matrix = user_item_matrix(data.train, data.num_users, data.num_items)
+    train_seen = csr_by_user(data.train, data.num_users)
+    trials = []
+    best = None
+    grid_started = time.perf_counter()
+    for values in itertools.product(*grid.values()):
+        params = dict(zip(grid, values, strict=True))
+        model = AlternatingLeastSquares(**params, random_state=seed, num_threads=threads)
+        started = time.perf_counter()
+        with threadpool_limits(1, "blas"):
+            model.fit(train_matrix, show_progress=False)
+        fit_seconds = time.perf_counter() - started
+        val = rank_and_score(
+            model.user_factors[data.val.users],
+            model.item_factors,
+            train_seen,
+            data.val,
+            stage="val",
+        )
+        trial = {"params": params, "fit_seconds": fit_seconds, "val": val}
+        trials.append(trial)
+        print(
+            f"  als {params}: val recall@20 {val['val/' + MONITOR]:.4f} ({fit_seconds:.1f}s fit)",
+            flush=True,
+        )
+        if best is None or val["val/" + MONITOR] > best[0]["val"]["val/" + MONITOR]:
+            best = (trial, model)
+    grid_seconds = time.perf_counter() - grid_started
+    trial, model = best
+
+    # Test: user vectors re-solved from train + validation items, item factors fixed.
+    known_matrix = user_item_matrix(data.known, data.num_users, data.num_items)
+    started = time.perf_counter()
+    with threadpool_limits(1, "blas"):
+        test_users = model.recalculate_user(data.test.users, known_matrix[data.test.users])
+    known_seen = csr_by_user(data.known, data.num_users)
+    metrics = rank_and_score(test_users, model.item_factors, known_seen, data.test, stage="test")
+    eval_seconds = time.perf_counter() - started
+    return {
+        "metrics": metrics,
+        "params": trial["params"],
+        "val": trial["val"],
+        "train_seconds": trial["fit_seconds"],
+        "grid_seconds": grid_seconds,
+        "eval_seconds": eval_seconds,
+        "grid": trials,
+    }
+
+
+def run_twotower(overrides: list[str], output_dir: Path) -> dict:
+    cfg = _compose(
+        [
+            *overrides,
+            f"paths.output_dir={output_dir}",
+            "resume=false",
+            "trainer.enable_progress_bar=false",
+        ]
+    )
+    metrics = train_module.train(cfg)
+    test = {k: v for k, v in metrics.items() if k.startswith("test/")}
+    val = {k: v for k, v in metrics.items() if k.startswith("val/")}
+    return {
+        "metrics": test,
+        "val": val,
+        "train_seconds": metrics.get("train/seconds"),
+        "epochs": metrics.get("train/epochs"),
+        "output_dir": str(output_dir),
+        "overrides": overrides,
+    }
+
+
+# -- plumbing ----------------------------------------------------------------------------------
+def _compose(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+def dataset_overrides(dataset: Dataset) -> list[str]:
+    if (
+        dataset.experiment
+        and (ROOT / "conf" / "experiment" / f"{dataset.experiment}.yaml").is_file()
+    ):
+        return [f"experiment={dataset.experiment}"]
+    return [f"data={dataset.data}"]
+
+
+def git_revision() -> str:
+    """HEAD's hash, with "+dirty" when tracked files differ from it (results say what they ran)."""
+    run = partial(subprocess.run, cwd=ROOT, capture_output=True, text=True, check=False)
+    head = run(["git", "rev-parse", "--short", "HEAD"]).stdout.strip() or "unknown"
+    dirty = run(["git", "status", "--porcelain", "--untracked-files=no"]).stdout.strip()
+    return head + ("+dirty" if dirty else "")
+
+
+def _fmt(value) -> str:
+    return (
+        f"{value:.4f}" if isinstance(value, float) else (str(value) if value is not None else "-")
+    )
+
+
+def _seconds(value) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def table(results: dict) -> str:
+    ks = sorted({k for r in results.values() for k in r["ks_shown"]})
+    columns = [
+        metric_name(m, k) for k in ks for m in ("recall", "ndcg") if not (k == 50 and m == "ndcg")
+    ]
+    header = (
+        f"{'dataset':<12}{'model':<26}"
+        + "".join(f"{c:>11}" for c in columns)
+        + f"{'train s':>10}{'eval s':>9}"
+    )
+    lines = [header, "-" * len(header)]
+    for name, result in results.items():
+        for model, run in result["ours"].items():
+            m = run["metrics"]
+            cells = "".join(f"{_fmt(m.get('test/' + c)):>11}" for c in columns)
+            lines.append(
+                f"{name:<12}{model:<26}{cells}{_seconds(run['train_seconds']):>10}"
+                f"{_seconds(run.get('eval_seconds')):>9}"
+            )
+        for row in result["published"]:
+            cells = "".join(f"{_fmt(row.get(c)):>11}" for c in columns)
+            lines.append(f"{name:<12}{'(pub) ' + row['model']:<26}{cells}{'':>10}{'':>9}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--datasets", nargs="+", default=["movielens"], choices=sorted(DATASETS))
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=["popularity", "als", "twotower"],
+        choices=["popularity", "als", "twotower"],
+    )
+    parser.add_argument(
+        "--als-grid",
+        default="small",
+        choices=["small", "tiny"],
+        help="small: 24 points; tiny: 1 (smoke)",
+    )
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        help="extra Hydra override for every dataset (repeatable)",
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch / ALS threads (default: torch's)"
+    )
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    grid = ALS_GRID if args.als_grid == "small" else ALS_GRID_TINY
+
+    results = {}
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d_%H-%M-%S")
+    for name in args.datasets:
+        dataset = DATASETS[name]
+        overrides = [*dataset_overrides(dataset), *args.override]
+        cfg = _compose([*overrides, "paths.output_dir=/tmp/unused"])
+        torch.manual_seed(cfg.seed)
+        started = time.perf_counter()
+        datamodule = instantiate(cfg.data)
+        datamodule.setup()
+        data: PreparedData = datamodule.data
+        prepare_seconds = time.perf_counter() - started
+        print(
+            f"== {name} ({' '.join(overrides)}): {data.num_users} users, {data.num_items} items, "
+            f"{len(data.train)} train / {data.val.num_interactions} val / {data.test.num_interactions} test "
+            f"(prepared in {prepare_seconds:.1f}s)",
+            flush=True,
+        )
+        ours = {}
+        if "popularity" in args.models:
+            ours["popularity"] = run_popularity(data)
+        if "als" in args.models:
+            ours["als (implicit, tuned)"] = run_als(data, grid, cfg.seed, threads)
+            als = ours["als (implicit, tuned)"]
+            print(
+                f"  als best {als['params']}; test full-catalogue eval {als['eval_seconds']:.2f}s for {len(data.test)} users",
+                flush=True,
+            )
+        if "twotower" in args.models:
+            ours["twotower"] = run_twotower(
+                overrides, ROOT / "runs" / "quality" / f"{name}-{stamp}"
+            )
+        results[name] = {
+            "overrides": overrides,
+            "data": {
+                "users": data.num_users,
+                "items": data.num_items,
+                "train": len(data.train),
+                "val": data.val.num_interactions,
+                "test": data.test.num_interactions,
+                "test_users": len(data.test),
+                "prepare_seconds": prepare_seconds,
+            },
+            "ours": ours,
+            "published": dataset.published,
+            "ks_shown": list(dataset.ks_shown),
+        }
+
+    print()
+    print(table(results))
+    meta = {
+        "date": stamp,
+        "command": " ".join(
+            [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]
+        ),
+        "torch_threads": threads,
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "torch": torch.__version__,
+        "git": git_revision(),
+    }
+    for result in results.values():
+        result["meta"] = meta
+    merged = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    merged.update(results)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(f".{args.out.name}.tmp")
+    tmp.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, args.out)
+    print(f"results: {args.out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
