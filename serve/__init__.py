@@ -4,19 +4,24 @@ Never imports the LightningModule: it loads plain tower modules from the bundle.
 
 from serve.bundle import FORMAT_VERSION, Bundle, export_bundle, read_bundle
 from serve.errors import BundleError, UnknownIdError, UnknownItemError, UnknownUserError
-from serve.index import build_index
-from serve.recommender import Recommendation, Recommender
+from serve.index import IndexConfig, build_index
+from serve.recommender import Recommendation, Recommendations, Recommender
+from serve.update import UpdateReport, update_items
 
 __all__ = [
     "FORMAT_VERSION",
     "Bundle",
     "BundleError",
+    "IndexConfig",
     "Recommendation",
+    "Recommendations",
     "Recommender",
     "UnknownIdError",
     "UnknownItemError",
     "UnknownUserError",
+    "UpdateReport",
     "build_index",
     "export_bundle",
     "read_bundle",
+    "update_items",
 ]

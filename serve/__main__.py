@@ -1,4 +1,9 @@
-"""Command line: `python -m serve recommend --bundle PATH --user ID --k 10` prints JSON.
+"""Command line.
+
+    python -m serve recommend --bundle PATH --user ID --k 10      items for a user, as JSON
+    python -m serve similar --bundle PATH --item ID --k 10        items near an item, as JSON
+    python -m serve http --bundle PATH --host 127.0.0.1 --port 8000   the HTTP service
+    python -m serve update --bundle PATH --upsert new.parquet --remove ID   a new bundle version
 
 Errors (unknown ids, bad k, a broken bundle) print one line to stderr and exit with status 2."""
 
@@ -7,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from serve.errors import BundleError, UnknownIdError
 
@@ -18,29 +24,117 @@ def _parser() -> argparse.ArgumentParser:
     rec.add_argument("--bundle", required=True, help="bundle directory written by export")
     rec.add_argument("--user", required=True, action="append", help="raw user id (repeatable)")
     rec.add_argument("--k", type=int, default=10, help="number of results")
-    rec.add_argument("--include-seen", action="store_true", help="do not exclude the user's seen items")
+    rec.add_argument(
+        "--include-seen", action="store_true", help="do not exclude the user's seen items"
+    )
+    rec.add_argument(
+        "--history", action="append", default=None, help="raw item id of a history (repeatable)"
+    )
+    rec.add_argument(
+        "--cold-start",
+        default="history",
+        choices=("history", "popularity", "error"),
+        help="users the bundle does not know: from --history (else an error), popularity, or an error",
+    )
     sim = commands.add_parser("similar", help="items near an item, as JSON")
     sim.add_argument("--bundle", required=True)
     sim.add_argument("--item", required=True, help="raw item id")
     sim.add_argument("--k", type=int, default=10)
+    http = commands.add_parser("http", help="serve the bundle over HTTP (uvicorn)")
+    http.add_argument("--bundle", required=True)
+    http.add_argument("--host", default="127.0.0.1")
+    http.add_argument("--port", type=int, default=8000)
+    http.add_argument(
+        "--cold-start",
+        default="history",
+        choices=("history", "popularity", "error"),
+        help="users the bundle does not know: their given history, popularity, or 404",
+    )
+    http.add_argument(
+        "--device", default=None, choices=("auto", "cpu", "gpu"), help="override index.device"
+    )
+    http.add_argument(
+        "--watch",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="poll the bundle's CURRENT and reload a new version by itself",
+    )
+    http.add_argument("--log-level", default="info")
+    upd = commands.add_parser(
+        "update", help="add, replace or remove items: writes a new bundle version"
+    )
+    upd.add_argument("--bundle", required=True)
+    upd.add_argument(
+        "--upsert",
+        help="Parquet, CSV or JSON file: item_id and any of title, genres, year, year_bucket",
+    )
+    upd.add_argument(
+        "--remove", action="append", default=[], help="raw item id to remove (repeatable)"
+    )
     return parser
+
+
+def _read_table(path: str):
+    import polars as pl
+
+    readers = {".parquet": pl.read_parquet, ".csv": pl.read_csv, ".json": pl.read_json}
+    reader = readers.get(Path(path).suffix)
+    if reader is None:
+        raise ValueError(f"--upsert {path}: expected a .parquet, .csv or .json file")
+    try:
+        return reader(path)
+    except (OSError, pl.exceptions.PolarsError) as err:
+        raise ValueError(f"--upsert {path}: cannot read it ({err})") from None
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from serve.recommender import Recommender
 
+    if args.command == "http":
+        from serve.http import serve
+
+        serve(
+            args.bundle,
+            args.host,
+            args.port,
+            args.cold_start,
+            args.device,
+            args.watch,
+            args.log_level,
+        )
+        return 0
+    if args.command == "update":
+        from serve.update import update_items
+
+        try:
+            upsert = _read_table(args.upsert) if args.upsert else None
+            report = update_items(args.bundle, upsert=upsert, remove=args.remove)
+        except (BundleError, UnknownIdError, ValueError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(json.dumps(report.to_dict(), indent=2, default=str))
+        return 0
     try:
-        recommender = Recommender.load(args.bundle)
+        recommender = Recommender.load(
+            args.bundle, cold_start=getattr(args, "cold_start", "history")
+        )
         if args.command == "recommend":
-            results = recommender.recommend_many(args.user, k=args.k, exclude_seen=not args.include_seen)
+            histories = None if args.history is None else [args.history] * len(args.user)
+            results = recommender.recommend_many(
+                args.user, k=args.k, exclude_seen=not args.include_seen, histories=histories
+            )
             payload = [
-                {"user_id": user, "items": [r.to_dict() for r in recs]}
+                {"user_id": user, "source": recs.source, "items": [r.to_dict() for r in recs]}
                 for user, recs in zip(args.user, results, strict=True)
             ]
             out = payload[0] if len(payload) == 1 else payload
         else:
-            out = {"item_id": args.item, "items": [r.to_dict() for r in recommender.similar_items(args.item, args.k)]}
+            out = {
+                "item_id": args.item,
+                "items": [r.to_dict() for r in recommender.similar_items(args.item, args.k)],
+            }
     except (BundleError, UnknownIdError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -17,10 +17,14 @@ from towers.metrics import KS, RankingMetrics
 from towers.ranking import exact_top_k
 
 
-def _update(metrics: RankingMetrics, held_out: HeldOut, rows: np.ndarray, top_items: np.ndarray) -> None:
+def _update(
+    metrics: RankingMetrics, held_out: HeldOut, rows: np.ndarray, top_items: np.ndarray
+) -> None:
     relevant = padded_rows(held_out.indptr, held_out.items, rows, pad=-1)
     counts = held_out.indptr[rows + 1] - held_out.indptr[rows]
-    metrics.update(torch.from_numpy(top_items), torch.from_numpy(relevant), torch.from_numpy(counts))
+    metrics.update(
+        torch.from_numpy(top_items), torch.from_numpy(relevant), torch.from_numpy(counts)
+    )
 
 
 def evaluate_recommender(
@@ -52,6 +56,8 @@ def evaluate_popularity(
         rows = np.arange(start, min(start + chunk, len(held_out)))
         users = held_out.users[rows]
         seen_rows = torch.from_numpy(padded_rows(seen_indptr, seen_items, users, pad=-1))
-        _, top = exact_top_k(torch.ones(len(rows), 1, dtype=torch.float64), item_vectors, metrics.max_k, seen_rows)
+        _, top = exact_top_k(
+            torch.ones(len(rows), 1, dtype=torch.float64), item_vectors, metrics.max_k, seen_rows
+        )
         _update(metrics, held_out, rows, top.numpy())
     return metrics.compute(stage)

@@ -1,57 +1,138 @@
 """`Recommender`: answers "which items for this user" from an exported bundle, in process.
 
 At each request the user tower runs on the user's current features (their recent history), the
-FAISS index returns the nearest items, and the user's seen items are filtered out. The index is
-asked for k plus as many items as the user has seen, so exclusion never leaves fewer than k
-results while k eligible items exist. Offline evaluation goes through `top_k`, the same path.
+FAISS index returns the nearest items, and ineligible items are dropped: the user's seen items,
+an explicit exclude list, items failing an attribute filter (`{"genres": "Comedy"}`). Results
+are exactly k whenever k eligible items exist:
+
+- exclusions are handled by over-fetching k + (number excluded) and, when that was not enough,
+  fetching more;
+- attribute filters go to FAISS as an id selector (a bitmap over item ids) on the CPU, or are
+  searched exactly when they leave few items;
+- when an approximate index runs out of candidates (an IVF list probe or an HNSW walk that
+  found fewer than k eligible items), that query is answered by exact search over the
+  eligible items.
+
+Users the bundle does not know are answered, as configured (`cold_start`):
+- "history" (default): from a history of item ids given with the request (the user tower runs on
+  it, without a user-id embedding); without one, `UnknownUserError`;
+- "popularity": the same, but without a history the most popular eligible items;
+- "error": always `UnknownUserError`.
+Each result list says which happened in `.source` ("model", "history" or "popularity"). Offline evaluation goes through `top_k`, the
+same path as `recommend`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import faiss
 import numpy as np
+import polars as pl
 import torch
 
-from serve.bundle import Bundle, padded, read_bundle
-from serve.errors import UnknownItemError, UnknownUserError, check_k
 from features.vocab import Vocabulary
+from serve.bundle import ACTIVE, Bundle, padded, read_bundle
+from serve.errors import UnknownItemError, UnknownUserError, check_k
+from serve.index import on_gpu, resolve_device, search_parameters, set_search_threads, to_device
+
+# Where each result list came from.
+MODEL, HISTORY, POPULARITY = "model", "history", "popularity"
+COLD_START = ("history", "popularity", "error")  # for users the bundle does not know (see above)
+EXACT_BELOW = 4096  # filters leaving at most this many items are searched exactly
+GPU_MAX_K = 2048  # FAISS GPU search returns at most this many neighbours
+_INTERNAL_COLUMNS = {"genre_ids", "year_bucket", ACTIVE}
+_EMPTY = np.zeros(0, dtype=np.int64)
 
 
 @dataclass(frozen=True)
 class Recommendation:
     item_id: object  # raw item id, as in the data
-    score: float  # similarity (inner product; cosine for cosine models)
+    score: float  # similarity (inner product; cosine for cosine models); popularity: a count
     title: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+class Recommendations(list):
+    """A list of `Recommendation`s that also says where it came from: `source` is "model" (the
+    towers on a known user), "history" (the user tower on a given history) or "popularity"."""
+
+    def __init__(self, items=(), source: str = MODEL):
+        super().__init__(items)
+        self.source = source
+
+
+class _Filter:
+    """Items passing an attribute filter: a boolean mask over item ids, and its FAISS selector."""
+
+    def __init__(self, eligible: np.ndarray):
+        self.eligible = eligible  # (I,) bool, active items passing the filter
+        self.count = int(eligible.sum())
+        self.rows = np.flatnonzero(eligible)
+        self._bits = np.packbits(eligible, bitorder="little")  # kept alive for the selector
+        self.selector = faiss.IDSelectorBitmap(len(eligible), faiss.swig_ptr(self._bits))
+
+
 class Recommender:
-    def __init__(self, bundle: Bundle):
+    def __init__(self, bundle: Bundle, cold_start: str = "history", device: str | None = None):
+        if cold_start not in COLD_START:
+            raise ValueError(f"cold_start must be one of {COLD_START}, got {cold_start!r}")
         self.bundle = bundle
-        self.index = bundle.index
+        self.cold_start = cold_start
+        self.index = bundle.index  # the CPU index (what is saved)
+        self.device = resolve_device(device or bundle.index_config.device)
+        self.searcher = to_device(bundle.index, self.device)
+        self.search_params = bundle.search_params
+        self._params = search_parameters(bundle.index, self.search_params)
+        self.item_vectors = np.ascontiguousarray(bundle.item_vectors, dtype=np.float32)
+
+        spec = bundle.user_tower.spec
+        self.user_tower = bundle.user_tower
+        self.history_length = spec.history_length
+        self.history_pad = spec.num_items  # rows past the tower's vocabulary cannot be in a history
         self.user_vocab = Vocabulary.from_ids(bundle.users["user_id"])
         self.item_vocab = Vocabulary.from_ids(bundle.items["item_id"])
-        spec = bundle.user_tower.spec
-        self.histories = torch.from_numpy(padded(bundle.users["history"], spec.num_items, spec.history_length))
+        self.histories = torch.from_numpy(
+            padded(bundle.users["history"], spec.num_items, spec.history_length)
+        )
         seen = bundle.users["seen"]
-        self.seen_indptr = np.concatenate([[0], np.cumsum(seen.list.len().to_numpy())]).astype(np.int64)
+        self.seen_indptr = np.concatenate([[0], np.cumsum(seen.list.len().to_numpy())]).astype(
+            np.int64
+        )
         self.seen_items = seen.explode().drop_nulls().to_numpy().astype(np.int64)
         self.item_ids = bundle.items["item_id"].to_numpy()
         titles = bundle.items["title"] if "title" in bundle.items.columns else None
         self.titles = None if titles is None else titles.to_list()
+        self.active = bundle.items[ACTIVE].to_numpy().astype(bool)  # (I,)
+        self.num_active = int(self.active.sum())
+        # Popularity = how many users have seen an item; most popular first, ties by id.
+        counts = np.bincount(self.seen_items, minlength=self.num_items).astype(np.float64)
+        self.popularity = counts
+        order = np.lexsort((np.arange(self.num_items), -counts))
+        self.popular_order = order[self.active[order]]
+        self._filters: dict[tuple, _Filter] = {}
+        self._filters_lock = threading.Lock()
 
     @classmethod
-    def load(cls, path: str | Path) -> Recommender:
-        return cls(read_bundle(path))
+    def load(
+        cls, path: str | Path, cold_start: str = "history", device: str | None = None
+    ) -> Recommender:
+        """`device` overrides the bundle's `index.device` (auto | cpu | gpu)."""
+        return cls(read_bundle(path), cold_start=cold_start, device=device)
 
     @property
     def num_items(self) -> int:
+        """Rows of the item table (FAISS ids are 0..num_items-1); `num_active` are searchable."""
         return len(self.item_ids)
+
+    @property
+    def version(self) -> str | None:
+        return self.bundle.version
 
     # -- ids ------------------------------------------------------------------------------------
     def user_index(self, user_id: object) -> int:
@@ -61,54 +142,222 @@ class Recommender:
         return index
 
     def item_index(self, item_id: object) -> int:
+        """Row of an item in the catalogue now (removed items are unknown)."""
         index = self.item_vocab.index_of(item_id)
-        if index is None:
-            raise UnknownItemError(item_id, len(self.item_vocab))
+        if index is None or not self.active[index]:
+            raise UnknownItemError(item_id, self.num_active)
         return index
 
-    # -- vectors ----------------------------------------------------------------------------
-    @torch.no_grad()
-    def encode_users(self, users: np.ndarray) -> np.ndarray:
-        """User vectors (U, D) float32 from each user's current features."""
-        users_t = torch.as_tensor(users, dtype=torch.long)
-        vectors = self.bundle.user_tower(users_t, self.histories[users_t])
-        return vectors.float().numpy()
-
-    # -- ranking ----------------------------------------------------------------------------
-    def search(self, queries: np.ndarray, k: int, exclude: Sequence[np.ndarray] | None = None):
-        """Best `k` index rows per query vector, none of `exclude[row]`: (scores, items), (Q, k).
-
-        Missing results (fewer than k eligible items) are item -1 with score -inf.
-        """
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
-        num_queries = len(queries)
-        extra = max((len(e) for e in exclude), default=0) if exclude is not None else 0
-        fetch = min(k + extra, self.index.ntotal)
-        while True:
-            scores, items = self.index.search(queries, fetch)
-            keep = items >= 0
-            if exclude is not None and extra:
-                rows = np.repeat(np.arange(num_queries), [len(e) for e in exclude])
-                banned = rows * self.num_items + np.concatenate(exclude)
-                keep &= ~np.isin(np.arange(num_queries)[:, None] * self.num_items + items, banned)
-            enough = keep.sum(1) >= min(k, self.index.ntotal)
-            if enough.all() or fetch >= self.index.ntotal:
-                break
-            fetch = min(2 * fetch, self.index.ntotal)
-        order = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # kept results first, in rank order
-        top_items = np.take_along_axis(np.where(keep, items, -1), order, 1)
-        top_scores = np.take_along_axis(np.where(keep, scores, -np.inf), order, 1)
-        if top_items.shape[1] < k:
-            pad = k - top_items.shape[1]
-            top_items = np.pad(top_items, ((0, 0), (0, pad)), constant_values=-1)
-            top_scores = np.pad(top_scores, ((0, 0), (0, pad)), constant_values=-np.inf)
-        return top_scores, top_items
+    def item_rows(self, item_ids: Sequence[object] | None, field: str = "item ids") -> np.ndarray:
+        """Rows of raw item ids; removed items are dropped, unknown ones are an error."""
+        if not item_ids:
+            return _EMPTY
+        if isinstance(item_ids, str | bytes) or not isinstance(item_ids, Sequence | np.ndarray):
+            raise ValueError(f"{field} must be a list of item ids, got {item_ids!r}")
+        rows = []
+        for item_id in item_ids:
+            row = self.item_vocab.index_of(item_id)
+            if row is None:
+                raise UnknownItemError(item_id, self.num_active)
+            rows.append(row)
+        return np.asarray(rows, dtype=np.int64)
 
     def seen(self, user: int) -> np.ndarray:
         return self.seen_items[self.seen_indptr[user] : self.seen_indptr[user + 1]]
 
+    # -- filters ----------------------------------------------------------------------------
+    def item_filter(self, filters: Mapping[str, object] | None) -> _Filter | None:
+        """The items passing every `column: value(s)` condition (a list column passes when it
+        holds any of the values); cached, so repeated filters cost nothing."""
+        if not filters:
+            return None
+        if not isinstance(filters, Mapping):
+            raise ValueError(f"filters must be an object of column: value(s), got {filters!r}")
+        key = tuple(
+            sorted(
+                (str(c), tuple(v) if isinstance(v, list | tuple) else (v,))
+                for c, v in filters.items()
+            )
+        )
+        cached = self._filters.get(key)
+        if cached is not None:
+            return cached
+        items = self.bundle.items
+        allowed = sorted(set(items.columns) - _INTERNAL_COLUMNS)
+        conditions = []
+        for column, values in key:
+            if column not in allowed:
+                raise ValueError(
+                    f"filters: unknown column {column!r}; filterable columns: {allowed}"
+                )
+            dtype = items.schema[column]
+            expr = pl.col(column)
+            if isinstance(dtype, pl.List):
+                conditions.append(
+                    expr.list.eval(pl.element().is_in(list(values))).list.any().fill_null(False)
+                )
+            else:
+                conditions.append(expr.is_in(list(values)).fill_null(False))
+        try:
+            mask = items.select(pl.all_horizontal(conditions)).to_series().to_numpy().astype(bool)
+        except (pl.exceptions.PolarsError, TypeError) as err:
+            raise ValueError(
+                f"filters: {dict(filters)!r} cannot be applied to the item table ({err})"
+            ) from None
+        result = _Filter(mask & self.active)
+        with self._filters_lock:
+            if len(self._filters) > 1024:
+                self._filters.clear()
+            self._filters[key] = result
+        return result
+
+    # -- vectors ----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def encode_users(
+        self, users: np.ndarray, histories: torch.Tensor | None = None, known=None
+    ) -> np.ndarray:
+        """User vectors (U, D) float32: each user's stored features, or `histories` (U, L) given.
+
+        `known` (U,) bool marks rows with a user-id embedding; the others (users the bundle does
+        not know) are encoded from their history alone."""
+        users_t = torch.as_tensor(users, dtype=torch.long)
+        histories = self.histories[users_t] if histories is None else histories
+        embedding = self.user_tower.user_embedding
+        if known is None or bool(np.all(known)) or embedding is None:
+            return self.user_tower(users_t, histories).float().numpy()
+        mask = torch.from_numpy(np.asarray(known, dtype=np.float32))[:, None]  # (U, 1)
+        hook = embedding.register_forward_hook(lambda _m, _i, out: out * mask)
+        try:
+            return self.user_tower(users_t, histories).float().numpy()
+        finally:
+            hook.remove()
+
+    def history_tensor(self, rows: Sequence[np.ndarray]) -> torch.Tensor:
+        """Histories (U, L) padded like the stored ones, most recent L items (rows) kept."""
+        out = np.full((len(rows), self.history_length), self.history_pad, dtype=np.int64)
+        for i, r in enumerate(rows):
+            r = r[r < self.history_pad][-self.history_length :]
+            out[i, : len(r)] = r
+        return torch.from_numpy(out)
+
+    # -- ranking ----------------------------------------------------------------------------
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        exclude: Sequence[np.ndarray] | None = None,
+        item_filter: _Filter | None = None,
+    ):
+        """Best `k` item ids per query vector, none of `exclude[row]`, all passing `item_filter`:
+        (scores, items), (Q, k). Exactly k whenever k eligible items exist; otherwise the
+        missing results are item -1 with score -inf."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        num_queries = len(queries)
+        exclude = list(exclude) if exclude is not None else [_EMPTY] * num_queries
+        eligible = self.active if item_filter is None else item_filter.eligible
+        num_eligible = self.num_active if item_filter is None else item_filter.count
+        # Results owed to each query: k, or every eligible item not excluded.
+        banned_eligible = np.array(
+            [int(eligible[np.unique(e)].sum()) if len(e) else 0 for e in exclude]
+        )
+        owed = np.minimum(k, num_eligible - banned_eligible)  # (Q,)
+        scores = np.full((num_queries, k), -np.inf, dtype=np.float32)
+        items = np.full((num_queries, k), -1, dtype=np.int64)
+        if num_queries == 0 or num_eligible == 0:
+            return scores, items
+        gpu = on_gpu(self.searcher)
+        if item_filter is not None and (
+            item_filter.count <= EXACT_BELOW or (gpu and item_filter.count < 0.5 * self.num_active)
+        ):
+            exact = np.arange(num_queries)
+        else:
+            exact = self._index_search(queries, k, exclude, item_filter, owed, scores, items, gpu)
+        if len(exact):
+            self._exact_search(queries, k, exclude, eligible, exact, scores, items)
+        return scores, items
+
+    def _index_search(
+        self, queries, k, exclude, item_filter, owed, scores, items, gpu
+    ) -> np.ndarray:
+        """FAISS search into scores/items; returns the queries it could not answer in full."""
+        params = self._params
+        use_selector = item_filter is not None and not gpu
+        if use_selector:
+            params = search_parameters(self.index, self.search_params, item_filter.selector)
+        max_fetch = min(self.index.ntotal, GPU_MAX_K if gpu else self.index.ntotal)
+        extra = max((len(e) for e in exclude), default=0)
+        if item_filter is not None and not use_selector:
+            extra += self.num_active - item_filter.count
+        fetch = min(k + extra, max_fetch)
+        todo = np.arange(len(queries))
+        lengths = np.array([len(e) for e in exclude])
+        while len(todo):
+            set_search_threads(len(todo))
+            found_scores, found = self.searcher.search(queries[todo], fetch, params=params)
+            keep = found >= 0
+            if lengths[todo].any():
+                banned = np.concatenate([exclude[q] for q in todo])
+                owner = np.repeat(np.arange(len(todo)), lengths[todo])
+                keep &= ~np.isin(
+                    np.arange(len(todo))[:, None] * self.num_items + found,
+                    owner * self.num_items + banned,
+                )
+            if item_filter is not None and not use_selector:
+                keep &= item_filter.eligible[np.maximum(found, 0)]
+            enough = keep.sum(1) >= owed[todo]
+            # Kept results first, in rank order.
+            order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
+            width = order.shape[1]
+            done = todo[enough]
+            items[done, :width] = np.take_along_axis(np.where(keep, found, -1), order, 1)[enough]
+            scores[done, :width] = np.take_along_axis(
+                np.where(keep, found_scores, -np.inf), order, 1
+            )[enough]
+            # An index that returned fewer than `fetch` candidates has nothing more to give.
+            exhausted = (found[:, -1] < 0) | (fetch >= max_fetch)
+            todo_next = todo[~enough & ~exhausted]
+            give_up = todo[~enough & exhausted]
+            if len(give_up):
+                return np.concatenate([give_up, todo_next])
+            todo = todo_next
+            fetch = min(2 * fetch, max_fetch)
+        return _EMPTY
+
+    def _exact_search(self, queries, k, exclude, eligible, rows, scores, items) -> None:
+        """Exact inner-product top-k over the eligible items, for the queries `rows`."""
+        candidates = np.flatnonzero(eligible)
+        for q in rows:
+            sims = self.item_vectors[candidates] @ queries[q]  # (C,)
+            if len(exclude[q]):
+                sims[np.isin(candidates, exclude[q])] = -np.inf
+            n = min(k, len(candidates))
+            top = (
+                np.argpartition(-sims, n - 1)[:n]
+                if n < len(candidates)
+                else np.arange(len(candidates))
+            )
+            top = top[np.lexsort((candidates[top], -sims[top]))]
+            top = top[np.isfinite(sims[top])]
+            items[q] = -1
+            scores[q] = -np.inf
+            items[q, : len(top)] = candidates[top]
+            scores[q, : len(top)] = sims[top]
+
+    def _popular(
+        self, k: int, exclude: np.ndarray, item_filter: _Filter | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        order = self.popular_order
+        if item_filter is None:
+            order = order[: k + len(exclude)]
+        else:
+            order = order[item_filter.eligible[order]]
+        if len(exclude):
+            order = order[~np.isin(order, exclude)]
+        order = order[:k]
+        return self.popularity[order], order
+
     def top_k(self, users: np.ndarray, k: int, exclude_seen: bool = True, chunk: int = 4096):
-        """(scores, items) (U, k) item indices for user indices: the path every request takes."""
+        """(scores, items) (U, k) item ids for user indices: the path every request takes."""
         check_k(k)
         users = np.asarray(users, dtype=np.int64)
         all_scores, all_items = [], []
@@ -122,38 +371,132 @@ class Recommender:
             return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
         return np.concatenate(all_scores), np.concatenate(all_items)
 
-    def _results(self, scores: np.ndarray, items: np.ndarray) -> list[Recommendation]:
-        return [
-            Recommendation(
-                item_id=self.item_ids[i].item(),
-                score=float(s),
-                title=None if self.titles is None else self.titles[i],
-            )
-            for s, i in zip(scores, items, strict=True)
-            if i >= 0
-        ]
+    def _results(
+        self, scores: np.ndarray, items: np.ndarray, source: str = MODEL
+    ) -> Recommendations:
+        return Recommendations(
+            (
+                Recommendation(
+                    item_id=self.item_ids[i].item(),
+                    score=float(s),
+                    title=None if self.titles is None else self.titles[i],
+                )
+                for s, i in zip(scores, items, strict=True)
+                if i >= 0
+            ),
+            source,
+        )
 
     # -- public API --------------------------------------------------------------------------
-    def recommend(self, user_id: object, k: int = 10, exclude_seen: bool = True) -> list[Recommendation]:
-        """The `k` best items for a known user (raw id as in the data), seen items excluded."""
-        return self.recommend_many([user_id], k, exclude_seen)[0]
+    def recommend(
+        self,
+        user_id: object,
+        k: int = 10,
+        exclude_seen: bool = True,
+        *,
+        history: Sequence[object] | None = None,
+        exclude: Sequence[object] | None = None,
+        filters: Mapping[str, object] | None = None,
+    ) -> Recommendations:
+        """The `k` best items for a user (raw id as in the data).
+
+        exclude_seen: drop the items the user has seen (for a user the bundle does not know: the
+        given history). history: raw item ids, oldest first, that the user tower runs on instead
+        of the stored history (this is how users unseen in training are answered). exclude: raw
+        item ids never to return. filters: `{column: value or [values]}` over the item table."""
+        return self.recommend_many(
+            [user_id],
+            k,
+            exclude_seen,
+            histories=None if history is None else [history],
+            exclude=exclude,
+            filters=filters,
+        )[0]
 
     def recommend_many(
-        self, user_ids: Sequence[object], k: int = 10, exclude_seen: bool = True
-    ) -> list[list[Recommendation]]:
-        """`recommend` for many users: one tower call and one index search."""
-        check_k(k)
-        users = np.array([self.user_index(u) for u in user_ids], dtype=np.int64)
-        scores, items = self.top_k(users, k, exclude_seen)
-        return [self._results(s, i) for s, i in zip(scores, items, strict=True)]
+        self,
+        user_ids: Sequence[object],
+        k: int = 10,
+        exclude_seen: bool = True,
+        *,
+        histories: Sequence[Sequence[object] | None] | None = None,
+        exclude: Sequence[object] | None = None,
+        filters: Mapping[str, object] | None = None,
+    ) -> list[Recommendations]:
+        """`recommend` for many users: one tower call and one index search for all of them.
 
-    def similar_items(self, item_id: object, k: int = 10) -> list[Recommendation]:
+        histories: one per user (None = the stored one); exclude and filters apply to all."""
+        check_k(k)
+        if histories is not None and len(histories) != len(user_ids):
+            raise ValueError(f"histories: {len(histories)} given for {len(user_ids)} users")
+        item_filter = self.item_filter(filters)
+        excluded = self.item_rows(exclude, "exclude")
+        rows, given, sources = [], [], []
+        for i, user_id in enumerate(user_ids):
+            history = None if histories is None else histories[i]
+            user = self.user_vocab.index_of(user_id)
+            history_rows = None if history is None else self.item_rows(history, "history")
+            if user is not None:
+                source = MODEL if history_rows is None else HISTORY
+            elif self.cold_start != "error" and history_rows is not None and len(history_rows):
+                source = HISTORY
+            elif self.cold_start == "popularity":
+                source = POPULARITY
+            else:
+                raise UnknownUserError(user_id, len(self.user_vocab))
+            rows.append(0 if user is None else user)
+            given.append(history_rows)
+            sources.append(source)
+        rows = np.asarray(rows, dtype=np.int64)
+        known = np.array([self.user_vocab.index_of(u) is not None for u in user_ids], dtype=bool)
+        ranked = [i for i, s in enumerate(sources) if s != POPULARITY]
+        out: list[Recommendations | None] = [None] * len(user_ids)
+        if ranked:
+            histories_t = None
+            if any(given[i] is not None for i in ranked):
+                stored = self.histories[torch.from_numpy(rows[ranked])]
+                histories_t = torch.stack(
+                    [
+                        stored[j] if given[i] is None else self.history_tensor([given[i]])[0]
+                        for j, i in enumerate(ranked)
+                    ]
+                )
+            vectors = self.encode_users(rows[ranked], histories_t, known[ranked])
+            exclude_rows = []
+            for i in ranked:
+                parts = [excluded]
+                if exclude_seen:
+                    parts.append(self.seen(rows[i]) if known[i] else given[i])
+                    if known[i] and given[i] is not None:
+                        parts.append(given[i])
+                exclude_rows.append(np.concatenate(parts) if len(parts) > 1 else excluded)
+            scores, items = self.search(vectors, k, exclude_rows, item_filter)
+            for j, i in enumerate(ranked):
+                out[i] = self._results(scores[j], items[j], sources[i])
+        for i, source in enumerate(sources):
+            if source == POPULARITY:
+                seen = given[i] if exclude_seen and given[i] is not None else _EMPTY
+                scores, items = self._popular(k, np.concatenate([excluded, seen]), item_filter)
+                out[i] = self._results(scores, items, POPULARITY)
+        return out
+
+    def similar_items(
+        self, item_id: object, k: int = 10, *, filters: Mapping[str, object] | None = None
+    ) -> Recommendations:
         """The `k` items nearest to an item in the shared space, the item itself excluded."""
-        return self.similar_items_many([item_id], k)[0]
+        return self.similar_items_many([item_id], k, filters=filters)[0]
 
-    def similar_items_many(self, item_ids: Sequence[object], k: int = 10) -> list[list[Recommendation]]:
+    def similar_items_many(
+        self,
+        item_ids: Sequence[object],
+        k: int = 10,
+        *,
+        filters: Mapping[str, object] | None = None,
+    ) -> list[Recommendations]:
         check_k(k)
+        item_filter = self.item_filter(filters)
         rows = np.array([self.item_index(i) for i in item_ids], dtype=np.int64)
-        queries = self.bundle.item_vectors[rows]
-        scores, items = self.search(queries, k, [np.array([r]) for r in rows])
+        scores, items = self.search(
+            self.item_vectors[rows], k, [np.array([r]) for r in rows], item_filter
+        )
         return [self._results(s, i) for s, i in zip(scores, items, strict=True)]

@@ -1,0 +1,374 @@
+"""The HTTP service: a FastAPI app that is thin glue over `Recommender`.
+
+    python -m serve http --bundle runs/ml/bundle --host 127.0.0.1 --port 8000
+
+    POST /recommend          {"user_id": 42, "k": 10, "exclude_seen": true, "history": [...],
+                              "exclude": [...], "filters": {"genres": "Comedy"}}
+    POST /recommend/batch    {"user_ids": [42, 7], "k": 10, ...}
+    POST /similar-items      {"item_id": 318, "k": 10, "filters": {...}}
+    GET  /healthz            the process answers
+    GET  /readyz             a bundle is loaded (503 before)
+    GET  /metrics            Prometheus text: request counts and latency histograms
+    POST /admin/reload       load the bundle version CURRENT names now, if it is new
+    GET  /docs, /openapi.json
+
+Invalid requests get 422 naming the field, unknown user or item ids 404; any other error is a
+500 for that request only. Reloading builds the new `Recommender` on the side and then swaps one
+reference: a request holds the recommender it started with, so in-flight requests finish on the
+old version and none is dropped. With `watch_seconds`, the app also polls CURRENT and reloads
+by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from pydantic import BaseModel, ConfigDict, Field
+
+from serve.bundle import current_version
+from serve.errors import BundleError, UnknownIdError
+from serve.recommender import Recommendations, Recommender
+
+log = logging.getLogger(__name__)
+
+RawId = int | str
+FilterValue = int | float | str | bool | list[int | float | str | bool]
+K = Annotated[int, Field(ge=1, le=10_000, description="number of results")]
+MAX_BATCH = 4096
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.02,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+)
+ROUTES = (
+    "/recommend",
+    "/recommend/batch",
+    "/similar-items",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/admin/reload",
+)
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RecommendRequest(_Body):
+    user_id: RawId
+    k: K = 10
+    exclude_seen: bool = True
+    history: list[RawId] | None = Field(
+        None, description="raw item ids, oldest first (users unseen in training)"
+    )
+    exclude: list[RawId] | None = Field(None, description="raw item ids never to return")
+    filters: dict[str, FilterValue] | None = Field(
+        None, description='item attributes, e.g. {"genres": "Comedy"}'
+    )
+
+
+class BatchRecommendRequest(_Body):
+    user_ids: list[RawId] = Field(min_length=1, max_length=MAX_BATCH)
+    k: K = 10
+    exclude_seen: bool = True
+    histories: list[list[RawId] | None] | None = None
+    exclude: list[RawId] | None = None
+    filters: dict[str, FilterValue] | None = None
+
+
+class SimilarItemsRequest(_Body):
+    item_id: RawId
+    k: K = 10
+    filters: dict[str, FilterValue] | None = None
+
+
+class Metrics:
+    """Prometheus metrics of one app (its own registry, so several apps can live in a process)."""
+
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "twotower_requests",
+            "HTTP requests by route and status",
+            ["route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "twotower_request_latency_seconds",
+            "HTTP request latency by route",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.reloads = Counter(
+            "twotower_reloads", "bundle reloads by outcome", ["outcome"], registry=self.registry
+        )
+        self.items = Gauge(
+            "twotower_active_items", "items in the served index", registry=self.registry
+        )
+
+
+class MetricsMiddleware:
+    """Pure ASGI middleware: counts and times every request (cheaper than BaseHTTPMiddleware)."""
+
+    def __init__(self, app, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        route = scope["path"] if scope["path"] in ROUTES else "other"
+        status = [500]
+
+        async def send_status(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        started = time.perf_counter()
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            self.metrics.latency.labels(route).observe(time.perf_counter() - started)
+            self.metrics.requests.labels(route, str(status[0])).inc()
+
+
+class Service:
+    """The recommender being served and how to replace it."""
+
+    def __init__(self, bundle: str | Path, cold_start: str = "history", device: str | None = None):
+        self.path = Path(bundle)
+        self.cold_start, self.device = cold_start, device
+        self.recommender: Recommender | None = None
+        self._lock = threading.Lock()  # one reload at a time
+
+    def load(self) -> Recommender:
+        return Recommender.load(self.path, cold_start=self.cold_start, device=self.device)
+
+    def reload(self, force: bool = False) -> dict:
+        """Load the version CURRENT names, if it differs from the one served (or `force`)."""
+        with self._lock:
+            previous = None if self.recommender is None else self.recommender.version
+            if (
+                not force
+                and self.recommender is not None
+                and current_version(self.path) == previous
+            ):
+                return {"reloaded": False, "version": previous, "previous": previous}
+            recommender = self.load()
+            self.recommender = (
+                recommender  # one reference swap: requests in flight keep the old one
+            )
+            return {"reloaded": True, "version": recommender.version, "previous": previous}
+
+
+def _items(recs: Recommendations) -> list[dict]:
+    return [{"item_id": r.item_id, "score": r.score, "title": r.title} for r in recs]
+
+
+def create_app(
+    bundle: str | Path,
+    cold_start: str = "history",
+    device: str | None = None,
+    watch_seconds: float | None = None,
+) -> FastAPI:
+    """The app over the bundle at `bundle` (loaded at startup; /readyz says when)."""
+    service = Service(bundle, cold_start, device)
+    metrics = Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await asyncio.to_thread(service.reload, True)
+        metrics.items.set(service.recommender.num_active)
+        watcher = asyncio.create_task(_watch(watch_seconds)) if watch_seconds else None
+        yield
+        if watcher is not None:
+            watcher.cancel()
+
+    async def _watch(seconds: float):
+        while True:
+            await asyncio.sleep(seconds)
+            with contextlib.suppress(Exception):
+                await _reload()
+
+    async def _reload() -> dict:
+        try:
+            result = await asyncio.to_thread(service.reload)
+        except (BundleError, OSError, ValueError) as err:
+            metrics.reloads.labels("failed").inc()
+            log.error("reload failed, still serving %s: %s", service.recommender.version, err)
+            raise
+        if result["reloaded"]:
+            metrics.reloads.labels("ok").inc()
+            metrics.items.set(service.recommender.num_active)
+            log.info("reloaded bundle %s (was %s)", result["version"], result["previous"])
+        return result
+
+    app = FastAPI(
+        title="twotower",
+        summary="Two-tower retrieval: the nearest items to a user in the shared space.",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+
+    @app.exception_handler(UnknownIdError)
+    async def unknown_id(_request: Request, err: UnknownIdError):
+        return JSONResponse(
+            {"detail": str(err), "kind": err.kind, "id": err.raw_id}, status_code=404
+        )
+
+    @app.exception_handler(ValueError)
+    async def bad_value(_request: Request, err: ValueError):
+        # Recommender's ValueErrors start with the field they are about ("filters: ...").
+        field = str(err).split(":", 1)[0].split(" ", 1)[0]
+        return JSONResponse(
+            {"detail": [{"loc": ["body", field], "msg": str(err), "type": "value_error"}]},
+            status_code=422,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, err: RequestValidationError):
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+            for e in err.errors()
+        ]
+        fields = ", ".join(".".join(str(p) for p in e["loc"][1:]) or "body" for e in errors)
+        return JSONResponse(
+            {"detail": errors, "message": f"invalid request: {fields}"}, status_code=422
+        )
+
+    def ready() -> Recommender:
+        recommender = service.recommender
+        if recommender is None:
+            raise BundleError("no bundle loaded yet")
+        return recommender
+
+    @app.post("/recommend")
+    async def recommend(body: RecommendRequest):
+        recommender = ready()
+        recs = recommender.recommend(
+            body.user_id,
+            body.k,
+            body.exclude_seen,
+            history=body.history,
+            exclude=body.exclude,
+            filters=body.filters,
+        )
+        return JSONResponse(
+            {
+                "user_id": body.user_id,
+                "source": recs.source,
+                "version": recommender.version,
+                "items": _items(recs),
+            }
+        )
+
+    @app.post("/recommend/batch")
+    async def recommend_batch(body: BatchRecommendRequest):
+        recommender = ready()
+        results = recommender.recommend_many(
+            body.user_ids,
+            body.k,
+            body.exclude_seen,
+            histories=body.histories,
+            exclude=body.exclude,
+            filters=body.filters,
+        )
+        return JSONResponse(
+            {
+                "version": recommender.version,
+                "results": [
+                    {"user_id": u, "source": recs.source, "items": _items(recs)}
+                    for u, recs in zip(body.user_ids, results, strict=True)
+                ],
+            }
+        )
+
+    @app.post("/similar-items")
+    async def similar_items(body: SimilarItemsRequest):
+        recommender = ready()
+        recs = recommender.similar_items(body.item_id, body.k, filters=body.filters)
+        return JSONResponse(
+            {"item_id": body.item_id, "version": recommender.version, "items": _items(recs)}
+        )
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz():
+        recommender = service.recommender
+        if recommender is None:
+            return JSONResponse({"status": "loading"}, status_code=503)
+        return {
+            "status": "ready",
+            "version": recommender.version,
+            "num_items": recommender.num_active,
+        }
+
+    @app.get("/metrics")
+    async def prometheus():
+        return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/admin/reload")
+    async def reload():
+        try:
+            return await _reload()
+        except (BundleError, OSError, ValueError) as err:
+            served = None if service.recommender is None else service.recommender.version
+            return JSONResponse(
+                {"detail": f"reload failed: {err}", "version": served}, status_code=409
+            )
+
+    @app.exception_handler(BundleError)
+    async def not_ready(_request: Request, err: BundleError):
+        return JSONResponse({"detail": str(err)}, status_code=503)
+
+    return app
+
+
+def serve(
+    bundle: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    cold_start: str = "history",
+    device: str | None = None,
+    watch_seconds: float | None = None,
+    log_level: str = "info",
+) -> None:
+    """Run the app with uvicorn until interrupted."""
+    import uvicorn
+
+    app = create_app(bundle, cold_start, device, watch_seconds)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)

@@ -1,0 +1,98 @@
+"""Fixtures for serve/: the session's trained bundle re-exported with other indexes (no
+retraining), fresh copies to update, and a real uvicorn server on a free loopback port."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from serve import Recommender, export_bundle, read_bundle
+from serve.http import create_app
+
+
+@pytest.fixture(scope="session")
+def recommender(bundle_dir) -> Recommender:
+    return Recommender.load(bundle_dir)
+
+
+def reexport(bundle_dir: Path, path: Path, index_config: dict) -> Path:
+    """The trained towers and tables of `bundle_dir`, exported again with another index."""
+    bundle = read_bundle(bundle_dir)
+    return export_bundle(
+        path,
+        bundle.user_tower,
+        bundle.item_tower,
+        bundle.items,
+        bundle.users,
+        index_config=index_config,
+    )
+
+
+@pytest.fixture(scope="session")
+def ivf_bundle(bundle_dir, tmp_path_factory) -> Path:
+    return reexport(
+        bundle_dir,
+        tmp_path_factory.mktemp("ivf") / "bundle",
+        {"factory": "IVF{nlist},Flat", "sweep_k": 20},
+    )
+
+
+@pytest.fixture(scope="session")
+def hnsw_bundle(bundle_dir, tmp_path_factory) -> Path:
+    return reexport(
+        bundle_dir, tmp_path_factory.mktemp("hnsw") / "bundle", {"factory": "HNSW8", "sweep_k": 20}
+    )
+
+
+@pytest.fixture
+def bundle_copy(bundle_dir, tmp_path) -> Path:
+    """A private copy of the session bundle, safe to update."""
+    return Path(shutil.copytree(bundle_dir, tmp_path / "bundle"))
+
+
+class Server:
+    """uvicorn serving an app in a thread, on a loopback socket with a free port."""
+
+    def __init__(self, app):
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.socket.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+        )
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True
+        )
+
+    def __enter__(self) -> Server:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.socket.close()
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=10)
+
+
+@pytest.fixture(scope="session")
+def server(bundle_dir, tmp_path_factory):
+    """The HTTP app over a copy of the session bundle (cold_start=history)."""
+    path = Path(shutil.copytree(bundle_dir, tmp_path_factory.mktemp("served") / "bundle"))
+    with Server(create_app(path)) as running:
+        yield running
