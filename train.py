@@ -133,7 +133,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         model.item_tower,
         item_table(data),
         user_table(data),
-        index_factory=cfg.index.factory,
+        index_config=cfg.index,
     )
     recommender = Recommender.load(bundle_dir)
     metrics.update(evaluate_recommender(recommender, data.test, model.metrics.ks, stage="test"))
