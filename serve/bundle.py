@@ -22,6 +22,7 @@ no CURRENT). Rows of the items table are never renumbered: a removed item keeps 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -77,10 +78,8 @@ KEEP_VERSIONS = 3  # older versions are deleted after a switch (readers load who
 def _versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for dist in ("twotower", "torch", "faiss-gpu", "faiss-cpu", "polars", "safetensors"):
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
     return out
 
 
@@ -428,11 +427,25 @@ def _load_tower(cls, path: Path, spec: FeatureSpec, cfg: TowerConfig):
     return tower.eval()
 
 
-def read_bundle(path: str | Path) -> Bundle:
-    """The version CURRENT names under `path` (or `path` itself when it is a version directory)."""
+def read_bundle(path: str | Path, attempts: int = 5) -> Bundle:
+    """The version CURRENT names under `path` (or `path` itself when it is a version directory).
+
+    A version pruned while it was being read (several switches happened meanwhile) is not an
+    error: the read starts over on the version CURRENT names now."""
     root = Path(path)
     if not root.is_dir():
         raise BundleError(f"{root}: no bundle directory there")
+    for attempt in range(attempts):
+        version = current_version(root)
+        try:
+            return _read_version(root)
+        except (BundleError, OSError):
+            if version is None or attempt == attempts - 1 or current_version(root) == version:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _read_version(root: Path) -> Bundle:
     path, version = resolve(root)
     manifest = read_manifest(path)
     try:

@@ -122,7 +122,7 @@ def set_search_threads(num_queries: int) -> None:
 
 def auto_nlist(num_items: int) -> int:
     """About sqrt(N) lists, with at least 39 training points per list (FAISS's minimum)."""
-    return max(1, min(int(round(math.sqrt(num_items))), num_items // 39))
+    return max(1, min(round(math.sqrt(num_items)), num_items // 39))
 
 
 def build_index(

@@ -48,7 +48,7 @@ def test_config_parses_files_strings_and_rejects_nonsense():
         IndexConfig.parse({"factory": "IVF{nlist},Flat"}).factory_for(10_000)
         == f"IVF{auto_nlist(10_000)},Flat"
     )
-    with pytest.raises(ValueError, match="index.device"):
+    with pytest.raises(ValueError, match=r"index\.device"):
         IndexConfig(device="tpu")
     with pytest.raises(ValueError, match="unknown keys"):
         IndexConfig.parse({"factory": "Flat", "nprobe": 3})
@@ -139,7 +139,7 @@ def test_device_choice_and_its_errors():
     assert resolve_device("cpu", num_gpus=2) == "cpu"
     with pytest.raises(RuntimeError, match="no GPU"):
         resolve_device("gpu", num_gpus=0)
-    with pytest.raises(ValueError, match="index.device"):
+    with pytest.raises(ValueError, match=r"index\.device"):
         resolve_device("tpu")
     index = build_index(unit_vectors(10), "dot")
     assert to_device(index, "cpu") is index and to_cpu(index) is index

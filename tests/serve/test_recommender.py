@@ -1,0 +1,205 @@
+"""serve/recommender.py: offline top-k is the served top-k, filters return exactly k, users
+unseen in training, batching, and the error cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from serve import Recommender, UnknownItemError, UnknownUserError
+from serve.recommender import HISTORY, MODEL, POPULARITY
+from towers.ranking import exact_top_k
+
+
+def user_ids(recommender: Recommender) -> list:
+    return recommender.bundle.users["user_id"].to_list()
+
+
+def item_ids(recommender: Recommender) -> list:
+    return recommender.bundle.items["item_id"].to_list()
+
+
+def exact(recommender: Recommender, query: np.ndarray, k: int, banned=(), allowed=None) -> list:
+    """Ground truth: the best k eligible items by brute force."""
+    scores = recommender.item_vectors @ query
+    eligible = recommender.active.copy() if allowed is None else recommender.active & allowed
+    eligible[list(banned)] = False
+    order = [i for i in np.argsort(-scores, kind="stable") if eligible[i]]
+    return [recommender.item_ids[i].item() for i in order[:k]]
+
+
+def test_offline_top_k_is_what_recommend_returns(recommender, trained_run):
+    users = np.arange(len(user_ids(recommender)))
+    _, top = recommender.top_k(users, 10, exclude_seen=True)
+    for user in users[:50]:
+        served = [r.item_id for r in recommender.recommend(user_ids(recommender)[user], 10)]
+        assert served == [recommender.item_ids[i].item() for i in top[user]]
+    # ...and the FAISS index ranks like the exact torch ranking used in training.
+    vectors = torch.from_numpy(recommender.encode_users(users))
+    seen = [torch.from_numpy(recommender.seen(u)) for u in users]
+    width = max(len(s) for s in seen)
+    seen_t = torch.stack([torch.nn.functional.pad(s, (0, width - len(s)), value=-1) for s in seen])
+    _, expected = exact_top_k(vectors, torch.from_numpy(recommender.item_vectors), 10, seen_t)
+    np.testing.assert_array_equal(top, expected.numpy())
+    assert trained_run[1]["test/recall@20"] > 0  # the bundle the run evaluated is this one
+
+
+def test_seen_items_are_excluded_and_k_kept(recommender):
+    user = user_ids(recommender)[0]
+    seen = {recommender.item_ids[i].item() for i in recommender.seen(0)}
+    results = recommender.recommend(user, 25)
+    assert len(results) == 25 and results.source == MODEL
+    assert not seen & {r.item_id for r in results}
+    with_seen = recommender.recommend(user, 25, exclude_seen=False)
+    assert len(with_seen) == 25 and [r.score for r in with_seen] == sorted(
+        (r.score for r in with_seen), reverse=True
+    )
+
+
+@pytest.mark.parametrize("k", [1, 10, 60])
+def test_exclude_list_and_genre_filter_return_exactly_k(recommender, k):
+    user, row = user_ids(recommender)[3], 3
+    query = recommender.encode_users(np.array([row]))[0]
+    exclude = item_ids(recommender)[:30]
+    genre = recommender.bundle.items["genres"][0][0]
+    in_genre = np.array([genre in g for g in recommender.bundle.items["genres"].to_list()])
+    banned = set(recommender.seen(row).tolist()) | set(range(30))
+    results = recommender.recommend(user, k, exclude=exclude, filters={"genres": genre})
+    expected = exact(recommender, query, k, banned, in_genre)
+    assert len(results) == min(k, len(expected)) == len(expected)
+    assert [r.item_id for r in results] == expected
+
+
+def test_filter_leaving_fewer_than_k_returns_them_all(recommender):
+    title = recommender.bundle.items["title"].to_list()[:3]
+    results = recommender.recommend(
+        user_ids(recommender)[1], 10, exclude_seen=False, filters={"title": title}
+    )
+    assert sorted(r.title for r in results) == sorted(title)
+    assert (
+        recommender.recommend(user_ids(recommender)[1], 10, filters={"title": "no such title"})
+        == []
+    )
+
+
+@pytest.mark.parametrize("fixture", ["ivf_bundle", "hnsw_bundle"])
+def test_ann_filters_still_return_exactly_k(request, fixture):
+    """Even the least exhaustive setting (one IVF list, tiny efSearch) returns k eligible items."""
+    path = request.getfixturevalue(fixture)
+    recommender = Recommender.load(path)
+    recommender._params = None  # nprobe 1 / default efSearch: the index runs out of candidates
+    from serve.index import search_parameters
+
+    knob = "nprobe" if "ivf" in fixture else "efSearch"
+    recommender.search_params = {knob: 1}
+    recommender._params = search_parameters(recommender.index, recommender.search_params)
+    genre = recommender.bundle.items["genres"][5][0]
+    exclude = item_ids(recommender)[10:40]
+    for user in user_ids(recommender)[:20]:
+        for filters in (None, {"genres": genre}):
+            results = recommender.recommend(user, 50, exclude=exclude, filters=filters)
+            row = recommender.user_index(user)
+            banned = set(recommender.seen(row).tolist()) | set(range(10, 40))
+            allowed = (
+                None
+                if filters is None
+                else np.array([genre in g for g in recommender.bundle.items["genres"]])
+            )
+            eligible = recommender.active & (True if allowed is None else allowed)
+            eligible[list(banned)] = False
+            assert len(results) == min(50, int(eligible.sum()))
+            ids = [r.item_id for r in results]
+            assert len(set(ids)) == len(ids)
+            assert not set(ids) & {recommender.item_ids[i].item() for i in banned}
+
+
+def test_unknown_filter_column_and_bad_values_are_named(recommender):
+    with pytest.raises(ValueError, match="unknown column 'colour'"):
+        recommender.recommend(user_ids(recommender)[0], 5, filters={"colour": "red"})
+    with pytest.raises(ValueError, match="filters"):
+        recommender.recommend(user_ids(recommender)[0], 5, filters=["genres"])
+
+
+def test_user_unseen_in_training_from_a_history(recommender):
+    history = item_ids(recommender)[:5]
+    results = recommender.recommend("new-user", 10, history=history)
+    assert results.source == HISTORY and len(results) == 10
+    assert not set(history) & {r.item_id for r in results}
+    # The user tower ran on that history, with no user-id embedding.
+    rows = recommender.item_rows(history)
+    vector = recommender.encode_users(
+        np.array([0]), recommender.history_tensor([rows]), known=np.array([False])
+    )
+    assert [r.item_id for r in results] == exact(recommender, vector[0], 10, rows)
+    with pytest.raises(UnknownUserError, match="unknown user id 'new-user'"):
+        recommender.recommend("new-user", 10)  # no history, cold_start="history"
+    with pytest.raises(UnknownItemError, match="unknown item id 'nope'"):
+        recommender.recommend("new-user", 10, history=["nope"])
+
+
+def test_popularity_fallback_and_error_policy(bundle_dir, recommender):
+    popular = Recommender.load(bundle_dir, cold_start="popularity")
+    results = popular.recommend("new-user", 5)
+    assert results.source == POPULARITY
+    counts = np.bincount(recommender.seen_items, minlength=recommender.num_items)
+    assert [r.score for r in results] == sorted(counts, reverse=True)[:5]
+    assert popular.recommend("new-user", 5, history=item_ids(recommender)[:2]).source == HISTORY
+    genre = recommender.bundle.items["genres"][0][0]
+    filtered = popular.recommend("new-user", 5, filters={"genres": genre})
+    assert len(filtered) == 5 and all(
+        genre in recommender.bundle.items["genres"][recommender.item_index(r.item_id)]
+        for r in filtered
+    )
+    strict = Recommender.load(bundle_dir, cold_start="error")
+    with pytest.raises(UnknownUserError):
+        strict.recommend("new-user", 5, history=item_ids(recommender)[:2])
+    with pytest.raises(ValueError, match="cold_start"):
+        Recommender(recommender.bundle, cold_start="guess")
+
+
+def test_recommend_many_is_one_tower_call_and_one_search(recommender, monkeypatch):
+    users = user_ids(recommender)[:40]
+    one_by_one = [[r.item_id for r in recommender.recommend(u, 10)] for u in users]
+    calls = {"tower": 0, "search": 0}
+    tower_forward, search = recommender.user_tower.forward, recommender.searcher.search
+
+    def counted_forward(*args, **kwargs):
+        calls["tower"] += 1
+        return tower_forward(*args, **kwargs)
+
+    def counted_search(*args, **kwargs):
+        calls["search"] += 1
+        return search(*args, **kwargs)
+
+    monkeypatch.setattr(recommender.user_tower, "forward", counted_forward)
+    monkeypatch.setattr(recommender.searcher, "search", counted_search)
+    batched = recommender.recommend_many(users, 10)
+    assert calls == {"tower": 1, "search": 1}
+    assert [[r.item_id for r in recs] for recs in batched] == one_by_one
+
+
+def test_similar_items_excludes_the_item_and_is_nearest(recommender):
+    item = item_ids(recommender)[7]
+    results = recommender.similar_items(item, 5)
+    assert len(results) == 5 and item not in {r.item_id for r in results}
+    assert [r.item_id for r in results] == exact(recommender, recommender.item_vectors[7], 5, [7])
+
+
+def test_error_cases(recommender):
+    with pytest.raises(UnknownUserError, match="unknown user id 'ghost'"):
+        Recommender(recommender.bundle, cold_start="error").recommend("ghost")
+    with pytest.raises(UnknownItemError, match="unknown item id -1"):
+        recommender.similar_items(-1)
+    for k in (0, -3, 2.5, True, "10"):
+        with pytest.raises(ValueError, match="k must be a positive integer"):
+            recommender.recommend(user_ids(recommender)[0], k)
+    with pytest.raises(ValueError, match="k must be"):
+        recommender.similar_items(item_ids(recommender)[0], 0)
+    with pytest.raises(UnknownItemError):
+        recommender.recommend(user_ids(recommender)[0], 3, exclude=["not-an-item"])
+
+
+def test_string_ids_are_coerced(recommender):
+    user = user_ids(recommender)[2]
+    assert recommender.recommend(str(user), 3) == recommender.recommend(user, 3)
