@@ -67,6 +67,32 @@ def metrics_table(metrics: dict[str, float], ks) -> str:
     return "\n".join(lines)
 
 
+def plot_training(metrics_csv: Path, out_png: Path, monitor: str) -> Path | None:
+    """Training loss and the monitored validation metric per epoch, from the CSV log."""
+    if not metrics_csv.is_file():
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import polars as pl
+
+    log_df = pl.read_csv(metrics_csv, infer_schema_length=None)
+    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 3.5))
+    for ax, column in ((ax_loss, "train/loss_epoch"), (ax_val, monitor)):
+        if column in log_df.columns:
+            points = log_df.select("epoch", column).drop_nulls()
+            ax.plot(points["epoch"] + 1, points[column], marker="o")
+        ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_title(column)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, select on validation, export, evaluate on test. Returns the metrics it writes."""
     output_dir = Path(cfg.paths.output_dir)
@@ -108,6 +134,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     started = time.perf_counter()
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
     fit_seconds = time.perf_counter() - started
+    plot_training(output_dir / "metrics.csv", output_dir / "training.png", cfg.monitor)
 
     checkpoint = next(
         (c for c in callbacks if isinstance(c, L.pytorch.callbacks.ModelCheckpoint)), None
