@@ -96,3 +96,13 @@ def server(bundle_dir, tmp_path_factory):
     path = Path(shutil.copytree(bundle_dir, tmp_path_factory.mktemp("served") / "bundle"))
     with Server(create_app(path)) as running:
         yield running
+
+
+@pytest.fixture
+def ivf_copy(ivf_bundle, tmp_path) -> Path:
+    return Path(shutil.copytree(ivf_bundle, tmp_path / "ivf"))
+
+
+@pytest.fixture
+def hnsw_copy(hnsw_bundle, tmp_path) -> Path:
+    return Path(shutil.copytree(hnsw_bundle, tmp_path / "hnsw"))

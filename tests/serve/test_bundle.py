@@ -75,7 +75,7 @@ def test_other_format_version_is_refused(bundle_copy):
 def test_broken_pointer_and_non_bundles_are_named(bundle_copy, tmp_path):
     with pytest.raises(BundleError, match="no bundle directory"):
         read_bundle(tmp_path / "nowhere")
-    with pytest.raises(BundleError, match="missing manifest.json"):
+    with pytest.raises(BundleError, match=r"missing manifest\.json"):
         read_bundle(tmp_path)
     (bundle_copy / CURRENT).write_text("v000009\n")
     with pytest.raises(BundleError, match="v000009"):

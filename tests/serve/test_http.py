@@ -1,0 +1,208 @@
+"""serve/http.py over a real socket: every status case, metrics, and reload under load."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import polars as pl
+import pytest
+
+from serve import read_bundle, update_items
+from serve.http import create_app
+from tests.serve.conftest import Server
+
+
+@pytest.fixture(scope="module")
+def ids(bundle_dir):
+    bundle = read_bundle(bundle_dir)
+    return bundle.users["user_id"].to_list(), bundle.items["item_id"].to_list()
+
+
+def test_recommend(server, ids):
+    users, _ = ids
+    with server.client() as client:
+        response = client.post("/recommend", json={"user_id": users[0], "k": 7})
+        assert response.status_code == 200
+        body = response.json()
+        assert (
+            body["user_id"] == users[0]
+            and body["source"] == "model"
+            and body["version"] == "v000001"
+        )
+        assert len(body["items"]) == 7 and set(body["items"][0]) == {"item_id", "score", "title"}
+        # Raw ids given as strings are coerced to the bundle's id type.
+        assert (
+            client.post("/recommend", json={"user_id": str(users[0]), "k": 7}).json()["items"]
+            == body["items"]
+        )
+
+
+def test_recommend_with_filters_history_and_batch(server, ids):
+    users, items = ids
+    with server.client() as client:
+        cold = client.post(
+            "/recommend", json={"user_id": "someone-new", "k": 5, "history": items[:3]}
+        ).json()
+        assert cold["source"] == "history" and len(cold["items"]) == 5
+        excluded = client.post(
+            "/recommend", json={"user_id": users[1], "k": 5, "exclude": items[:50]}
+        ).json()
+        assert not {i["item_id"] for i in excluded["items"]} & set(items[:50])
+        genre = read_bundle(server_bundle(server)).items["genres"][0][0]
+        filtered = client.post(
+            "/recommend", json={"user_id": users[1], "k": 5, "filters": {"genres": [genre]}}
+        )
+        assert filtered.status_code == 200 and len(filtered.json()["items"]) == 5
+        batch = client.post("/recommend/batch", json={"user_ids": users[:4], "k": 3}).json()
+        assert [r["user_id"] for r in batch["results"]] == users[:4]
+        single = client.post("/recommend", json={"user_id": users[2], "k": 3}).json()
+        assert batch["results"][2]["items"] == single["items"]
+        similar = client.post("/similar-items", json={"item_id": items[0], "k": 4}).json()
+        assert len(similar["items"]) == 4 and items[0] not in {
+            i["item_id"] for i in similar["items"]
+        }
+
+
+def server_bundle(server: Server) -> Path:
+    return server.server.config.app.state.service.path
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/recommend", {"user_id": 1, "k": 0}, "k"),
+        ("/recommend", {"user_id": 1, "k": "many"}, "k"),
+        ("/recommend", {"k": 5}, "user_id"),
+        ("/recommend", {"user_id": 1, "colour": "red"}, "colour"),
+        ("/recommend", {"user_id": 1, "filters": {"colour": "red"}}, "filters"),
+        ("/recommend", {"user_id": 1, "history": "not a list"}, "history"),
+        ("/recommend/batch", {"user_ids": [], "k": 5}, "user_ids"),
+        ("/similar-items", {"item_id": None}, "item_id"),
+    ],
+)
+def test_invalid_requests_get_422_naming_the_field(server, ids, path, body, field):
+    users, _ = ids
+    if body.get("user_id") == 1:
+        body = {**body, "user_id": users[0]}
+    with server.client() as client:
+        response = client.post(path, json=body)
+    assert response.status_code == 422, response.text
+    assert field in response.text
+
+
+def test_malformed_json_and_unknown_routes(server):
+    with server.client() as client:
+        response = client.post(
+            "/recommend", content=b"{not json", headers={"content-type": "application/json"}
+        )
+        assert response.status_code == 422
+        assert client.get("/recommend").status_code == 405
+        assert client.get("/nowhere").status_code == 404
+
+
+def test_unknown_ids_get_404(server):
+    with server.client() as client:
+        user = client.post("/recommend", json={"user_id": "ghost", "k": 3})
+        assert user.status_code == 404 and "unknown user id 'ghost'" in user.json()["detail"]
+        item = client.post("/similar-items", json={"item_id": -5, "k": 3})
+        assert item.status_code == 404 and item.json()["kind"] == "item"
+        history = client.post("/recommend", json={"user_id": "ghost", "history": ["nope"]})
+        assert history.status_code == 404
+        batch = client.post("/recommend/batch", json={"user_ids": ["ghost"]})
+        assert batch.status_code == 404
+
+
+def test_health_ready_docs_and_metrics(server, ids):
+    users, _ = ids
+    with server.client() as client:
+        assert client.get("/healthz").json() == {"status": "ok"}
+        ready = client.get("/readyz").json()
+        assert ready["status"] == "ready" and ready["version"] == "v000001"
+        assert client.get("/openapi.json").json()["paths"].keys() >= {
+            "/recommend",
+            "/recommend/batch",
+            "/similar-items",
+        }
+        assert client.get("/docs").status_code == 200
+        client.post("/recommend", json={"user_id": users[0]})
+        client.post("/recommend", json={"user_id": "ghost"})
+        text = client.get("/metrics").text
+    assert 'twotower_requests_total{route="/recommend",status="200"}' in text
+    assert 'twotower_requests_total{route="/recommend",status="404"}' in text
+    assert 'twotower_request_latency_seconds_bucket{le="0.005",route="/recommend"}' in text
+    assert "twotower_request_latency_seconds_count" in text
+
+
+def test_reload_under_load_drops_no_request(bundle_dir, tmp_path):
+    """Clients hammer /recommend while a new version (one item removed) is written and the
+    server reloads: every request succeeds, and after the reload the removed item is gone."""
+    path = Path(shutil.copytree(bundle_dir, tmp_path / "bundle"))
+    users = read_bundle(path).users["user_id"].to_list()
+    stop = threading.Event()
+    statuses: Counter = Counter()
+    versions: list[str] = []
+
+    def client_loop(offset: int):
+        with httpx.Client(base_url=running.url, timeout=10) as client:
+            i = offset
+            while not stop.is_set():
+                response = client.post(
+                    "/recommend", json={"user_id": users[i % len(users)], "k": 20}
+                )
+                statuses[response.status_code] += 1
+                if response.status_code == 200:
+                    versions.append(response.json()["version"])
+                i += 1
+
+    with Server(create_app(path)) as running:
+        threads = [threading.Thread(target=client_loop, args=(n,)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.3)
+        # The most recommended item, so the removal is visible.
+        with httpx.Client(base_url=running.url) as client:
+            top = client.post("/recommend", json={"user_id": users[0], "k": 1}).json()["items"][0][
+                "item_id"
+            ]
+        update_items(path, remove=[top])
+        with httpx.Client(base_url=running.url, timeout=30) as client:
+            reload = client.post("/admin/reload").json()
+            assert reload == {"reloaded": True, "version": "v000002", "previous": "v000001"}
+            assert client.post("/admin/reload").json()["reloaded"] is False  # nothing new
+            time.sleep(0.3)
+            stop.set()
+            for thread in threads:
+                thread.join()
+            assert top not in {
+                i["item_id"]
+                for i in client.post("/recommend", json={"user_id": users[0], "k": 50}).json()[
+                    "items"
+                ]
+            }
+            metrics = client.get("/metrics").text
+    assert set(statuses) == {200}, statuses
+    assert versions[0] == "v000001" and versions[-1] == "v000002"
+    first_new = versions.index("v000002")
+    assert set(versions[first_new:]) == {"v000002"}  # once switched, never back
+    assert 'twotower_reloads_total{outcome="ok"} 1.0' in metrics
+
+
+def test_watcher_reloads_and_a_broken_version_keeps_the_old_one(bundle_dir, tmp_path):
+    path = Path(shutil.copytree(bundle_dir, tmp_path / "bundle"))
+    item = read_bundle(path).items["item_id"][0]
+    with Server(create_app(path, watch_seconds=0.1)) as running, running.client() as client:
+        update_items(path, upsert=pl.DataFrame({"item_id": [424242]}))
+        deadline = time.monotonic() + 10
+        while client.get("/readyz").json()["version"] != "v000002":
+            assert time.monotonic() < deadline, "the watcher did not reload"
+            time.sleep(0.05)
+        (path / "CURRENT").write_text("v000099\n")  # a pointer to nothing
+        failed = client.post("/admin/reload")
+        assert failed.status_code == 409 and "v000099" in failed.json()["detail"]
+        assert client.get("/readyz").json()["version"] == "v000002"
+        assert client.post("/similar-items", json={"item_id": item, "k": 2}).status_code == 200
