@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from features import schema
 from features.datamodule import csr_by_user
@@ -18,8 +19,17 @@ HISTORY = "history"
 SEEN = "seen"
 
 
+def _csr_lists(indptr: np.ndarray, values: np.ndarray) -> pl.Series:
+    """A list[int64] Series with row i = values[indptr[i]:indptr[i + 1]] (empty rows allowed)."""
+    lists = pa.LargeListArray.from_arrays(pa.array(indptr, pa.int64()), pa.array(values, pa.int64()))
+    return pl.Series(lists).cast(pl.List(pl.Int64))
+
+
 def _lists(rows: np.ndarray, pad: int) -> pl.Series:
-    return pl.Series([r[r != pad] for r in rows], dtype=pl.List(pl.Int64))
+    """Padded rows → list[int64] Series without the padding."""
+    keep = rows != pad
+    indptr = np.concatenate([[0], np.cumsum(keep.sum(1))])
+    return _csr_lists(indptr, rows[keep])
 
 
 def item_table(data: PreparedData) -> pl.DataFrame:
