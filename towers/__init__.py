@@ -3,7 +3,7 @@
 `TwoTowerModule` (and with it Lightning) is imported only when asked for, so `serve/` can load
 plain towers without importing the training stack."""
 
-from towers.losses import SampledSoftmaxLoss
+from towers.losses import CosineContrastiveLoss, SampledSoftmaxLoss
 from towers.metrics import KS, METRICS, RankingMetrics, metric_name
 from towers.ranking import exact_top_k
 from towers.similarity import Similarity
@@ -23,6 +23,7 @@ def __getattr__(name: str):
 __all__ = [
     "KS",
     "METRICS",
+    "CosineContrastiveLoss",
     "FeatureSpec",
     "ItemCatalogue",
     "ItemTower",

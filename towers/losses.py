@@ -45,13 +45,34 @@ class SampledSoftmaxLoss(nn.Module):
         negative_vectors: torch.Tensor | None = None,  # (M, D) extra negatives
         negatives: torch.Tensor | None = None,  # (M,) their item indices
         negative_log_q: torch.Tensor | None = None,  # (M,)
+        in_batch: bool = True,  # the other rows' positives are candidates too
     ) -> torch.Tensor:
+        scale = self.log_scale.clamp(0.0, math.log(100.0)).exp()
+        if not in_batch:
+            if negative_vectors is None:
+                raise ValueError("SampledSoftmaxLoss: in_batch=False needs extra negatives")
+            positive = (user_vectors * item_vectors).sum(-1, keepdim=True)  # (B, 1)
+            logits = scale * torch.cat(
+                [positive, user_vectors @ negative_vectors.T], 1
+            )  # (B, 1 + M)
+            if self.logq_correction:
+                logits = logits - torch.cat(
+                    [item_log_q[:, None], negative_log_q[None, :].expand(len(items), -1)], 1
+                )
+            accidental = torch.cat(
+                [
+                    torch.zeros_like(items[:, None], dtype=torch.bool),
+                    items[:, None] == negatives[None, :],
+                ],
+                1,
+            )
+            logits = logits.masked_fill(accidental, float("-inf"))
+            return F.cross_entropy(logits, torch.zeros_like(items))
         candidates, candidate_ids, log_q = item_vectors, items, item_log_q
         if negative_vectors is not None:
             candidates = torch.cat([item_vectors, negative_vectors])  # (B + M, D)
             candidate_ids = torch.cat([items, negatives])  # (B + M,)
             log_q = torch.cat([item_log_q, negative_log_q])  # (B + M,)
-        scale = self.log_scale.clamp(0.0, math.log(100.0)).exp()
         logits = scale * (user_vectors @ candidates.T)  # (B, B + M)
         if self.logq_correction:
             logits = logits - log_q
@@ -60,3 +81,52 @@ class SampledSoftmaxLoss(nn.Module):
         accidental[labels, labels] = False
         logits = logits.masked_fill(accidental, float("-inf"))
         return F.cross_entropy(logits, labels)
+
+
+class CosineContrastiveLoss(nn.Module):
+    """SimpleX's cosine contrastive loss (Mao et al., CIKM 2021) over the same candidates.
+
+    loss = (1 - cos(u, i+)) + w / |N| * sum_{j in N} relu(cos(u, j) - margin)
+
+    Negatives already farther than `margin` cost nothing, so the many easy negatives of a large
+    catalogue do not drown the few hard ones; `negative_weight` balances the two terms. The
+    logQ arguments are accepted for a common signature and ignored: the margin, not a softmax,
+    decides how much each negative counts.
+    """
+
+    def __init__(
+        self,
+        margin: float = 0.9,  # cosine above which a negative is penalised
+        negative_weight: float = 150.0,  # w: weight of the mean negative term
+    ):
+        super().__init__()
+        self.margin = margin
+        self.negative_weight = negative_weight
+
+    def forward(
+        self,
+        user_vectors: torch.Tensor,  # (B, D)
+        item_vectors: torch.Tensor,  # (B, D)
+        items: torch.Tensor,  # (B,)
+        item_log_q: torch.Tensor | None = None,
+        negative_vectors: torch.Tensor | None = None,  # (M, D)
+        negatives: torch.Tensor | None = None,  # (M,)
+        negative_log_q: torch.Tensor | None = None,
+        in_batch: bool = True,  # use the other rows' positives as negatives too
+    ) -> torch.Tensor:
+        positive = (user_vectors * item_vectors).sum(-1)  # (B,)
+        blocks, ids = [], []
+        if in_batch:
+            blocks.append(item_vectors)
+            ids.append(items)
+        if negative_vectors is not None:
+            blocks.append(negative_vectors)
+            ids.append(negatives)
+        if not blocks:
+            return (1 - positive).mean()
+        candidates, candidate_ids = torch.cat(blocks), torch.cat(ids)  # (C, D), (C,)
+        penalty = F.relu(user_vectors @ candidates.T - self.margin)  # (B, C)
+        # The row's own positive (and any other copy of it) is not a negative.
+        penalty = penalty.masked_fill(items[:, None] == candidate_ids[None, :], 0.0)
+        count = max(candidates.shape[0] - (1 if in_batch else 0), 1)
+        return (1 - positive).mean() + self.negative_weight * (penalty.sum(1) / count).mean()

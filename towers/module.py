@@ -15,7 +15,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from towers.losses import SampledSoftmaxLoss
+from towers.losses import CosineContrastiveLoss, SampledSoftmaxLoss
 from towers.metrics import KS, RankingMetrics
 from towers.ranking import exact_top_k
 from towers.similarity import Similarity
@@ -33,7 +33,8 @@ class ItemCatalogue:
 
 @dataclass
 class NegativeConfig:
-    num_negatives: int = 0  # extra negatives shared by the whole batch, on top of in-batch ones
+    in_batch: bool = True  # the other examples' positives in the batch are negatives
+    num_negatives: int = 0  # extra negatives shared by the whole batch
     distribution: str = "uniform"  # "uniform" over the catalogue or "popularity" (training counts)
 
 
@@ -52,7 +53,7 @@ class TwoTowerModule(L.LightningModule):
         spec: FeatureSpec,
         catalogue: ItemCatalogue,
         towers: TowerConfig | None = None,
-        loss: SampledSoftmaxLoss | None = None,
+        loss: SampledSoftmaxLoss | CosineContrastiveLoss | None = None,
         negatives: NegativeConfig | None = None,
         optim: OptimConfig | None = None,
         ks: tuple[int, ...] = KS,
@@ -63,6 +64,8 @@ class TwoTowerModule(L.LightningModule):
             negatives or NegativeConfig(),
             optim or OptimConfig(),
         )
+        if not negatives.in_batch and negatives.num_negatives <= 0:
+            raise ValueError("NegativeConfig: in_batch=false needs num_negatives > 0")
         if negatives.distribution not in ("uniform", "popularity"):
             raise ValueError(
                 f"NegativeConfig.distribution: expected uniform or popularity, got {negatives.distribution!r}"
@@ -84,6 +87,9 @@ class TwoTowerModule(L.LightningModule):
         self.automatic_optimization = False  # two optimisers: sparse embeddings and dense rest
         self.user_tower = UserTower(spec, towers)
         self.item_tower = ItemTower(spec, towers)
+        if towers.share_item_embeddings and self.user_tower.history_embedding is not None:
+            # Tied in training; export writes each tower's own copy.
+            self.user_tower.history_embedding = self.item_tower.item_embedding
         self.loss = loss or SampledSoftmaxLoss()
         self.register_buffer("item_genres", catalogue.genres.long(), persistent=False)
         self.register_buffer("item_year", catalogue.year.long(), persistent=False)
@@ -135,7 +141,9 @@ class TwoTowerModule(L.LightningModule):
                 "negatives": negatives,
                 "negative_log_q": negative_log_q,
             }
-        loss = self.loss(user_vectors, item_vectors, items, item_log_q, **extra)
+        loss = self.loss(
+            user_vectors, item_vectors, items, item_log_q, **extra, in_batch=self.negatives.in_batch
+        )
         if self.optim.embedding_l2 > 0:
             loss = loss + self.optim.embedding_l2 * self._touched_l2(batch)
 

@@ -38,6 +38,10 @@ class TowerConfig:
     use_user_id: bool = True  # user-id embedding on the user side
     use_history: bool = True  # mean-pooled recent history on the user side
     history_gate: float | None = 0.5  # weight of the id embedding vs history; None = learned
+    history_projection: bool = False  # a linear map (no bias) on the pooled history (SimpleX's W)
+    share_item_embeddings: bool = (
+        False  # history items use the item tower's id table (tied in training)
+    )
     use_genres: bool = True  # genre bag on the item side
     use_year: bool = True  # release-year bucket on the item side
     mlp_layers: int = 0  # residual MLP blocks on top of each tower's fused features
@@ -110,6 +114,9 @@ class UserTower(nn.Module):
         self.gate_logit = nn.Parameter(
             torch.logit(torch.tensor(gate)), requires_grad=cfg.history_gate is None
         )
+        self.history_projection = (
+            nn.Linear(dim, dim, bias=False) if cfg.use_history and cfg.history_projection else None
+        )
         self.mlp = ResidualMLP(dim, cfg.mlp_layers, cfg.dropout)
 
     def forward(self, user: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
@@ -118,7 +125,10 @@ class UserTower(nn.Module):
         if self.user_embedding is not None:
             parts.append(self.user_embedding(user))  # (B, D)
         if self.history_embedding is not None:
-            parts.append(masked_mean(self.history_embedding(history), history, self.pad))  # (B, D)
+            pooled = masked_mean(self.history_embedding(history), history, self.pad)  # (B, D)
+            if self.history_projection is not None:
+                pooled = self.history_projection(pooled)
+            parts.append(pooled)
         if len(parts) == 2:
             gate = torch.sigmoid(self.gate_logit)
             x = gate * parts[0] + (1 - gate) * parts[1]
@@ -135,7 +145,8 @@ class ItemTower(nn.Module):
         self.spec, self.cfg = spec, cfg
         self.similarity = Similarity.parse(cfg.similarity)
         dim = cfg.embedding_dim
-        self.item_embedding = _embedding(spec.num_items, dim, cfg)
+        # One padding row (index num_items) so the table can double as the user tower's history table.
+        self.item_embedding = _embedding(spec.num_items + 1, dim, cfg, padding_idx=spec.num_items)
         self.genre_pad = spec.num_genres
         self.genre_embedding = (
             _embedding(spec.num_genres + 1, dim, cfg, padding_idx=self.genre_pad)

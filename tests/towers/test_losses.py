@@ -67,3 +67,49 @@ def test_learned_temperature_is_a_parameter_and_reported():
     loss_fn = SampledSoftmaxLoss(temperature=0.05, learn_temperature=True)
     assert loss_fn.log_scale.requires_grad
     assert abs(loss_fn.temperature - 0.05) < 1e-6
+
+
+def test_cosine_contrastive_loss_matches_its_formula():
+    from towers import CosineContrastiveLoss
+
+    users = F.normalize(torch.tensor([[1.0, 0.0], [0.6, 0.8]]), dim=1)
+    items = F.normalize(torch.tensor([[0.8, 0.6], [0.0, 1.0]]), dim=1)
+    negatives = F.normalize(torch.tensor([[1.0, 0.1], [-1.0, 0.0]]), dim=1)
+    ids, neg_ids = torch.tensor([3, 4]), torch.tensor([8, 3])
+    loss_fn = CosineContrastiveLoss(margin=0.5, negative_weight=2.0)
+    got = loss_fn(users, items, ids, None, negatives, neg_ids, None, in_batch=False)
+    positive = (users * items).sum(1)
+    penalty = F.relu(users @ negatives.T - 0.5)
+    penalty[0, 1] = 0.0  # negative 3 is row 0's own positive
+    expected = (1 - positive).mean() + 2.0 * (penalty.sum(1) / 2).mean()
+    torch.testing.assert_close(got, expected)
+    # In-batch: the other row's positive joins the candidates; the row's own column does not count.
+    with_batch = loss_fn(users, items, ids, None, negatives, neg_ids, None, in_batch=True)
+    cands = torch.cat([items, negatives])
+    penalty = F.relu(users @ cands.T - 0.5)
+    penalty[0, 0] = penalty[1, 1] = 0.0
+    penalty[0, 3] = 0.0
+    torch.testing.assert_close(
+        with_batch, (1 - positive).mean() + 2.0 * (penalty.sum(1) / 3).mean()
+    )
+
+
+def test_softmax_without_in_batch_negatives_uses_the_positive_and_the_extra_negatives():
+    users = torch.eye(2)
+    items = torch.eye(2)
+    negatives = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    loss_fn = SampledSoftmaxLoss(temperature=1.0, logq_correction=False)
+    got = loss_fn(
+        users,
+        items,
+        torch.tensor([0, 1]),
+        torch.zeros(2),
+        negatives,
+        torch.tensor([1, 5]),
+        torch.zeros(2),
+        in_batch=False,
+    )
+    logits = torch.tensor(
+        [[1.0, 0.0, 1.0], [1.0, -math.inf, 0.0]]
+    )  # row 1: negative id 1 is its positive
+    torch.testing.assert_close(got, F.cross_entropy(logits, torch.zeros(2, dtype=torch.long)))

@@ -58,3 +58,21 @@ def test_bad_schedule_or_distribution_is_named():
         _module(negatives=NegativeConfig(distribution="zipf"))
     with pytest.raises(ValueError, match="schedule"):
         _module(optim=OptimConfig(schedule="step"))
+
+
+def test_shared_item_embeddings_are_one_table_in_training():
+    catalogue = ItemCatalogue(
+        genres=torch.zeros(10, 1, dtype=torch.long),
+        year=torch.zeros(10, dtype=torch.long),
+        counts=torch.ones(10),
+    )
+    model = TwoTowerModule(
+        SPEC,
+        catalogue,
+        TowerConfig(embedding_dim=8, share_item_embeddings=True, history_projection=True),
+    )
+    assert model.user_tower.history_embedding is model.item_tower.item_embedding
+    assert model.user_tower.history_projection is not None
+    optimizers, _ = model.configure_optimizers()
+    params = [p for opt in optimizers for g in opt.param_groups for p in g["params"]]
+    assert len(params) == len({id(p) for p in params})  # the shared table is optimised once
