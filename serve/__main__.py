@@ -61,6 +61,11 @@ def _parser() -> argparse.ArgumentParser:
         help="poll the bundle's CURRENT and reload a new version by itself",
     )
     http.add_argument("--log-level", default="info")
+    http.add_argument(
+        "--cache-user-vectors",
+        action="store_true",
+        help="encode every known user once at load instead of at each request",
+    )
     upd = commands.add_parser(
         "update", help="add, replace or remove items: writes a new bundle version"
     )
@@ -103,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             args.device,
             args.watch,
             args.log_level,
+            args.cache_user_vectors,
         )
         return 0
     if args.command == "update":

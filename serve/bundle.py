@@ -98,6 +98,8 @@ def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def padded(lists: pl.Series, pad: int, width: int | None = None) -> np.ndarray:
     """A list[int] column as a (rows, width) int64 array padded with `pad`."""
+    if isinstance(lists.dtype, pl.Array):
+        lists = lists.cast(pl.List(lists.dtype.inner))
     lengths = lists.list.len().fill_null(0).to_numpy().astype(np.int64)
     width = width if width is not None else max(int(lengths.max(initial=0)), 1)
     out = np.full((len(lists), width), pad, dtype=np.int64)

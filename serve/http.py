@@ -40,7 +40,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from serve.bundle import current_version
 from serve.errors import BundleError, UnknownIdError
@@ -162,17 +162,66 @@ class MetricsMiddleware:
             self.metrics.requests.labels(route, str(status[0])).inc()
 
 
+class Batcher:
+    """Coalesces plain /recommend requests that arrive together into one `recommend_many` call
+    (one tower call, one FAISS search). A batch is flushed on the event loop's next turn, so a
+    lone request waits for nothing; under load, every request parsed in the same turn shares
+    the batch. A request joins a batch only of its own recommender (reloads stay clean)."""
+
+    def __init__(self):
+        self.pending: dict[tuple, tuple[Recommender, list, list]] = {}
+
+    def submit(
+        self, recommender: Recommender, user_id, k: int, exclude_seen: bool
+    ) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        key = (id(recommender), k, exclude_seen)
+        group = self.pending.get(key)
+        if group is None:
+            group = self.pending[key] = (recommender, [], [])
+            loop.call_soon(self._flush, key)
+        group[1].append(user_id)
+        group[2].append(future)
+        return future
+
+    def _flush(self, key: tuple) -> None:
+        recommender, user_ids, futures = self.pending.pop(key)
+        _, k, exclude_seen = key
+        try:
+            results = recommender.recommend_many(user_ids, k, exclude_seen)
+        except Exception:  # one bad id must not fail the others: answer each on its own
+            for user_id, future in zip(user_ids, futures, strict=True):
+                try:
+                    future.set_result(recommender.recommend(user_id, k, exclude_seen))
+                except Exception as err:
+                    future.set_exception(err)
+            return
+        for future, result in zip(futures, results, strict=True):
+            future.set_result(result)
+
+
 class Service:
     """The recommender being served and how to replace it."""
 
-    def __init__(self, bundle: str | Path, cold_start: str = "history", device: str | None = None):
+    def __init__(
+        self,
+        bundle: str | Path,
+        cold_start: str = "history",
+        device: str | None = None,
+        cache_user_vectors: bool = False,
+    ):
         self.path = Path(bundle)
-        self.cold_start, self.device = cold_start, device
+        self.cold_start, self.device, self.cache_user_vectors = (
+            cold_start,
+            device,
+            cache_user_vectors,
+        )
         self.recommender: Recommender | None = None
         self._lock = threading.Lock()  # one reload at a time
 
     def load(self) -> Recommender:
-        return Recommender.load(self.path, cold_start=self.cold_start, device=self.device)
+        return Recommender.load(self.path, self.cold_start, self.device, self.cache_user_vectors)
 
     def reload(self, force: bool = False) -> dict:
         """Load the version CURRENT names, if it differs from the one served (or `force`)."""
@@ -191,6 +240,30 @@ class Service:
             return {"reloaded": True, "version": recommender.version, "previous": previous}
 
 
+def _request_body(model: type[BaseModel]) -> dict:
+    """The OpenAPI request body of an endpoint that parses `model` itself."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": model.model_json_schema()}},
+        }
+    }
+
+
+def _parse(model: type[BaseModel], raw: bytes) -> BaseModel:
+    """`raw` JSON validated as `model` by pydantic-core directly (FastAPI's dependency solving
+    costs more than the recommendation on the hot path); errors are 422s naming the field."""
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as err:
+        raise RequestValidationError(
+            [
+                {**e, "loc": ("body", *e.get("loc", ()))}
+                for e in err.errors(include_url=False, include_context=False)
+            ]
+        ) from None
+
+
 def _items(recs: Recommendations) -> list[dict]:
     return [{"item_id": r.item_id, "score": r.score, "title": r.title} for r in recs]
 
@@ -200,10 +273,12 @@ def create_app(
     cold_start: str = "history",
     device: str | None = None,
     watch_seconds: float | None = None,
+    cache_user_vectors: bool = False,
 ) -> FastAPI:
     """The app over the bundle at `bundle` (loaded at startup; /readyz says when)."""
-    service = Service(bundle, cold_start, device)
+    service = Service(bundle, cold_start, device, cache_user_vectors)
     metrics = Metrics()
+    batcher = Batcher()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -273,17 +348,21 @@ def create_app(
             raise BundleError("no bundle loaded yet")
         return recommender
 
-    @app.post("/recommend")
-    async def recommend(body: RecommendRequest):
+    @app.post("/recommend", openapi_extra=_request_body(RecommendRequest))
+    async def recommend(request: Request):
+        body = _parse(RecommendRequest, await request.body())
         recommender = ready()
-        recs = recommender.recommend(
-            body.user_id,
-            body.k,
-            body.exclude_seen,
-            history=body.history,
-            exclude=body.exclude,
-            filters=body.filters,
-        )
+        if body.history is None and body.exclude is None and not body.filters:
+            recs = await batcher.submit(recommender, body.user_id, body.k, body.exclude_seen)
+        else:
+            recs = recommender.recommend(
+                body.user_id,
+                body.k,
+                body.exclude_seen,
+                history=body.history,
+                exclude=body.exclude,
+                filters=body.filters,
+            )
         return JSONResponse(
             {
                 "user_id": body.user_id,
@@ -293,8 +372,9 @@ def create_app(
             }
         )
 
-    @app.post("/recommend/batch")
-    async def recommend_batch(body: BatchRecommendRequest):
+    @app.post("/recommend/batch", openapi_extra=_request_body(BatchRecommendRequest))
+    async def recommend_batch(request: Request):
+        body = _parse(BatchRecommendRequest, await request.body())
         recommender = ready()
         results = recommender.recommend_many(
             body.user_ids,
@@ -314,8 +394,9 @@ def create_app(
             }
         )
 
-    @app.post("/similar-items")
-    async def similar_items(body: SimilarItemsRequest):
+    @app.post("/similar-items", openapi_extra=_request_body(SimilarItemsRequest))
+    async def similar_items(request: Request):
+        body = _parse(SimilarItemsRequest, await request.body())
         recommender = ready()
         recs = recommender.similar_items(body.item_id, body.k, filters=body.filters)
         return JSONResponse(
@@ -366,9 +447,10 @@ def serve(
     device: str | None = None,
     watch_seconds: float | None = None,
     log_level: str = "info",
+    cache_user_vectors: bool = False,
 ) -> None:
     """Run the app with uvicorn until interrupted."""
     import uvicorn
 
-    app = create_app(bundle, cold_start, device, watch_seconds)
+    app = create_app(bundle, cold_start, device, watch_seconds, cache_user_vectors)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)

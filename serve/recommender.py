@@ -44,6 +44,7 @@ MODEL, HISTORY, POPULARITY = "model", "history", "popularity"
 COLD_START = ("history", "popularity", "error")  # for users the bundle does not know (see above)
 EXACT_BELOW = 4096  # filters leaving at most this many items are searched exactly
 GPU_MAX_K = 2048  # FAISS GPU search returns at most this many neighbours
+FEW_ROWS = 8  # up to this many queries, results are picked row by row (cheaper than (Q, F) sorts)
 _INTERNAL_COLUMNS = {"genre_ids", "year_bucket", ACTIVE}
 _EMPTY = np.zeros(0, dtype=np.int64)
 
@@ -78,8 +79,30 @@ class _Filter:
         self.selector = faiss.IDSelectorBitmap(len(eligible), faiss.swig_ptr(self._bits))
 
 
+class _Lookup:
+    """Raw id → index without touching polars per request (a dict, and the vocabulary's id
+    type decided once); same coercion as `Vocabulary.index_of` ("42" → 42 for integer ids)."""
+
+    def __init__(self, vocab: Vocabulary):
+        self.vocab = vocab
+        self.integer = vocab.dtype.is_integer()
+        self.lookup = dict(zip(vocab.frame["raw_id"].to_list(), range(len(vocab)), strict=True))
+
+    def index_of(self, raw_id: object) -> int | None:
+        if type(raw_id) is (int if self.integer else str):
+            return self.lookup.get(raw_id)
+        key = self.vocab.coerce(raw_id)
+        return None if key is None else self.lookup.get(key)
+
+
 class Recommender:
-    def __init__(self, bundle: Bundle, cold_start: str = "history", device: str | None = None):
+    def __init__(
+        self,
+        bundle: Bundle,
+        cold_start: str = "history",
+        device: str | None = None,
+        cache_user_vectors: bool = False,
+    ):
         if cold_start not in COLD_START:
             raise ValueError(f"cold_start must be one of {COLD_START}, got {cold_start!r}")
         self.bundle = bundle
@@ -97,6 +120,7 @@ class Recommender:
         self.history_pad = spec.num_items  # rows past the tower's vocabulary cannot be in a history
         self.user_vocab = Vocabulary.from_ids(bundle.users["user_id"])
         self.item_vocab = Vocabulary.from_ids(bundle.items["item_id"])
+        self._users, self._items = _Lookup(self.user_vocab), _Lookup(self.item_vocab)
         self.histories = torch.from_numpy(
             padded(bundle.users["history"], spec.num_items, spec.history_length)
         )
@@ -106,6 +130,7 @@ class Recommender:
         )
         self.seen_items = seen.explode().drop_nulls().to_numpy().astype(np.int64)
         self.item_ids = bundle.items["item_id"].to_numpy()
+        self.item_id_list = self.item_ids.tolist()  # Python ints / strs, for responses
         titles = bundle.items["title"] if "title" in bundle.items.columns else None
         self.titles = None if titles is None else titles.to_list()
         self.active = bundle.items[ACTIVE].to_numpy().astype(bool)  # (I,)
@@ -117,13 +142,26 @@ class Recommender:
         self.popular_order = order[self.active[order]]
         self._filters: dict[tuple, _Filter] = {}
         self._filters_lock = threading.Lock()
+        # Known users' stored features do not change within a bundle version, so their vectors
+        # can be computed once at load (one batched tower pass) instead of at every request.
+        self.user_vectors: np.ndarray | None = None
+        if cache_user_vectors:
+            users = np.arange(len(self.user_vocab))
+            self.user_vectors = np.concatenate(
+                [self.encode_users(users[s : s + 65536]) for s in range(0, len(users), 65536)]
+            )
 
     @classmethod
     def load(
-        cls, path: str | Path, cold_start: str = "history", device: str | None = None
+        cls,
+        path: str | Path,
+        cold_start: str = "history",
+        device: str | None = None,
+        cache_user_vectors: bool = False,
     ) -> Recommender:
-        """`device` overrides the bundle's `index.device` (auto | cpu | gpu)."""
-        return cls(read_bundle(path), cold_start=cold_start, device=device)
+        """`device` overrides the bundle's `index.device` (auto | cpu | gpu); `cache_user_vectors`
+        encodes every known user once at load (U x D floats) instead of at each request."""
+        return cls(read_bundle(path), cold_start, device, cache_user_vectors)
 
     @property
     def num_items(self) -> int:
@@ -136,14 +174,14 @@ class Recommender:
 
     # -- ids ------------------------------------------------------------------------------------
     def user_index(self, user_id: object) -> int:
-        index = self.user_vocab.index_of(user_id)
+        index = self._users.index_of(user_id)
         if index is None:
             raise UnknownUserError(user_id, len(self.user_vocab))
         return index
 
     def item_index(self, item_id: object) -> int:
         """Row of an item in the catalogue now (removed items are unknown)."""
-        index = self.item_vocab.index_of(item_id)
+        index = self._items.index_of(item_id)
         if index is None or not self.active[index]:
             raise UnknownItemError(item_id, self.num_active)
         return index
@@ -156,7 +194,7 @@ class Recommender:
             raise ValueError(f"{field} must be a list of item ids, got {item_ids!r}")
         rows = []
         for item_id in item_ids:
-            row = self.item_vocab.index_of(item_id)
+            row = self._items.index_of(item_id)
             if row is None:
                 raise UnknownItemError(item_id, self.num_active)
             rows.append(row)
@@ -232,6 +270,12 @@ class Recommender:
         finally:
             hook.remove()
 
+    def known_user_vectors(self, users: np.ndarray) -> np.ndarray:
+        """Vectors (U, D) of known users from their stored features: the cache, or the tower."""
+        if self.user_vectors is not None:
+            return self.user_vectors[users]
+        return self.encode_users(users)
+
     def history_tensor(self, rows: Sequence[np.ndarray]) -> torch.Tensor:
         """Histories (U, L) padded like the stored ones, most recent L items (rows) kept."""
         out = np.full((len(rows), self.history_length), self.history_pad, dtype=np.int64)
@@ -257,10 +301,15 @@ class Recommender:
         eligible = self.active if item_filter is None else item_filter.eligible
         num_eligible = self.num_active if item_filter is None else item_filter.count
         # Results owed to each query: k, or every eligible item not excluded.
-        banned_eligible = np.array(
-            [int(eligible[np.unique(e)].sum()) if len(e) else 0 for e in exclude]
-        )
-        owed = np.minimum(k, num_eligible - banned_eligible)  # (Q,)
+        owed = np.array(
+            [
+                k
+                if num_eligible - len(e) >= k
+                else min(k, num_eligible - int(eligible[np.unique(e)].sum()))
+                for e in exclude
+            ],
+            dtype=np.int64,
+        )  # (Q,)
         scores = np.full((num_queries, k), -np.inf, dtype=np.float32)
         items = np.full((num_queries, k), -1, dtype=np.int64)
         if num_queries == 0 or num_eligible == 0:
@@ -290,29 +339,30 @@ class Recommender:
             extra += self.num_active - item_filter.count
         fetch = min(k + extra, max_fetch)
         todo = np.arange(len(queries))
-        lengths = np.array([len(e) for e in exclude])
         while len(todo):
             set_search_threads(len(todo))
             found_scores, found = self.searcher.search(queries[todo], fetch, params=params)
-            keep = found >= 0
-            if lengths[todo].any():
-                banned = np.concatenate([exclude[q] for q in todo])
-                owner = np.repeat(np.arange(len(todo)), lengths[todo])
-                keep &= ~np.isin(
-                    np.arange(len(todo))[:, None] * self.num_items + found,
-                    owner * self.num_items + banned,
-                )
-            if item_filter is not None and not use_selector:
-                keep &= item_filter.eligible[np.maximum(found, 0)]
+            keep = self._keep(
+                found, [exclude[q] for q in todo], None if use_selector else item_filter
+            )
             enough = keep.sum(1) >= owed[todo]
-            # Kept results first, in rank order.
-            order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
-            width = order.shape[1]
-            done = todo[enough]
-            items[done, :width] = np.take_along_axis(np.where(keep, found, -1), order, 1)[enough]
-            scores[done, :width] = np.take_along_axis(
-                np.where(keep, found_scores, -np.inf), order, 1
-            )[enough]
+            done = np.flatnonzero(enough)
+            if len(done) <= FEW_ROWS:  # a few rows: no (Q, fetch) sorts
+                for j in done:
+                    kept = np.flatnonzero(keep[j])[:k]
+                    items[todo[j], : len(kept)] = found[j, kept]
+                    scores[todo[j], : len(kept)] = found_scores[j, kept]
+            else:
+                order = np.argsort(~keep[done], axis=1, kind="stable")[
+                    :, :k
+                ]  # kept first, in rank order
+                width = order.shape[1]
+                items[todo[done], :width] = np.take_along_axis(
+                    np.where(keep, found, -1)[done], order, 1
+                )
+                scores[todo[done], :width] = np.take_along_axis(
+                    np.where(keep, found_scores, -np.inf)[done], order, 1
+                )
             # An index that returned fewer than `fetch` candidates has nothing more to give.
             exhausted = (found[:, -1] < 0) | (fetch >= max_fetch)
             todo_next = todo[~enough & ~exhausted]
@@ -322,6 +372,29 @@ class Recommender:
             todo = todo_next
             fetch = min(2 * fetch, max_fetch)
         return _EMPTY
+
+    def _keep(
+        self, found: np.ndarray, exclude: list[np.ndarray], item_filter: _Filter | None
+    ) -> np.ndarray:
+        """(Q, F) bool: which found ids are results (not missing, not excluded, passing the filter)."""
+        keep = found >= 0
+        lengths = np.array([len(e) for e in exclude])
+        if len(found) <= FEW_ROWS:
+            for j, e in enumerate(exclude):
+                if len(e) and len(e) * found.shape[1] <= 65536:
+                    keep[j] &= (found[j, :, None] != e[None, :]).all(1)
+                elif len(e):
+                    keep[j] &= ~np.isin(found[j], e)
+        elif lengths.any():
+            banned = np.concatenate(exclude)
+            owner = np.repeat(np.arange(len(found)), lengths)
+            keep &= ~np.isin(
+                np.arange(len(found))[:, None] * self.num_items + found,
+                owner * self.num_items + banned,
+            )
+        if item_filter is not None:
+            keep &= item_filter.eligible[np.maximum(found, 0)]
+        return keep
 
     def _exact_search(self, queries, k, exclude, eligible, rows, scores, items) -> None:
         """Exact inner-product top-k over the eligible items, for the queries `rows`."""
@@ -364,7 +437,7 @@ class Recommender:
         for start in range(0, len(users), chunk):
             part = users[start : start + chunk]
             exclude = [self.seen(u) for u in part] if exclude_seen else None
-            scores, items = self.search(self.encode_users(part), k, exclude)
+            scores, items = self.search(self.known_user_vectors(part), k, exclude)
             all_scores.append(scores)
             all_items.append(items)
         if not all_items:
@@ -374,16 +447,15 @@ class Recommender:
     def _results(
         self, scores: np.ndarray, items: np.ndarray, source: str = MODEL
     ) -> Recommendations:
+        valid = items >= 0
+        rows, values = items[valid].tolist(), scores[valid].tolist()
+        ids, titles = self.item_id_list, self.titles
+        if titles is None:
+            return Recommendations(
+                (Recommendation(ids[i], s) for i, s in zip(rows, values, strict=True)), source
+            )
         return Recommendations(
-            (
-                Recommendation(
-                    item_id=self.item_ids[i].item(),
-                    score=float(s),
-                    title=None if self.titles is None else self.titles[i],
-                )
-                for s, i in zip(scores, items, strict=True)
-                if i >= 0
-            ),
+            (Recommendation(ids[i], s, titles[i]) for i, s in zip(rows, values, strict=True)),
             source,
         )
 
@@ -431,10 +503,10 @@ class Recommender:
             raise ValueError(f"histories: {len(histories)} given for {len(user_ids)} users")
         item_filter = self.item_filter(filters)
         excluded = self.item_rows(exclude, "exclude")
-        rows, given, sources = [], [], []
+        rows, given, sources, known = [], [], [], []
         for i, user_id in enumerate(user_ids):
             history = None if histories is None else histories[i]
-            user = self.user_vocab.index_of(user_id)
+            user = self._users.index_of(user_id)
             history_rows = None if history is None else self.item_rows(history, "history")
             if user is not None:
                 source = MODEL if history_rows is None else HISTORY
@@ -445,10 +517,11 @@ class Recommender:
             else:
                 raise UnknownUserError(user_id, len(self.user_vocab))
             rows.append(0 if user is None else user)
+            known.append(user is not None)
             given.append(history_rows)
             sources.append(source)
         rows = np.asarray(rows, dtype=np.int64)
-        known = np.array([self.user_vocab.index_of(u) is not None for u in user_ids], dtype=bool)
+        known = np.asarray(known, dtype=bool)
         ranked = [i for i, s in enumerate(sources) if s != POPULARITY]
         out: list[Recommendations | None] = [None] * len(user_ids)
         if ranked:
@@ -461,7 +534,10 @@ class Recommender:
                         for j, i in enumerate(ranked)
                     ]
                 )
-            vectors = self.encode_users(rows[ranked], histories_t, known[ranked])
+            if histories_t is None and bool(known[ranked].all()):
+                vectors = self.known_user_vectors(rows[ranked])
+            else:
+                vectors = self.encode_users(rows[ranked], histories_t, known[ranked])
             exclude_rows = []
             for i in ranked:
                 parts = [excluded]
