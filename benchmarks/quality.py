@@ -40,6 +40,7 @@ import scipy.sparse as sp
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 import train as train_module
 from features.datamodule import csr_by_user, padded_rows
@@ -221,6 +222,7 @@ def run_twotower(overrides: list[str], output_dir: Path) -> dict:
     )
     metrics = train_module.train(cfg)
     test = {k: v for k, v in metrics.items() if k.startswith("test/")}
+    recipe = {k: OmegaConf.to_container(cfg[k]) for k in ("model", "trainer") if k in cfg}
     val = {k: v for k, v in metrics.items() if k.startswith("val/")}
     return {
         "metrics": test,
@@ -229,6 +231,7 @@ def run_twotower(overrides: list[str], output_dir: Path) -> dict:
         "epochs": metrics.get("train/epochs"),
         "output_dir": str(output_dir),
         "overrides": overrides,
+        "recipe": recipe,  # the resolved model and trainer configs it ran with
     }
 
 
@@ -323,6 +326,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     results = {}
     stamp = datetime.now(UTC).strftime("%Y-%m-%d_%H-%M-%S")
+    revision = git_revision()  # at the start: the code the run imported
     for name in args.datasets:
         dataset = DATASETS[name]
         overrides = [*dataset_overrides(dataset), *args.override]
@@ -381,7 +385,7 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": platform.machine(),
         "processor": platform.processor(),
         "torch": torch.__version__,
-        "git": git_revision(),
+        "git": revision,
     }
     for result in results.values():
         result["meta"] = meta
