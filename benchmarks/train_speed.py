@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--warmup", type=int, default=20, help="steps left out of the timing")
     parser.add_argument(
-        "--rounds", type=int, default=2, help="interleaved repetitions (median kept)"
+        "--rounds", type=int, default=2, help="sequential cross-check rounds (0: paired only)"
     )
     parser.add_argument(
         "--override", action="append", default=[], help="extra Hydra override (repeatable)"
@@ -313,16 +313,18 @@ def main(argv: list[str] | None = None) -> dict:
                     flush=True,
                 )
 
-    bare_seconds = statistics.median(sequential["bare torch"])
-    rows = {}
-    for name, runs in sequential.items():
-        seconds = statistics.median(runs)
-        rows[name] = {
-            **paired.get(name, {}),
-            "sequential_examples_per_second": examples / seconds,
-            "sequential_overhead": seconds / bare_seconds - 1.0,
-            "sequential_seconds_per_round": runs,
-        }
+    rows = {name: dict(paired.get(name, {})) for name in plan}
+    if sequential:
+        bare_seconds = statistics.median(sequential["bare torch"])
+        for name, runs in sequential.items():
+            seconds = statistics.median(runs)
+            rows[name].update(
+                {
+                    "sequential_examples_per_second": examples / seconds,
+                    "sequential_overhead": seconds / bare_seconds - 1.0,
+                    "sequential_seconds_per_round": runs,
+                }
+            )
     percent = lambda row, key: f"{100 * row[key]:.1f}%" if key in row else "-"  # noqa: E731
     lines = [
         f"{'variant':<36}{'paired: bare ex/s':>18}{'lightning ex/s':>16}{'overhead':>10}"
@@ -333,7 +335,8 @@ def main(argv: list[str] | None = None) -> dict:
         light_eps = f"{row['lightning_examples_per_second']:,.0f}" if name in paired else "-"
         lines.append(
             f"{name:<36}{bare_eps:>18}{light_eps:>16}{percent(row, 'overhead_median_step'):>10}"
-            f"{percent(row, 'overhead_total'):>9}{row['sequential_examples_per_second']:>17,.0f}"
+            f"{percent(row, 'overhead_total'):>9}"
+            f"{row.get('sequential_examples_per_second', float('nan')):>17,.0f}"
             f"{percent(row, 'sequential_overhead'):>10}"
         )
     print()
