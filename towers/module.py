@@ -40,11 +40,15 @@ class NegativeConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 0.01  # learning rate of both optimisers
+    lr: float = 0.01  # learning rate of the embedding tables
+    dense_lr: float | None = None  # learning rate of everything else (projections, MLPs); None = lr
     weight_decay: float = 0.0  # AdamW decay of dense parameters
     embedding_l2: float = 0.0  # L2 penalty on the embedding rows a batch touches
-    schedule: str = "constant"  # "constant" or "cosine" (to zero over the run), after warmup
+    schedule: str = "constant"  # "constant", or "linear" / "cosine" decay to zero over the run
     warmup_steps: int = 0  # linear warm-up steps
+
+
+SCHEDULES = ("constant", "linear", "cosine")
 
 
 class TwoTowerModule(L.LightningModule):
@@ -70,10 +74,8 @@ class TwoTowerModule(L.LightningModule):
             raise ValueError(
                 f"NegativeConfig.distribution: expected uniform or popularity, got {negatives.distribution!r}"
             )
-        if optim.schedule not in ("constant", "cosine"):
-            raise ValueError(
-                f"OptimConfig.schedule: expected constant or cosine, got {optim.schedule!r}"
-            )
+        if optim.schedule not in SCHEDULES:
+            raise ValueError(f"OptimConfig.schedule: expected one of {SCHEDULES}, got {optim.schedule!r}")
         self.spec, self.tower_config, self.negatives, self.optim = spec, towers, negatives, optim
         # Plain values only, so checkpoints load with torch.load(weights_only=True).
         self.save_hyperparameters(
@@ -176,29 +178,34 @@ class TwoTowerModule(L.LightningModule):
         return sum(r.pow(2).sum(-1).mean() for r in rows)
 
     def configure_optimizers(self):
-        sparse, dense = [], []
+        """Embedding tables: SparseAdam when they are sparse (a step touches only the batch's
+        rows), else Adam; every other parameter: AdamW at `dense_lr`. Fused kernels where
+        torch has them for the device."""
+        tables, dense = [], []
         for module in self.modules():
             for param in module.parameters(recurse=False):
-                if not param.requires_grad:
-                    continue
-                (sparse if isinstance(module, nn.Embedding) and module.sparse else dense).append(
-                    param
-                )
+                if param.requires_grad:
+                    (tables if isinstance(module, nn.Embedding) else dense).append(param)
+        optim = self.optim
+        dense_lr = optim.lr if optim.dense_lr is None else optim.dense_lr
+        fused = {"fused": True} if self.device.type in ("cpu", "cuda") else {}
         optimizers = []
-        if sparse:
-            optimizers.append(torch.optim.SparseAdam(sparse, lr=self.optim.lr))
+        if tables and self.tower_config.sparse:
+            optimizers.append(torch.optim.SparseAdam(tables, lr=optim.lr))
+        elif tables:
+            optimizers.append(torch.optim.Adam(tables, lr=optim.lr, **fused))
         if dense:
-            optimizers.append(
-                torch.optim.AdamW(dense, lr=self.optim.lr, weight_decay=self.optim.weight_decay)
-            )
+            optimizers.append(torch.optim.AdamW(dense, lr=dense_lr, weight_decay=optim.weight_decay, **fused))
         total = max(int(self.trainer.estimated_stepping_batches), 1) if self._trainer else 1
-        warmup, schedule = self.optim.warmup_steps, self.optim.schedule
+        warmup, schedule = optim.warmup_steps, optim.schedule
 
         def factor(step: int) -> float:
             if step < warmup:
                 return (step + 1) / warmup
+            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+            if schedule == "linear":
+                return 1.0 - progress
             if schedule == "cosine":
-                progress = min((step - warmup) / max(total - warmup, 1), 1.0)
                 return 0.5 * (1.0 + math.cos(math.pi * progress))
             return 1.0
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from towers.similarity import Similarity
@@ -86,10 +87,10 @@ def _embedding(
     return table
 
 
-def masked_mean(vectors: torch.Tensor, ids: torch.Tensor, pad: int) -> torch.Tensor:
-    """Mean over the non-padding positions: (B, L, D), (B, L) → (B, D); zeros for empty rows."""
-    present = (ids != pad).unsqueeze(-1).to(vectors.dtype)  # (B, L, 1)
-    return (vectors * present).sum(1) / present.sum(1).clamp(min=1.0)
+def bag_mean(table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
+    """Mean of `table` rows over the non-padding ids of each row: (B, L) → (B, D); zeros for
+    empty rows. One fused gather-and-reduce (embedding_bag), sparse gradients if the table is."""
+    return F.embedding_bag(ids, table.weight, mode="mean", padding_idx=table.padding_idx, sparse=table.sparse)
 
 
 class UserTower(nn.Module):
@@ -125,7 +126,7 @@ class UserTower(nn.Module):
         if self.user_embedding is not None:
             parts.append(self.user_embedding(user))  # (B, D)
         if self.history_embedding is not None:
-            pooled = masked_mean(self.history_embedding(history), history, self.pad)  # (B, D)
+            pooled = bag_mean(self.history_embedding, history)  # (B, D)
             if self.history_projection is not None:
                 pooled = self.history_projection(pooled)
             parts.append(pooled)
@@ -162,7 +163,7 @@ class ItemTower(nn.Module):
         """item (B,), genres (B, G) padded with num_genres, year (B,) bucket → (B, D)."""
         x = self.item_embedding(item)  # (B, D)
         if self.genre_embedding is not None:
-            x = x + masked_mean(self.genre_embedding(genres), genres, self.genre_pad)
+            x = x + bag_mean(self.genre_embedding, genres)
         if self.year_embedding is not None:
             x = x + self.year_embedding(year)
         return self.similarity.prepare(self.mlp(x))  # (B, D)
