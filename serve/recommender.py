@@ -399,8 +399,12 @@ class Recommender:
     def _exact_search(self, queries, k, exclude, eligible, rows, scores, items) -> None:
         """Exact inner-product top-k over the eligible items, for the queries `rows`."""
         candidates = np.flatnonzero(eligible)
+        few = len(candidates) <= len(eligible) // 4  # else: score all items, no (C, D) copy
         for q in rows:
-            sims = self.item_vectors[candidates] @ queries[q]  # (C,)
+            if few:
+                sims = self.item_vectors[candidates] @ queries[q]  # (C,)
+            else:
+                sims = (self.item_vectors @ queries[q])[candidates]  # (C,)
             if len(exclude[q]):
                 sims[np.isin(candidates, exclude[q])] = -np.inf
             n = min(k, len(candidates))

@@ -22,6 +22,7 @@ import faiss
 import numpy as np
 import polars as pl
 
+from features.vocab import Vocabulary
 from serve.bundle import (
     ACTIVE,
     CURRENT,
@@ -147,8 +148,6 @@ def update_items(
         raise BundleError(f"{path}: a version directory; update the bundle root {path.parent}")
     bundle = read_bundle(path)
     items = bundle.items
-    from features.vocab import Vocabulary
-
     vocab = Vocabulary.from_ids(items["item_id"])
     report = UpdateReport(version="", base_version=bundle.version)
     upsert = (

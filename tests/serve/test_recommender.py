@@ -203,3 +203,22 @@ def test_error_cases(recommender):
 def test_string_ids_are_coerced(recommender):
     user = user_ids(recommender)[2]
     assert recommender.recommend(str(user), 3) == recommender.recommend(user, 3)
+
+
+def test_cached_user_vectors_give_the_same_results(bundle_dir, recommender):
+    cached = Recommender.load(bundle_dir, cache_user_vectors=True)
+    assert cached.user_vectors.shape == (
+        len(user_ids(recommender)),
+        recommender.item_vectors.shape[1],
+    )
+    users = user_ids(recommender)[:60]
+    assert [[r.item_id for r in recs] for recs in cached.recommend_many(users, 10)] == [
+        [r.item_id for r in recs] for recs in recommender.recommend_many(users, 10)
+    ]
+    rows = np.arange(60)
+    np.testing.assert_array_equal(cached.top_k(rows, 10)[1], recommender.top_k(rows, 10)[1])
+    # A given history still runs the tower.
+    history = item_ids(recommender)[:4]
+    assert cached.recommend(users[0], 5, history=history) == recommender.recommend(
+        users[0], 5, history=history
+    )
