@@ -5,6 +5,7 @@ from polars.testing import assert_frame_equal
 from features import prepare, schema
 from features.sources import Interactions
 from features.split import TemporalSplit
+from tests.conftest import shared_dataset
 
 
 def _write(tmp_path, name, df: pl.DataFrame, **options):
@@ -17,7 +18,12 @@ def _write(tmp_path, name, df: pl.DataFrame, **options):
 
 
 RAW = pl.DataFrame(
-    {"uid": ["a", "a", "b", "b"], "iid": [10, 11, 10, 12], "ts": [3, 1, 2, 5], "r": [5.0, 2.0, 4.0, 4.5]}
+    {
+        "uid": ["a", "a", "b", "b"],
+        "iid": [10, 11, 10, 12],
+        "ts": [3, 1, 2, 5],
+        "r": [5.0, 2.0, 4.0, 4.5],
+    }
 )
 MAPPING = {"user_id": "uid", "item_id": "iid", "timestamp": "ts", "rating": "r"}
 
@@ -39,16 +45,22 @@ def test_rating_threshold_keeps_positives(tmp_path):
 
 
 def test_string_times_are_parsed_into_epoch_seconds(tmp_path):
-    raw = pl.DataFrame({"user": [1, 1], "item": [1, 2], "when": ["1970-01-01 00:00:10", "1970-01-02 00:00:00"]})
+    raw = pl.DataFrame(
+        {"user": [1, 1], "item": [1, 2], "when": ["1970-01-01 00:00:10", "1970-01-02 00:00:00"]}
+    )
     path = _write(tmp_path, "x.csv", raw)
     source = Interactions(
-        str(path), columns={"user_id": "user", "item_id": "item", "timestamp": "when"}, timestamp_format="%Y-%m-%d %H:%M:%S"
+        str(path),
+        columns={"user_id": "user", "item_id": "item", "timestamp": "when"},
+        timestamp_format="%Y-%m-%d %H:%M:%S",
     )
     assert source.interactions().collect()["timestamp"].to_list() == [10, 86_400]
 
 
 def test_unmapped_columns_already_named_ours_are_used(tmp_path):
-    path = _write(tmp_path, "x.csv", pl.DataFrame({"user_id": [1, 2], "item_id": [3, 4], "timestamp": [5, 6]}))
+    path = _write(
+        tmp_path, "x.csv", pl.DataFrame({"user_id": [1, 2], "item_id": [3, 4], "timestamp": [5, 6]})
+    )
     df = Interactions(str(path)).interactions().collect()
     assert df.columns == ["user_id", "item_id", "timestamp"]
 
@@ -64,7 +76,9 @@ def test_missing_column_names_file_column_and_found_columns(tmp_path):
 
 def test_mistyped_column_names_file_and_type(tmp_path):
     path = _write(tmp_path, "x.csv", RAW.with_columns(pl.col("r").cast(pl.String) + "stars"))
-    with pytest.raises(schema.SchemaError, match=r"x\.csv: column 'r' \(for rating\) has type String"):
+    with pytest.raises(
+        schema.SchemaError, match=r"x\.csv: column 'r' \(for rating\) has type String"
+    ):
         Interactions(str(path), columns=MAPPING).interactions()
 
 
@@ -84,8 +98,10 @@ def test_missing_file_and_unknown_format(tmp_path):
 
 def test_threshold_without_rating_column_is_an_error(tmp_path):
     path = _write(tmp_path, "x.csv", RAW.drop("r"))
-    with pytest.raises(schema.SchemaError, match="min_rating=4.0 needs a rating column"):
-        Interactions(str(path), columns={"user_id": "uid", "item_id": "iid"}, min_rating=4.0).interactions()
+    with pytest.raises(schema.SchemaError, match=r"min_rating=4\.0 needs a rating column"):
+        Interactions(
+            str(path), columns={"user_id": "uid", "item_id": "iid"}, min_rating=4.0
+        ).interactions()
 
 
 def test_prepares_end_to_end(tmp_path):
@@ -95,3 +111,16 @@ def test_prepares_end_to_end(tmp_path):
     source = Interactions(str(path), columns={"user_id": "u", "item_id": "i", "timestamp": "t"})
     data = prepare(source, TemporalSplit())
     assert data.num_users == 5 and len(data.train) == 40 and data.test.num_interactions == 5
+
+
+def test_real_ratings_csv_through_a_column_mapping():
+    folder = shared_dataset("ml-latest-small")
+    columns = {
+        "user_id": "userId",
+        "item_id": "movieId",
+        "rating": "rating",
+        "timestamp": "timestamp",
+    }
+    source = Interactions(str(folder / "ratings.csv"), columns=columns, min_rating=4.0)
+    df = source.interactions().collect()
+    assert df.height == 48_580 and df.schema["timestamp"] == pl.Int64
