@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import threading
 import time
@@ -234,9 +235,13 @@ class Service:
             ):
                 return {"reloaded": False, "version": previous, "previous": previous}
             recommender = self.load()
-            self.recommender = (
-                recommender  # one reference swap: requests in flight keep the old one
-            )
+            # One reference swap: requests in flight keep the recommender they started with.
+            self.recommender = recommender
+            # The bundle's long-lived objects need no cyclic GC: keep them out of its scans
+            # (shorter pauses in the request path). Unfreeze first, so a replaced bundle is freed.
+            gc.unfreeze()
+            gc.collect()
+            gc.freeze()
             return {"reloaded": True, "version": recommender.version, "previous": previous}
 
 

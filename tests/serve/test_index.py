@@ -158,3 +158,17 @@ def test_gpu_search_matches_cpu(factory):
     _, gpu_ids = gpu.search(xq, 10, params=params)
     assert recall_at_k(gpu_ids, cpu_ids) > 0.99
     assert to_cpu(gpu) is index
+
+
+@pytest.mark.parametrize("name", ["flat", "ivf", "hnsw", "ivfpq"])
+def test_shipped_index_configs_build(name):
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "index" / f"{name}.yaml")
+    cfg = IndexConfig.parse(node)
+    x = clustered(2000)
+    index = build_index(x, "cosine", cfg.factory_for(len(x)))
+    assert index.ntotal == 2000 and index.metric_type == faiss.METRIC_INNER_PRODUCT
+    assert (search_knob(index) is None) == (name == "flat")
