@@ -13,7 +13,7 @@ import torch
 
 import train as train_module
 from serve import BundleError, Recommender, UnknownItemError, UnknownUserError
-from serve.bundle import MANIFEST, USERS
+from serve.bundle import FORMAT_VERSION, MANIFEST, USERS, resolve
 from tests.conftest import ROOT, compose_config
 from towers.metrics import KS, METRICS, metric_name
 from towers.ranking import exact_top_k
@@ -106,8 +106,9 @@ def test_unknown_ids_are_named(bundle_dir):
 
 
 def _copy(bundle_dir, tmp_path):
+    """A copy of the bundle's current version directory (itself a plain bundle)."""
     target = tmp_path / "bundle"
-    shutil.copytree(bundle_dir, target)
+    shutil.copytree(resolve(bundle_dir)[0], target)
     return target
 
 
@@ -125,7 +126,7 @@ def test_another_format_version_or_a_similarity_mismatch_fails_loudly(bundle_dir
     manifest = json.loads((bundle / MANIFEST).read_text())
     (bundle / MANIFEST).write_text(json.dumps({**manifest, "format_version": 99}))
     with pytest.raises(
-        BundleError, match="bundle format version 99; this twotower reads version 1"
+        BundleError, match=f"bundle format version 99; this twotower reads version {FORMAT_VERSION}"
     ):
         Recommender.load(bundle)
     (bundle / MANIFEST).write_text(json.dumps({**manifest, "similarity": "dot"}))
