@@ -10,11 +10,15 @@ from tests.conftest import shared_dataset
 
 def _write_lastfm(root):
     root.mkdir(exist_ok=True)
-    (root / "user_artists.dat").write_text("userID\tartistID\tweight\n2\t51\t13883\n2\t52\t11690\n3\t51\t7\n")
-    (root / "artists.dat").write_text(
-        "id\tname\turl\tpictureURL\n51\tDuran \"Duran\tu\tp\n52\tMorcheeba\tu\tp\n53\tNever Played\tu\t\n"
+    (root / "user_artists.dat").write_text(
+        "userID\tartistID\tweight\n2\t51\t13883\n2\t52\t11690\n3\t51\t7\n"
     )
-    (root / "tags.dat").write_bytes("tagID\ttagValue\n1\tPop\n2\tnew wave\n3\ttrip-hop\n4\tpop \n5\tcafé\n".encode("latin-1"))
+    (root / "artists.dat").write_text(
+        'id\tname\turl\tpictureURL\n51\tDuran "Duran\tu\tp\n52\tMorcheeba\tu\tp\n53\tNever Played\tu\t\n'
+    )
+    (root / "tags.dat").write_bytes(
+        "tagID\ttagValue\n1\tPop\n2\tnew wave\n3\ttrip-hop\n4\tpop \n5\tcafé\n".encode("latin-1")
+    )
     (root / "user_taggedartists.dat").write_text(
         "userID\tartistID\ttagID\tday\tmonth\tyear\n"
         "2\t51\t2\t1\t4\t2009\n3\t51\t2\t1\t4\t2009\n2\t51\t1\t1\t4\t2009\n3\t51\t4\t1\t4\t2009\n"
@@ -37,16 +41,24 @@ def test_all_pairs_are_positives_and_artists_get_top_tags(tmp_path):
         }
     )
     assert_frame_equal(items, expected)
-    assert LastFMHetRec(str(tmp_path / "lastfm"), top_tags=0).items()["genres"].to_list() == [[], [], []]
+    assert LastFMHetRec(str(tmp_path / "lastfm"), top_tags=0).items()["genres"].to_list() == [
+        [],
+        [],
+        [],
+    ]
 
 
 def test_missing_column_names_the_file(tmp_path):
     root = _write_lastfm(tmp_path / "lastfm")
     (root / "user_artists.dat").write_text("userID\tartistID\n2\t51\n")
-    with pytest.raises(schema.SchemaError, match=r"user_artists\.dat: expected 3 '\\t'-separated fields"):
+    with pytest.raises(
+        schema.SchemaError, match=r"user_artists\.dat: expected 3 '\\t'-separated fields"
+    ):
         LastFMHetRec(str(root)).interactions()
     (root / "user_artists.dat").write_text("userID\tartistID\tweight\n2\tabc\t1\n")
-    with pytest.raises(schema.SchemaError, match=r"column 'item_id' has type String, expected int\. Found columns"):
+    with pytest.raises(
+        schema.SchemaError, match=r"column 'item_id' has type String, expected int\. Found columns"
+    ):
         LastFMHetRec(str(root)).interactions()
 
 

@@ -15,7 +15,14 @@ def _flags(*names):
 
 def _write_ml100k(root):
     root.mkdir(exist_ok=True)
-    ratings = [(1, 1, 5, 100), (1, 2, 3, 101), (1, 3, 4, 102), (2, 1, 4, 200), (2, 3, 5, 201), (2, 2, 1, 202)]
+    ratings = [
+        (1, 1, 5, 100),
+        (1, 2, 3, 101),
+        (1, 3, 4, 102),
+        (2, 1, 4, 200),
+        (2, 3, 5, 201),
+        (2, 2, 1, 202),
+    ]
     (root / "u.data").write_text("".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in ratings))
     items = [
         f"1|Toy Story (1995)|01-Jan-1995||http://x|{_flags('Animation', 'Comedy')}",
@@ -54,7 +61,9 @@ def test_rating_threshold_and_shipped_fold(tmp_path):
     assert MovieLens100K(str(root)).interactions().collect()["rating"].min() >= 4.0
     fold = MovieLens100K(str(root), fold="u1", min_rating=None).interactions().collect()
     assert fold["split"].value_counts().sort("split").rows() == [("test", 2), ("train", 4)]
-    data = prepare(MovieLens100K(str(root), fold="u1", min_rating=None), ShippedSplit(val_ratio=0.0))
+    data = prepare(
+        MovieLens100K(str(root), fold="u1", min_rating=None), ShippedSplit(val_ratio=0.0)
+    )
     assert data.test.num_interactions == 2
     with pytest.raises(ValueError, match="fold must be one of"):
         MovieLens100K(str(root), fold="u9").interactions()
@@ -63,10 +72,16 @@ def test_rating_threshold_and_shipped_fold(tmp_path):
 def test_malformed_files_name_the_file_and_what_was_found(tmp_path):
     root = _write_ml100k(tmp_path / "ml-100k")
     (root / "u.data").write_text("1\t1\tfive\t100\n")
-    with pytest.raises(schema.SchemaError, match=r"u\.data \(movielens-100k ratings\): column 'rating' has type String.*Found columns: user_id"):
+    with pytest.raises(
+        schema.SchemaError,
+        match=r"u\.data \(movielens-100k ratings\): column 'rating' has type String.*Found columns: user_id",
+    ):
         MovieLens100K(str(root)).interactions()
     (root / "u.user").write_text("1|24|M\n")
-    with pytest.raises(schema.SchemaError, match=r"u\.user: expected 5 '\|'-separated fields .* found 3; first row: \(1, 24, 'M'\)"):
+    with pytest.raises(
+        schema.SchemaError,
+        match=r"u\.user: expected 5 '\|'-separated fields .* found 3; first row: \(1, 24, 'M'\)",
+    ):
         MovieLens100K(str(root)).users()
 
 
