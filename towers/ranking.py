@@ -19,8 +19,6 @@ def exact_top_k(
     num_items = item_vectors.shape[0]
     scores = user_vectors @ item_vectors.T  # (U, I)
     if seen is not None and seen.numel():
-        # Padding (-1) goes to an extra column that is dropped afterwards.
-        scores = torch.cat([scores, scores.new_zeros(scores.shape[0], 1)], dim=1)  # (U, I + 1)
-        scores.scatter_(1, torch.where(seen < 0, num_items, seen), float("-inf"))
-        scores = scores[:, :num_items]
+        rows, cols = (seen >= 0).nonzero(as_tuple=True)  # padding (-1) is skipped
+        scores.index_put_((rows, seen[rows, cols]), scores.new_tensor(float("-inf")))
     return scores.topk(min(k, num_items), dim=1)
