@@ -21,7 +21,9 @@ SEEN = "seen"
 
 def _csr_lists(indptr: np.ndarray, values: np.ndarray) -> pl.Series:
     """A list[int64] Series with row i = values[indptr[i]:indptr[i + 1]] (empty rows allowed)."""
-    lists = pa.LargeListArray.from_arrays(pa.array(indptr, pa.int64()), pa.array(values, pa.int64()))
+    lists = pa.LargeListArray.from_arrays(
+        pa.array(indptr, pa.int64()), pa.array(values, pa.int64())
+    )
     return pl.Series(lists).cast(pl.List(pl.Int64))
 
 

@@ -75,7 +75,9 @@ class TwoTowerModule(L.LightningModule):
                 f"NegativeConfig.distribution: expected uniform or popularity, got {negatives.distribution!r}"
             )
         if optim.schedule not in SCHEDULES:
-            raise ValueError(f"OptimConfig.schedule: expected one of {SCHEDULES}, got {optim.schedule!r}")
+            raise ValueError(
+                f"OptimConfig.schedule: expected one of {SCHEDULES}, got {optim.schedule!r}"
+            )
         self.spec, self.tower_config, self.negatives, self.optim = spec, towers, negatives, optim
         # Plain values only, so checkpoints load with torch.load(weights_only=True).
         self.save_hyperparameters(
@@ -195,7 +197,9 @@ class TwoTowerModule(L.LightningModule):
         elif tables:
             optimizers.append(torch.optim.Adam(tables, lr=optim.lr, **fused))
         if dense:
-            optimizers.append(torch.optim.AdamW(dense, lr=dense_lr, weight_decay=optim.weight_decay, **fused))
+            optimizers.append(
+                torch.optim.AdamW(dense, lr=dense_lr, weight_decay=optim.weight_decay, **fused)
+            )
         total = max(int(self.trainer.estimated_stepping_batches), 1) if self._trainer else 1
         warmup, schedule = optim.warmup_steps, optim.schedule
 

@@ -90,7 +90,9 @@ def _embedding(
 def bag_mean(table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
     """Mean of `table` rows over the non-padding ids of each row: (B, L) → (B, D); zeros for
     empty rows. One fused gather-and-reduce (embedding_bag), sparse gradients if the table is."""
-    return F.embedding_bag(ids, table.weight, mode="mean", padding_idx=table.padding_idx, sparse=table.sparse)
+    return F.embedding_bag(
+        ids, table.weight, mode="mean", padding_idx=table.padding_idx, sparse=table.sparse
+    )
 
 
 class UserTower(nn.Module):

@@ -3,7 +3,7 @@ import polars as pl
 from features.prepare import prepare
 from features.serving import item_table, user_table
 from features.split import TemporalSplit
-from tests.features.test_prepare import Frames, _tiny
+from tests.features.test_prepare import _tiny
 
 
 def test_serving_tables_are_index_ordered_lists_even_without_item_features():
