@@ -43,11 +43,10 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 import train as train_module
-from features.datamodule import csr_by_user, padded_rows
+from features.datamodule import csr_by_user
 from features.prepare import HeldOut, PreparedData
-from serve.evaluate import evaluate_popularity
-from towers.metrics import KS, RankingMetrics, metric_name
-from towers.ranking import exact_top_k
+from serve.evaluate import evaluate_popularity, evaluate_vectors
+from towers.metrics import KS, metric_name
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "quality.json"
@@ -121,23 +120,16 @@ def rank_and_score(
     stage: str = "test",
     chunk: int = 2048,
 ) -> dict[str, float]:
-    """Full-catalogue top-k for every held-out user (row i of `user_vectors` is held_out.users[i]),
-    the user's `seen` (indptr, items) masked, scored by `RankingMetrics`."""
-    metrics = RankingMetrics(ks)
-    items_t = torch.from_numpy(np.ascontiguousarray(item_vectors, dtype=np.float32))  # (I, D)
-    seen_indptr, seen_items = seen
-    for start in range(0, len(held_out), chunk):
-        rows = np.arange(start, min(start + chunk, len(held_out)))
-        users = held_out.users[rows]
-        users_t = torch.from_numpy(
-            np.ascontiguousarray(user_vectors[rows], dtype=np.float32)
-        )  # (U, D)
-        seen_rows = torch.from_numpy(padded_rows(seen_indptr, seen_items, users, pad=-1))
-        _, top = exact_top_k(users_t, items_t, metrics.max_k, seen_rows)  # (U, K)
-        relevant = padded_rows(held_out.indptr, held_out.items, rows, pad=-1)
-        counts = held_out.indptr[rows + 1] - held_out.indptr[rows]
-        metrics.update(top, torch.from_numpy(relevant), torch.from_numpy(counts))
-    return metrics.compute(stage)
+    """Full-catalogue top-k for every held-out user, the same code popularity is scored with."""
+    return evaluate_vectors(
+        np.asarray(user_vectors, dtype=np.float32),
+        np.asarray(item_vectors, dtype=np.float32),
+        seen,
+        held_out,
+        ks,
+        stage,
+        chunk,
+    )
 
 
 def user_item_matrix(pairs: np.ndarray, num_users: int, num_items: int) -> sp.csr_matrix:

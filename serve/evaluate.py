@@ -38,6 +38,34 @@ def evaluate_recommender(
     return metrics.compute(stage)
 
 
+def evaluate_vectors(
+    user_vectors: np.ndarray,
+    item_vectors: np.ndarray,
+    seen: tuple[np.ndarray, np.ndarray],
+    held_out: HeldOut,
+    ks=KS,
+    stage: str = "test",
+    chunk: int = 4096,
+) -> dict[str, float]:
+    """Exact full-catalogue ranking of any model given as vectors (row i of `user_vectors` is
+    held_out.users[i]), each user's `seen` (indptr, items) excluded: for baselines (popularity,
+    ALS) scored with the same exclusion and metric code as the bundle."""
+    metrics = RankingMetrics(ks)
+    items_t = torch.from_numpy(np.ascontiguousarray(item_vectors))  # (I, D)
+    seen_indptr, seen_items = seen
+    for start in range(0, len(held_out), chunk):
+        rows = np.arange(start, min(start + chunk, len(held_out)))
+        users_t = torch.from_numpy(
+            np.ascontiguousarray(user_vectors[rows], dtype=items_t.numpy().dtype)
+        )
+        seen_rows = torch.from_numpy(
+            padded_rows(seen_indptr, seen_items, held_out.users[rows], pad=-1)
+        )
+        _, top = exact_top_k(users_t, items_t, metrics.max_k, seen_rows)  # (U, K)
+        _update(metrics, held_out, rows, top.numpy())
+    return metrics.compute(stage)
+
+
 def evaluate_popularity(
     item_counts: np.ndarray,
     seen: tuple[np.ndarray, np.ndarray],
@@ -47,17 +75,7 @@ def evaluate_popularity(
     chunk: int = 4096,
 ) -> dict[str, float]:
     """Most popular items first (by `item_counts`), each user's `seen` (indptr, items) excluded."""
-    metrics = RankingMetrics(ks)
     # Popularity is a rank-1 model: user vector 1, item vector = count (ties broken by index).
     scores = item_counts.astype(np.float64) - np.arange(len(item_counts)) * 1e-9
-    item_vectors = torch.from_numpy(scores)[:, None]  # (I, 1) float64, ties broken by index
-    seen_indptr, seen_items = seen
-    for start in range(0, len(held_out), chunk):
-        rows = np.arange(start, min(start + chunk, len(held_out)))
-        users = held_out.users[rows]
-        seen_rows = torch.from_numpy(padded_rows(seen_indptr, seen_items, users, pad=-1))
-        _, top = exact_top_k(
-            torch.ones(len(rows), 1, dtype=torch.float64), item_vectors, metrics.max_k, seen_rows
-        )
-        _update(metrics, held_out, rows, top.numpy())
-    return metrics.compute(stage)
+    ones = np.ones((len(held_out), 1), dtype=np.float64)
+    return evaluate_vectors(ones, scores[:, None], seen, held_out, ks, stage, chunk)
