@@ -76,3 +76,15 @@ def test_shared_item_embeddings_are_one_table_in_training():
     optimizers, _ = model.configure_optimizers()
     params = [p for opt in optimizers for g in opt.param_groups for p in g["params"]]
     assert len(params) == len({id(p) for p in params})  # the shared table is optimised once
+
+
+def test_linear_schedule_decays_to_zero_and_dense_parameters_get_their_own_rate():
+    model = _module(optim=OptimConfig(lr=0.01, dense_lr=0.001, schedule="linear"))
+    model.tower_config.sparse = False
+    model.user_tower.history_projection = torch.nn.Linear(8, 8, bias=False)
+    optimizers, schedulers = model.configure_optimizers()  # no trainer: a one-step run
+    tables, dense = optimizers
+    assert isinstance(tables, torch.optim.Adam) and isinstance(dense, torch.optim.AdamW)
+    assert tables.param_groups[0]["lr"] == 0.01 and dense.param_groups[0]["lr"] == 0.001
+    schedulers[0].step()
+    assert tables.param_groups[0]["lr"] == 0.0
