@@ -44,7 +44,7 @@ from omegaconf import OmegaConf
 
 import train as train_module
 from features.datamodule import csr_by_user
-from features.prepare import HeldOut, PreparedData
+from features.prepare import PreparedData
 from serve.evaluate import evaluate_popularity, evaluate_vectors
 from towers.metrics import KS, metric_name
 
@@ -111,27 +111,6 @@ ALS_GRID_TINY = {"factors": (64,), "regularization": (0.1,), "alpha": (5.0,), "i
 
 
 # -- shared ranking ----------------------------------------------------------------------------
-def rank_and_score(
-    user_vectors: np.ndarray,
-    item_vectors: np.ndarray,
-    seen: tuple[np.ndarray, np.ndarray],
-    held_out: HeldOut,
-    ks=KS,
-    stage: str = "test",
-    chunk: int = 2048,
-) -> dict[str, float]:
-    """Full-catalogue top-k for every held-out user, the same code popularity is scored with."""
-    return evaluate_vectors(
-        np.asarray(user_vectors, dtype=np.float32),
-        np.asarray(item_vectors, dtype=np.float32),
-        seen,
-        held_out,
-        ks,
-        stage,
-        chunk,
-    )
-
-
 def user_item_matrix(pairs: np.ndarray, num_users: int, num_items: int) -> sp.csr_matrix:
     """Binary CSR users x items from [user, item] rows."""
     values = np.ones(len(pairs), dtype=np.float32)
@@ -168,7 +147,7 @@ def run_als(data: PreparedData, grid: dict, seed: int, threads: int) -> dict:
         with threadpool_limits(1, "blas"):
             model.fit(train_matrix, show_progress=False)
         fit_seconds = time.perf_counter() - started
-        val = rank_and_score(
+        val = evaluate_vectors(
             model.user_factors[data.val.users],
             model.item_factors,
             train_seen,
@@ -192,7 +171,7 @@ def run_als(data: PreparedData, grid: dict, seed: int, threads: int) -> dict:
     with threadpool_limits(1, "blas"):
         test_users = model.recalculate_user(data.test.users, known_matrix[data.test.users])
     known_seen = csr_by_user(data.known, data.num_users)
-    metrics = rank_and_score(test_users, model.item_factors, known_seen, data.test, stage="test")
+    metrics = evaluate_vectors(test_users, model.item_factors, known_seen, data.test, stage="test")
     eval_seconds = time.perf_counter() - started
     # CPU seconds (all threads) do not grow with other processes' load the way wall time does;
     # divided by the thread count they estimate the wall time on an idle machine.
