@@ -26,7 +26,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from features import InteractionDataModule
-from features.datamodule import csr_by_user
+from features.arrays import csr_by_user
 from features.serving import item_table, user_table
 from serve.bundle import export_bundle
 from serve.evaluate import evaluate_popularity, evaluate_recommender

@@ -43,7 +43,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 import train as train_module
-from features.datamodule import csr_by_user
+from features.arrays import csr_by_user
 from features.prepare import PreparedData
 from serve.evaluate import evaluate_popularity, evaluate_vectors
 from towers.metrics import KS, metric_name

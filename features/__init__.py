@@ -1,10 +1,21 @@
 """features/: polars pipelines from raw files to tensors. Nothing past `InteractionDataModule`
-sees a polars frame."""
+sees a polars frame.
 
-from features.datamodule import InteractionDataModule
+`InteractionDataModule` (and with it Lightning) is imported only when asked for, so serving can
+use the vocabulary and array helpers without importing the training stack."""
+
 from features.prepare import HeldOut, PreparedData, prepare
 from features.schema import SchemaError
 from features.vocab import Vocabulary
+
+
+def __getattr__(name: str):
+    if name == "InteractionDataModule":
+        from features.datamodule import InteractionDataModule
+
+        return InteractionDataModule
+    raise AttributeError(f"module 'features' has no attribute {name!r}")
+
 
 __all__ = [
     "HeldOut",

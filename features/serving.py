@@ -10,7 +10,7 @@ import polars as pl
 import pyarrow as pa
 
 from features import schema
-from features.datamodule import csr_by_user
+from features.arrays import csr_by_user
 from features.prepare import PreparedData
 
 GENRE_IDS = "genre_ids"

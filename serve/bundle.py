@@ -42,6 +42,7 @@ import polars as pl
 import torch
 from safetensors.torch import load_file, save_file
 
+from features.arrays import padded_rows
 from serve.errors import BundleError
 from serve.index import (
     METRIC_NAMES,
@@ -97,18 +98,17 @@ def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def padded(lists: pl.Series, pad: int, width: int | None = None) -> np.ndarray:
-    """A list[int] column as a (rows, width) int64 array padded with `pad`."""
+    """A list[int] column as a (rows, width) int64 array padded with `pad` (longer lists cut)."""
     if isinstance(lists.dtype, pl.Array):
         lists = lists.cast(pl.List(lists.dtype.inner))
     lengths = lists.list.len().fill_null(0).to_numpy().astype(np.int64)
-    width = width if width is not None else max(int(lengths.max(initial=0)), 1)
-    out = np.full((len(lists), width), pad, dtype=np.int64)
-    flat = lists.explode().drop_nulls().to_numpy()
-    rows = np.repeat(np.arange(len(lists)), lengths)
-    cols = np.arange(len(flat)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    keep = cols < width
-    out[rows[keep], cols[keep]] = flat[keep]
-    return out
+    indptr = np.concatenate([[0], np.cumsum(lengths)])
+    flat = lists.explode().drop_nulls().to_numpy().astype(np.int64)
+    out = padded_rows(indptr, flat, np.arange(len(lists)), pad)
+    if width is None:
+        return out
+    out = out[:, :width]
+    return np.pad(out, ((0, 0), (0, width - out.shape[1])), constant_values=pad)
 
 
 @torch.inference_mode()

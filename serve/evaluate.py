@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from features.datamodule import padded_rows
+from features.arrays import padded_rows
 from features.prepare import HeldOut
 from serve.recommender import Recommender
 from towers.metrics import KS, RankingMetrics
@@ -56,7 +56,7 @@ def evaluate_vectors(
     for start in range(0, len(held_out), chunk):
         rows = np.arange(start, min(start + chunk, len(held_out)))
         users_t = torch.from_numpy(
-            np.ascontiguousarray(user_vectors[rows], dtype=items_t.numpy().dtype)
+            np.ascontiguousarray(user_vectors[rows], dtype=item_vectors.dtype)
         )
         seen_rows = torch.from_numpy(
             padded_rows(seen_indptr, seen_items, held_out.users[rows], pad=-1)

@@ -36,8 +36,9 @@ AGE, GENDER, OCCUPATION = "age", "gender", "occupation"
 # The contract of every users frame a source exposes.
 USERS = {schema.USER_ID: "id", AGE: "int", GENDER: "str", OCCUPATION: "str"}
 
-_RATING_COLUMNS = (schema.USER_ID, schema.ITEM_ID, schema.RATING, schema.TIMESTAMP)
-_RATING_KINDS = {
+# MovieLens ratings files without a header (u.data, ratings.dat): their columns and kinds.
+RATING_COLUMNS = (schema.USER_ID, schema.ITEM_ID, schema.RATING, schema.TIMESTAMP)
+RATING_KINDS = {
     schema.USER_ID: "int",
     schema.ITEM_ID: "int",
     schema.RATING: "float",
@@ -48,7 +49,7 @@ _RATING_KINDS = {
 def scan_ml100k_ratings(path: str | Path) -> pl.LazyFrame:
     """u.data (or a fold's .base / .test) → user_id, item_id, rating, timestamp."""
     lf = read_delimited(
-        path, _RATING_COLUMNS, _RATING_KINDS, "movielens-100k ratings", separator="\t"
+        path, RATING_COLUMNS, RATING_KINDS, "movielens-100k ratings", separator="\t"
     )
     return lf.with_columns(
         pl.col(schema.RATING).cast(pl.Float64), pl.col(schema.TIMESTAMP).cast(pl.Int64)

@@ -22,7 +22,15 @@ from features import schema
 from features.sources.base import positives
 from features.sources.download import ChecksumError, download, extract_zip, md5_of
 from features.sources.movielens import genre_list, release_year, scan_movies, scan_ratings
-from features.sources.movielens_100k import AGE, GENDER, OCCUPATION, USERS, MovieLens100K
+from features.sources.movielens_100k import (
+    AGE,
+    GENDER,
+    OCCUPATION,
+    RATING_COLUMNS,
+    RATING_KINDS,
+    USERS,
+    MovieLens100K,
+)
 from features.sources.text import read_delimited
 
 BASE_URL = "https://files.grouplens.org/datasets/movielens"
@@ -58,14 +66,7 @@ OCCUPATIONS_1M = (
 
 def scan_ml1m_ratings(path: str | Path) -> pl.LazyFrame:
     """ratings.dat (UserID::MovieID::Rating::Timestamp) → user_id, item_id, rating, timestamp."""
-    columns = (schema.USER_ID, schema.ITEM_ID, schema.RATING, schema.TIMESTAMP)
-    kinds = {
-        schema.USER_ID: "int",
-        schema.ITEM_ID: "int",
-        schema.RATING: "float",
-        schema.TIMESTAMP: "int",
-    }
-    lf = read_delimited(path, columns, kinds, "movielens-1m ratings", separator="::")
+    lf = read_delimited(path, RATING_COLUMNS, RATING_KINDS, "movielens-1m ratings", separator="::")
     return lf.with_columns(
         pl.col(schema.RATING).cast(pl.Float64), pl.col(schema.TIMESTAMP).cast(pl.Int64)
     )

@@ -2,7 +2,7 @@ import numpy as np
 import torch
 
 from features import InteractionDataModule
-from features.datamodule import padded_rows
+from features.arrays import padded_rows
 from features.sources import Synthetic
 from features.split import TemporalSplit
 
