@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from features import InteractionDataModule
 from features.arrays import csr_by_user
+from features.prepare import PreparedData
 from features.serving import item_table, user_table
 from serve.bundle import export_bundle
 from serve.evaluate import evaluate_popularity, evaluate_recommender
@@ -93,6 +94,62 @@ def plot_training(metrics_csv: Path, out_png: Path, monitor: str) -> Path | None
     return out_png
 
 
+def _build_model(cfg: DictConfig, data: PreparedData) -> TwoTowerModule:
+    catalogue = ItemCatalogue(
+        genres=torch.from_numpy(data.item_genres),
+        year=torch.from_numpy(data.item_year),
+        counts=torch.from_numpy(data.item_counts),
+    )
+    return instantiate(cfg.model)(spec=FeatureSpec(**data.feature_sizes()), catalogue=catalogue)
+
+
+def _fit(
+    cfg: DictConfig,
+    trainer: L.Trainer,
+    model: TwoTowerModule,
+    datamodule: InteractionDataModule,
+    last: Path,
+) -> float:
+    """trainer.fit, continuing from `last` when `resume` is on and it exists; wall seconds."""
+    resume_from = str(last) if cfg.get("resume") and last.is_file() else None
+    if resume_from:
+        log.info("resuming from %s", resume_from)
+    started = time.perf_counter()
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
+    return time.perf_counter() - started
+
+
+def _refit(
+    cfg: DictConfig, data: PreparedData, epochs: int, output_dir: Path
+) -> tuple[TwoTowerModule, float]:
+    """Train a fresh model on train + validation for the epoch count validation chose.
+
+    Everything was selected on validation already (recipe, epochs); this only lets the final
+    model learn from the interactions validation held back. There is no validation metric to
+    watch any more, so there is no early stopping and the last epoch is the model.
+    """
+    log.info("refit on train + validation for %d epochs", epochs)
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule: InteractionDataModule = instantiate(cfg.data)
+    datamodule.data = data.with_validation_merged()
+    model = _build_model(cfg, datamodule.data)
+    # One directory per epoch count: a refit resumes only towards the same schedule (a resumed
+    # selection that picks another epoch count starts its refit afresh).
+    directory = output_dir / "checkpoints" / f"refit-{epochs}"
+    checkpoint = L.pytorch.callbacks.ModelCheckpoint(
+        dirpath=directory, save_last=True, save_top_k=0
+    )
+    trainer: L.Trainer = instantiate(
+        cfg.trainer,
+        max_epochs=epochs,
+        callbacks=[checkpoint],
+        logger=False,
+        limit_val_batches=0,
+    )
+    seconds = _fit(cfg, trainer, model, datamodule, directory / "last.ckpt")
+    return model.cpu().eval(), seconds
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, select on validation, export, evaluate on test. Returns the metrics it writes."""
     output_dir = Path(cfg.paths.output_dir)
@@ -114,37 +171,26 @@ def train(cfg: DictConfig) -> dict[str, float]:
         data.val.num_interactions,
         data.test.num_interactions,
     )
-    catalogue = ItemCatalogue(
-        genres=torch.from_numpy(data.item_genres),
-        year=torch.from_numpy(data.item_year),
-        counts=torch.from_numpy(data.item_counts),
-    )
-    model: TwoTowerModule = instantiate(cfg.model)(
-        spec=FeatureSpec(**data.feature_sizes()), catalogue=catalogue
-    )
-
+    model = _build_model(cfg, data)
     callbacks = _instantiate_all(cfg.get("callbacks"))
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=_instantiate_all(cfg.get("logger")) or False
     )
-    last = output_dir / "checkpoints" / "last.ckpt"
-    resume_from = str(last) if cfg.get("resume") and last.is_file() else None
-    if resume_from:
-        log.info("resuming from %s", resume_from)
-    started = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
-    fit_seconds = time.perf_counter() - started
+    fit_seconds = _fit(cfg, trainer, model, datamodule, output_dir / "checkpoints" / "last.ckpt")
     plot_training(output_dir / "metrics.csv", output_dir / "training.png", cfg.monitor)
 
     checkpoint = next(
         (c for c in callbacks if isinstance(c, L.pytorch.callbacks.ModelCheckpoint)), None
     )
+    epochs = trainer.current_epoch
     if checkpoint is not None and checkpoint.best_model_path:
         best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
         model.load_state_dict(best["state_dict"])
+        epochs = int(best["epoch"]) + 1
         log.info(
-            "best checkpoint: %s (%s = %.4f)",
+            "best checkpoint: %s (epoch %d, %s = %.4f)",
             checkpoint.best_model_path,
+            epochs,
             cfg.monitor,
             checkpoint.best_model_score,
         )
@@ -153,6 +199,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
         k: float(v)
         for k, v in trainer.validate(model, datamodule=datamodule, verbose=False)[0].items()
     }
+    metrics.update({"train/seconds": fit_seconds, "train/epochs": float(epochs)})
+
+    if cfg.get("refit"):
+        model, refit_seconds = _refit(cfg, data, epochs, output_dir)
+        metrics.update({"refit/seconds": refit_seconds, "refit/epochs": float(epochs)})
 
     bundle_dir = export_bundle(
         output_dir / "bundle",
@@ -170,7 +221,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     ).numpy()
     popularity = evaluate_popularity(known_counts, seen, data.test, model.metrics.ks, stage="test")
     metrics.update({f"popularity/{k}": v for k, v in popularity.items()})
-    metrics.update({"train/seconds": fit_seconds, "train/epochs": float(trainer.current_epoch)})
     _write_json(output_dir / "metrics.json", metrics)
 
     print(metrics_table(metrics, model.metrics.ks))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import polars as pl
@@ -40,6 +40,10 @@ class HeldOut:
     @property
     def num_interactions(self) -> int:
         return len(self.items)
+
+    @classmethod
+    def empty(cls) -> HeldOut:
+        return cls(np.zeros(0, np.int64), np.zeros(1, np.int64), np.zeros(0, np.int64))
 
 
 @dataclass
@@ -76,6 +80,18 @@ class PreparedData:
     @property
     def num_genres(self) -> int:
         return len(self.genre_names)
+
+    def with_validation_merged(self) -> PreparedData:
+        """The refit view: validation becomes training data (pairs, histories, popularity) and
+        there is no validation split. Vocabularies and the test split are unchanged, so a model
+        refit on it is exported and evaluated exactly like the one selected on validation."""
+        return replace(
+            self,
+            train=self.known,
+            val=HeldOut.empty(),
+            item_counts=np.bincount(self.known[:, 1], minlength=self.num_items).astype(np.int64),
+            train_histories=self.known_histories,
+        )
 
     def feature_sizes(self) -> dict[str, int]:
         """Sizes the towers are built with (see `towers.FeatureSpec`)."""

@@ -45,6 +45,42 @@ def test_checkpoints_load_without_unpickling_objects(trained_run):
     assert "state_dict" in state
 
 
+def _weights(path):
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def _exported_item_table(bundle_dir):
+    from safetensors.torch import load_file
+
+    from serve.bundle import ITEM_TOWER
+
+    return load_file(resolve(bundle_dir)[0] / ITEM_TOWER)["item_embedding.weight"]
+
+
+def test_the_refit_model_is_the_one_exported(trained_run):
+    """refit (the default): selection picks the epoch count on validation, a fresh model is
+    trained on train + validation for that many epochs, and that model is the bundle."""
+    output_dir, metrics = trained_run
+    assert metrics["refit/epochs"] == metrics["train/epochs"] >= 1
+    refit_last = output_dir / "checkpoints" / f"refit-{metrics['refit/epochs']:.0f}" / "last.ckpt"
+    refit = _weights(refit_last)
+    selected = _weights(output_dir / "checkpoints" / "best.ckpt")
+    exported = _exported_item_table(output_dir / "bundle")
+    name = "item_tower.item_embedding.weight"
+    torch.testing.assert_close(exported, refit[name])
+    assert not torch.allclose(exported, selected[name])
+
+
+def test_without_refit_the_selected_checkpoint_is_exported(tmp_path):
+    metrics = train_module.train(compose_config(tmp_path, ["refit=false", "trainer.max_epochs=2"]))
+    assert "refit/epochs" not in metrics
+    assert not list((tmp_path / "checkpoints").glob("refit*"))
+    torch.testing.assert_close(
+        _exported_item_table(tmp_path / "bundle"),
+        _weights(tmp_path / "checkpoints" / "best.ckpt")["item_tower.item_embedding.weight"],
+    )
+
+
 def test_offline_top_k_equals_what_the_recommender_returns(bundle_dir):
     recommender = Recommender.load(bundle_dir)
     bundle = recommender.bundle
@@ -173,10 +209,6 @@ def test_same_seed_gives_the_same_metrics(tmp_path, trained_run):
     again = train_module.train(compose_config(tmp_path))
     for key in ("test/recall@20", "test/ndcg@20", "val/recall@20"):
         assert again[key] == pytest.approx(metrics[key], abs=1e-9)
-
-
-def _weights(path):
-    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
 
 def test_training_resumes_from_the_last_checkpoint(tmp_path):

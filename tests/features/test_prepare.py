@@ -55,6 +55,18 @@ def test_vocabularies_popularity_and_histories_come_from_training_only():
     np.testing.assert_array_equal(data.known_histories, [[1, 2, 3], [0, 1, 2]])
 
 
+def test_the_refit_view_trains_on_validation_too_and_keeps_test():
+    data = prepare(_tiny(), TemporalSplit(val_ratio=0.15, test_ratio=0.15), history_length=3)
+    refit = data.with_validation_merged()
+    np.testing.assert_array_equal(refit.train, data.known)
+    assert len(refit.train) == len(data.train) + 1  # user 20's validation item (3); 5 is unknown
+    assert len(refit.val) == 0 and refit.val.num_interactions == 0
+    np.testing.assert_array_equal(refit.item_counts, [2, 2, 2, 1])
+    np.testing.assert_array_equal(refit.train_histories, data.known_histories)
+    assert refit.test is data.test and refit.item_vocab is data.item_vocab
+    np.testing.assert_array_equal(data.item_counts, [2, 2, 1, 1])  # the original is untouched
+
+
 def test_held_out_items_unknown_to_training_stay_as_misses():
     data = prepare(_tiny(), TemporalSplit(val_ratio=0.15, test_ratio=0.15), history_length=3)
     assert data.test.users.tolist() == [0, 1]
