@@ -16,7 +16,10 @@ What is measured, and on what:
 - build: `build_index` (train + add); bytes/item: FAISS's serialised index size / items.
 - faiss b1: `index.search` of one user vector, k=10, with the bundle's chosen setting, on one
   OpenMP thread (as the Recommender runs it). recommend b1: `Recommender.recommend(user, k=10)`
-  (user tower + search + seen-item exclusion + result objects). p50/p99 over N requests.
+  with `cache_user_vectors=False` (user tower + search + seen-item exclusion + result
+  objects); cached: the same with the user vectors computed at load, which is what
+  `Recommender.load` does by default (`cache_user_vectors=None`: when the table is at most
+  512 MiB; 10,000 users here). p50/p99 over N requests.
 - b256 throughput: one `index.search` of 256 queries vs `recommend_many` of 256 users.
 - recall@100: the ANN index at its chosen setting vs exact inner-product search, 1,000 users.
 - HTTP (100k items, the flat and the IVF bundle): `python -m serve http` in a subprocess on
@@ -330,7 +333,7 @@ def run_size(num_items: int, names: list[str], args, workdir: Path, rng) -> list
         started = time.perf_counter()
         export_bundle(path, user_tower, item_tower, items_df, users_df, index_config=config)
         export_s = time.perf_counter() - started
-        recommender = Recommender.load(path)
+        recommender = Recommender.load(path, cache_user_vectors=False)
         vectors = recommender.item_vectors
         started = time.perf_counter()
         rebuilt = build_index(vectors, "cosine", recommender.bundle.manifest["index"]["factory"])
@@ -365,12 +368,12 @@ def run_size(num_items: int, names: list[str], args, workdir: Path, rng) -> list
             exact_b1 = row["faiss_b1"]["p50_ms"]
         row["speedup_vs_exact_b1"] = exact_b1 / row["faiss_b1"]["p50_ms"] if exact_b1 else None
         if num_items == args.http_items and name in args.http_indexes:
-            with HttpServer(path) as server:
+            with HttpServer(path, "--cache-user-vectors", "off") as server:
                 row["http"] = http_load(
                     server.port, np.random.default_rng(3), args.http_sequential, args.http_requests
                 )
             if name == args.http_indexes[-1]:
-                with HttpServer(path, "--cache-user-vectors") as server:
+                with HttpServer(path, "--cache-user-vectors", "on") as server:
                     row["http_cached"] = http_load(
                         server.port,
                         np.random.default_rng(3),
@@ -432,11 +435,11 @@ def targets(rows: list[dict], http_items: int) -> dict:
     for name in ("flat", "ivf", "hnsw"):
         r = by.get((100_000, name))
         if r:
-            out[f"recommend p99 <= 2 ms at 100k ({name})"] = {
+            out[f"recommend p99 <= 2 ms at 100k ({name}, user tower per request)"] = {
                 "measured_ms": r["recommend_b1"]["p99_ms"],
                 "met": r["recommend_b1"]["p99_ms"] <= 2.0,
             }
-            out[f"recommend p99 <= 2 ms at 100k ({name}, cached user vectors)"] = {
+            out[f"recommend p99 <= 2 ms at 100k ({name}, cached user vectors: the default)"] = {
                 "measured_ms": r["recommend_cached_b1"]["p99_ms"],
                 "met": r["recommend_cached_b1"]["p99_ms"] <= 2.0,
             }

@@ -63,8 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     http.add_argument("--log-level", default="info")
     http.add_argument(
         "--cache-user-vectors",
-        action="store_true",
-        help="encode every known user once at load instead of at each request",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="encode every known user once at load instead of at each request "
+        "(auto: when that table is at most 512 MiB)",
     )
     upd = commands.add_parser(
         "update", help="add, replace or remove items: writes a new bundle version"
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             args.device,
             args.watch,
             args.log_level,
-            args.cache_user_vectors,
+            {"auto": None, "on": True, "off": False}[args.cache_user_vectors],
         )
         return 0
     if args.command == "update":

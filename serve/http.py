@@ -190,7 +190,10 @@ class Batcher:
         recommender, user_ids, futures = self.pending.pop(key)
         _, k, exclude_seen = key
         try:
-            results = recommender.recommend_many(user_ids, k, exclude_seen)
+            if len(user_ids) == 1:
+                results = [recommender.recommend(user_ids[0], k, exclude_seen)]
+            else:
+                results = recommender.recommend_many(user_ids, k, exclude_seen)
         except Exception:  # one bad id must not fail the others: answer each on its own
             for user_id, future in zip(user_ids, futures, strict=True):
                 try:
@@ -210,7 +213,7 @@ class Service:
         bundle: str | Path,
         cold_start: str = "history",
         device: str | None = None,
-        cache_user_vectors: bool = False,
+        cache_user_vectors: bool | None = None,
     ):
         self.path = Path(bundle)
         self.cold_start, self.device, self.cache_user_vectors = (
@@ -278,7 +281,7 @@ def create_app(
     cold_start: str = "history",
     device: str | None = None,
     watch_seconds: float | None = None,
-    cache_user_vectors: bool = False,
+    cache_user_vectors: bool | None = None,
 ) -> FastAPI:
     """The app over the bundle at `bundle` (loaded at startup; /readyz says when)."""
     service = Service(bundle, cold_start, device, cache_user_vectors)
@@ -452,7 +455,7 @@ def serve(
     device: str | None = None,
     watch_seconds: float | None = None,
     log_level: str = "info",
-    cache_user_vectors: bool = False,
+    cache_user_vectors: bool | None = None,
 ) -> None:
     """Run the app with uvicorn until interrupted."""
     import uvicorn

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import faiss
 import numpy as np
@@ -45,18 +45,20 @@ COLD_START = ("history", "popularity", "error")  # for users the bundle does not
 EXACT_BELOW = 4096  # filters leaving at most this many items are searched exactly
 GPU_MAX_K = 2048  # FAISS GPU search returns at most this many neighbours
 FEW_ROWS = 8  # up to this many queries, results are picked row by row (cheaper than (Q, F) sorts)
+USER_CACHE_AUTO_BYTES = 512 << 20  # cache_user_vectors=None caches user tables up to this size
 _INTERNAL_COLUMNS = {"genre_ids", "year_bucket", ACTIVE}
 _EMPTY = np.zeros(0, dtype=np.int64)
 
 
-@dataclass(frozen=True)
-class Recommendation:
+class Recommendation(NamedTuple):
+    """One result (immutable; a named tuple because a response builds many of them)."""
+
     item_id: object  # raw item id, as in the data
     score: float  # similarity (inner product; cosine for cosine models); popularity: a count
     title: str | None = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return self._asdict()
 
 
 class Recommendations(list):
@@ -101,7 +103,7 @@ class Recommender:
         bundle: Bundle,
         cold_start: str = "history",
         device: str | None = None,
-        cache_user_vectors: bool = False,
+        cache_user_vectors: bool | None = None,
     ):
         if cold_start not in COLD_START:
             raise ValueError(f"cold_start must be one of {COLD_START}, got {cold_start!r}")
@@ -112,6 +114,9 @@ class Recommender:
         self.searcher = to_device(bundle.index, self.device)
         self.search_params = bundle.search_params
         self._params = search_parameters(bundle.index, self.search_params)
+        self._max_fetch = min(
+            self.index.ntotal, GPU_MAX_K if on_gpu(self.searcher) else self.index.ntotal
+        )
         self.item_vectors = np.ascontiguousarray(bundle.item_vectors, dtype=np.float32)
 
         spec = bundle.user_tower.spec
@@ -143,8 +148,13 @@ class Recommender:
         self._filters: dict[tuple, _Filter] = {}
         self._filters_lock = threading.Lock()
         # Known users' stored features do not change within a bundle version, so their vectors
-        # can be computed once at load (one batched tower pass) instead of at every request.
+        # can be computed once at load (one batched tower pass) instead of at every request:
+        # exactly the vectors the tower would give, like the item vectors. None (auto) caches
+        # when the table fits in USER_CACHE_AUTO_BYTES.
         self.user_vectors: np.ndarray | None = None
+        table_bytes = len(self.user_vocab) * self.item_vectors.shape[1] * 4
+        if cache_user_vectors is None:
+            cache_user_vectors = table_bytes <= USER_CACHE_AUTO_BYTES
         if cache_user_vectors:
             users = np.arange(len(self.user_vocab))
             self.user_vectors = np.concatenate(
@@ -157,10 +167,11 @@ class Recommender:
         path: str | Path,
         cold_start: str = "history",
         device: str | None = None,
-        cache_user_vectors: bool = False,
+        cache_user_vectors: bool | None = None,
     ) -> Recommender:
         """`device` overrides the bundle's `index.device` (auto | cpu | gpu); `cache_user_vectors`
-        encodes every known user once at load (U x D floats) instead of at each request."""
+        encodes every known user once at load (U x D floats) instead of at each request: True,
+        False, or None to cache when that table is at most USER_CACHE_AUTO_BYTES."""
         return cls(read_bundle(path), cold_start, device, cache_user_vectors)
 
     @property
@@ -301,15 +312,10 @@ class Recommender:
         eligible = self.active if item_filter is None else item_filter.eligible
         num_eligible = self.num_active if item_filter is None else item_filter.count
         # Results owed to each query: k, or every eligible item not excluded.
-        owed = np.array(
-            [
-                k
-                if num_eligible - len(e) >= k
-                else min(k, num_eligible - int(eligible[np.unique(e)].sum()))
-                for e in exclude
-            ],
-            dtype=np.int64,
-        )  # (Q,)
+        owed = np.full(num_queries, k, dtype=np.int64)  # (Q,)
+        for q, e in enumerate(exclude):
+            if num_eligible - len(e) < k:
+                owed[q] = min(k, num_eligible - int(eligible[np.unique(e)].sum()))
         scores = np.full((num_queries, k), -np.inf, dtype=np.float32)
         items = np.full((num_queries, k), -1, dtype=np.int64)
         if num_queries == 0 or num_eligible == 0:
@@ -324,6 +330,24 @@ class Recommender:
         if len(exact):
             self._exact_search(queries, k, exclude, eligible, exact, scores, items)
         return scores, items
+
+    def _search_one(self, query: np.ndarray, k: int, exclude: np.ndarray):
+        """`search` for one query (1, D) with no attribute filter, without the batch machinery;
+        hands over to `search` in the rare case that the index cannot give k results."""
+        fetch = min(k + len(exclude), self._max_fetch)
+        set_search_threads(1)
+        while True:
+            found_scores, found = self.searcher.search(query, fetch, params=self._params)
+            found_scores, found = found_scores[0], found[0]
+            keep = found >= 0
+            if len(exclude):
+                keep &= (found[:, None] != exclude[None, :]).all(1)
+            kept = np.flatnonzero(keep)[:k]
+            if len(kept) == k:
+                return found_scores[kept][None], found[kept][None]
+            if found[-1] < 0 or fetch >= self._max_fetch:
+                return self.search(query, k, [exclude])
+            fetch = min(2 * fetch, self._max_fetch)
 
     def _index_search(
         self, queries, k, exclude, item_filter, owed, scores, items, gpu
@@ -385,6 +409,11 @@ class Recommender:
                     keep[j] &= (found[j, :, None] != e[None, :]).all(1)
                 elif len(e):
                     keep[j] &= ~np.isin(found[j], e)
+        elif lengths.any() and len(found) * found.shape[1] * lengths.max() <= 1 << 20:
+            # Small batches: exclusions padded to (Q, E) and compared at once.
+            banned = np.full((len(found), lengths.max()), -2, dtype=np.int64)
+            banned[np.arange(lengths.max()) < lengths[:, None]] = np.concatenate(exclude)
+            keep &= ~(found[:, :, None] == banned[:, None, :]).any(2)
         elif lengths.any():
             banned = np.concatenate(exclude)
             owner = np.repeat(np.arange(len(found)), lengths)
@@ -454,14 +483,9 @@ class Recommender:
         valid = items >= 0
         rows, values = items[valid].tolist(), scores[valid].tolist()
         ids, titles = self.item_id_list, self.titles
-        if titles is None:
-            return Recommendations(
-                (Recommendation(ids[i], s) for i, s in zip(rows, values, strict=True)), source
-            )
-        return Recommendations(
-            (Recommendation(ids[i], s, titles[i]) for i, s in zip(rows, values, strict=True)),
-            source,
-        )
+        row_ids = [ids[i] for i in rows]
+        row_titles = [None] * len(rows) if titles is None else [titles[i] for i in rows]
+        return Recommendations(map(Recommendation, row_ids, values, row_titles), source)
 
     # -- public API --------------------------------------------------------------------------
     def recommend(
@@ -480,6 +504,15 @@ class Recommender:
         given history). history: raw item ids, oldest first, that the user tower runs on instead
         of the stored history (this is how users unseen in training are answered). exclude: raw
         item ids never to return. filters: `{column: value or [values]}` over the item table."""
+        if history is None and not exclude and not filters:
+            user = self._users.index_of(user_id)
+            if user is not None:  # the hot path: a known user, nothing but its seen items out
+                check_k(k)
+                vector = self.known_user_vectors(np.array([user]))
+                scores, items = self._search_one(
+                    vector, k, self.seen(user) if exclude_seen else _EMPTY
+                )
+                return self._results(scores, items)
         return self.recommend_many(
             [user_id],
             k,

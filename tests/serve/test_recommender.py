@@ -158,7 +158,8 @@ def test_popularity_fallback_and_error_policy(bundle_dir, recommender):
         Recommender(recommender.bundle, cold_start="guess")
 
 
-def test_recommend_many_is_one_tower_call_and_one_search(recommender, monkeypatch):
+def test_recommend_many_is_one_tower_call_and_one_search(bundle_dir, monkeypatch):
+    recommender = Recommender.load(bundle_dir, cache_user_vectors=False)
     users = user_ids(recommender)[:40]
     one_by_one = [[r.item_id for r in recommender.recommend(u, 10)] for u in users]
     calls = {"tower": 0, "search": 0}
@@ -205,7 +206,16 @@ def test_string_ids_are_coerced(recommender):
     assert recommender.recommend(str(user), 3) == recommender.recommend(user, 3)
 
 
-def test_cached_user_vectors_give_the_same_results(bundle_dir, recommender):
+def test_user_vectors_are_cached_by_default_when_the_table_is_small(bundle_dir, monkeypatch):
+    assert Recommender.load(bundle_dir).user_vectors is not None
+    assert Recommender.load(bundle_dir, cache_user_vectors=False).user_vectors is None
+    monkeypatch.setattr("serve.recommender.USER_CACHE_AUTO_BYTES", 0)
+    assert Recommender.load(bundle_dir).user_vectors is None
+    assert Recommender.load(bundle_dir, cache_user_vectors=True).user_vectors is not None
+
+
+def test_cached_user_vectors_give_the_same_results(bundle_dir):
+    recommender = Recommender.load(bundle_dir, cache_user_vectors=False)
     cached = Recommender.load(bundle_dir, cache_user_vectors=True)
     assert cached.user_vectors.shape == (
         len(user_ids(recommender)),
