@@ -3,6 +3,8 @@ unseen in training, batching, and the error cases."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -95,23 +97,26 @@ def test_ann_filters_still_return_exactly_k(request, fixture):
     recommender.search_params = {knob: 1}
     recommender._params = search_parameters(recommender.index, recommender.search_params)
     genre = recommender.bundle.items["genres"][5][0]
-    exclude = item_ids(recommender)[10:40]
-    for user in user_ids(recommender)[:20]:
-        for filters in (None, {"genres": genre}):
-            results = recommender.recommend(user, 50, exclude=exclude, filters=filters)
-            row = recommender.user_index(user)
-            banned = set(recommender.seen(row).tolist()) | set(range(10, 40))
-            allowed = (
-                None
-                if filters is None
-                else np.array([genre in g for g in recommender.bundle.items["genres"]])
-            )
-            eligible = recommender.active & (True if allowed is None else allowed)
-            eligible[list(banned)] = False
-            assert len(results) == min(50, int(eligible.sum()))
-            ids = [r.item_id for r in results]
-            assert len(set(ids)) == len(ids)
-            assert not set(ids) & {recommender.item_ids[i].item() for i in banned}
+    # Without filter and exclude list, recommend takes the single-user fast path and, when the
+    # index runs out of candidates, falls back to the general search.
+    for user, filters, excluded in itertools.product(
+        user_ids(recommender)[:20], (None, {"genres": genre}), (range(10, 40), range(0))
+    ):
+        exclude = [recommender.item_ids[i].item() for i in excluded]
+        results = recommender.recommend(user, 50, exclude=exclude, filters=filters)
+        row = recommender.user_index(user)
+        banned = set(recommender.seen(row).tolist()) | set(excluded)
+        allowed = (
+            None
+            if filters is None
+            else np.array([genre in g for g in recommender.bundle.items["genres"]])
+        )
+        eligible = recommender.active & (True if allowed is None else allowed)
+        eligible[list(banned)] = False
+        assert len(results) == min(50, int(eligible.sum()))
+        ids = [r.item_id for r in results]
+        assert len(set(ids)) == len(ids)
+        assert not set(ids) & {recommender.item_ids[i].item() for i in banned}
 
 
 def test_unknown_filter_column_and_bad_values_are_named(recommender):
