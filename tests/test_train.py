@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import polars as pl
 import pytest
 import torch
 
@@ -252,3 +253,7 @@ def test_train_py_command_line_writes_the_run_directory(tmp_path):
     assert (tmp_path / ".hydra" / "config.yaml").is_file()
     assert Recommender.load(tmp_path / "bundle").num_items > 0
     assert (tmp_path / "metrics.csv").is_file() and (tmp_path / "training.png").stat().st_size > 0
+    logged = pl.read_csv(tmp_path / "metrics.csv", infer_schema_length=None)
+    epoch_losses = logged.select("epoch", "train/loss_epoch").drop_nulls()
+    assert epoch_losses["epoch"].to_list() == [0, 1]  # one mean training loss per epoch
+    assert logged["train/loss_step"].drop_nulls().len() >= 1
