@@ -94,6 +94,30 @@ def plot_training(metrics_csv: Path, out_png: Path, monitor: str) -> Path | None
     return out_png
 
 
+def _read_log(path: Path):
+    import polars as pl
+
+    return pl.read_csv(path, infer_schema_length=None) if path.is_file() else None
+
+
+def _merge_log(earlier, path: Path) -> None:
+    """metrics.csv after a resumed fit: the earlier run's rows for the epochs before the resumed
+    ones, then the new rows (columns united), written atomically."""
+    import polars as pl
+
+    latest = _read_log(path)
+    if latest is None or latest.is_empty():
+        merged = earlier
+    else:
+        first_new_epoch = latest["epoch"].min()
+        merged = pl.concat(
+            [earlier.filter(pl.col("epoch") < first_new_epoch), latest], how="diagonal_relaxed"
+        )
+    tmp = path.with_name(f".{path.name}.tmp")
+    merged.write_csv(tmp)
+    os.replace(tmp, path)
+
+
 def _build_model(cfg: DictConfig, data: PreparedData) -> TwoTowerModule:
     catalogue = ItemCatalogue(
         genres=torch.from_numpy(data.item_genres),
@@ -176,8 +200,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=_instantiate_all(cfg.get("logger")) or False
     )
+    metrics_csv = output_dir / "metrics.csv"
+    # Lightning's CSV logger starts metrics.csv afresh on resume: keep the rows logged so far.
+    earlier_log = _read_log(metrics_csv) if cfg.get("resume") else None
     fit_seconds = _fit(cfg, trainer, model, datamodule, output_dir / "checkpoints" / "last.ckpt")
-    plot_training(output_dir / "metrics.csv", output_dir / "training.png", cfg.monitor)
 
     checkpoint = next(
         (c for c in callbacks if isinstance(c, L.pytorch.callbacks.ModelCheckpoint)), None
@@ -200,6 +226,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         for k, v in trainer.validate(model, datamodule=datamodule, verbose=False)[0].items()
     }
     metrics.update({"train/seconds": fit_seconds, "train/epochs": float(epochs)})
+    if earlier_log is not None:
+        _merge_log(earlier_log, metrics_csv)
+    plot_training(metrics_csv, output_dir / "training.png", cfg.monitor)
 
     if cfg.get("refit"):
         model, refit_seconds = _refit(cfg, data, epochs, output_dir)

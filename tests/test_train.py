@@ -213,20 +213,24 @@ def test_same_seed_gives_the_same_metrics(tmp_path, trained_run):
 
 
 def test_training_resumes_from_the_last_checkpoint(tmp_path):
-    train_module.train(compose_config(tmp_path, ["trainer.max_epochs=2"]))
+    train_module.train(compose_config(tmp_path, ["trainer.max_epochs=2", "logger=csv"]))
     first = torch.load(
         tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
     )
     # Same run directory, another seed: a finished run is not retrained from scratch.
-    train_module.train(compose_config(tmp_path, ["trainer.max_epochs=2", "seed=7"]))
+    train_module.train(compose_config(tmp_path, ["trainer.max_epochs=2", "seed=7", "logger=csv"]))
     for name, tensor in _weights(tmp_path / "checkpoints" / "last.ckpt").items():
         torch.testing.assert_close(tensor, first["state_dict"][name], msg=name)
     # Asking for more epochs continues where it stopped.
-    train_module.train(compose_config(tmp_path, ["trainer.max_epochs=3"]))
+    train_module.train(compose_config(tmp_path, ["trainer.max_epochs=3", "logger=csv"]))
     resumed = torch.load(
         tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
     )
     assert resumed["global_step"] == first["global_step"] * 3 // 2
+    # The training log keeps the epochs from before the resume (Lightning alone would not).
+    logged = pl.read_csv(tmp_path / "metrics.csv", infer_schema_length=None)
+    assert logged.select("epoch", "train/loss_epoch").drop_nulls()["epoch"].to_list() == [0, 1, 2]
+    assert logged["val/recall@20"].drop_nulls().len() == 3 + 1  # every epoch, then validate()
 
 
 def test_train_py_command_line_writes_the_run_directory(tmp_path):
