@@ -73,10 +73,13 @@ def unit(x: np.ndarray) -> np.ndarray:
 
 
 def item_vectors(
-    num_items: int, kind: str, rng: np.random.Generator
+    num_items: int, kind: str, rng: np.random.Generator, clusters: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(vectors (N, D) unit, cluster of each item); min(1000, N / 100) clusters."""
-    clusters = min(1000, num_items // 100)
+    """(vectors (N, D) unit, cluster of each item); min(1000, N / 100) clusters by default.
+
+    At 1M items that default equals IVF's ~sqrt(N) = 1,000 lists, one list per cluster, which
+    flatters IVF: `--clusters` sets a count unrelated to nlist."""
+    clusters = clusters or min(1000, num_items // 100)
     if kind == "random":
         return unit(rng.standard_normal((num_items, DIM), dtype=np.float32)), rng.integers(
             clusters, size=num_items
@@ -87,9 +90,9 @@ def item_vectors(
     return unit(centres[cluster] + noise), cluster
 
 
-def synthetic_tables(num_items: int, kind: str, seed: int = 0):
+def synthetic_tables(num_items: int, kind: str, seed: int = 0, clusters: int | None = None):
     rng = np.random.default_rng(seed)
-    xb, cluster = item_vectors(num_items, kind, rng)
+    xb, cluster = item_vectors(num_items, kind, rng, clusters)
     spec = FeatureSpec(
         num_users=NUM_USERS,
         num_items=num_items,
@@ -320,10 +323,11 @@ def http_load(port: int, rng: np.random.Generator, sequential: int, concurrent: 
 
 # -- driver --------------------------------------------------------------------------------------
 def run_size(num_items: int, names: list[str], args, workdir: Path, rng) -> list[dict]:
-    print(f"\n== {num_items:,} items ({args.vectors} vectors) ==", flush=True)
+    shape = f", {args.clusters} clusters" if args.clusters and args.vectors == "clustered" else ""
+    print(f"\n== {num_items:,} items ({args.vectors} vectors{shape}) ==", flush=True)
     started = time.perf_counter()
     user_tower, item_tower, items_df, users_df = synthetic_tables(
-        num_items, args.vectors, seed=num_items
+        num_items, args.vectors, seed=num_items, clusters=args.clusters
     )
     print(f"   tables and towers: {time.perf_counter() - started:.1f}s", flush=True)
     rows, exact_truth, exact_b1 = [], None, None
@@ -483,6 +487,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--indexes", nargs="+", default=None, choices=list(INDEXES))
     parser.add_argument("--vectors", choices=("clustered", "random"), default="clustered")
     parser.add_argument(
+        "--clusters",
+        type=int,
+        default=None,
+        help="clusters of the clustered vectors (default min(1000, N/100))",
+    )
+    parser.add_argument(
         "--requests", type=int, default=None, help="batch-1 requests per measurement"
     )
     parser.add_argument("--http-items", type=int, default=100_000)
@@ -515,6 +525,7 @@ def main(argv: list[str] | None = None) -> None:
             [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]
         ),
         "vectors": args.vectors,
+        "clusters": args.clusters,
         "dim": DIM,
         "users": NUM_USERS,
         "k": K,
