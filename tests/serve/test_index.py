@@ -3,6 +3,8 @@ the sweep's choice, removal, and the device switch."""
 
 from __future__ import annotations
 
+import itertools
+
 import faiss
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from serve.index import (
     IndexConfig,
     auto_nlist,
     build_index,
+    knob_values,
     remove_ids,
     resolve_device,
     search_knob,
@@ -111,6 +114,26 @@ def test_sweep_of_hnsw_reaches_recall_against_exact():
     result = sweep(index, xq, truth, target_recall=0.95, latency_queries=5)
     assert result.knob == EF_SEARCH and result.reached
     assert sweep(build_index(xb, "dot", "Flat"), xq, truth) is None  # exact: nothing to sweep
+
+
+def test_sweep_grids_are_half_octaves_up_to_the_last_setting():
+    xb = clustered(3000)
+    assert knob_values(build_index(xb, "cosine", "IVF32,Flat")) == [
+        1,
+        2,
+        3,
+        4,
+        6,
+        8,
+        12,
+        16,
+        24,
+        32,
+    ]
+    ef = knob_values(build_index(xb, "cosine", "HNSW8"))
+    assert ef[0] == 16 and ef[-1] == 2048
+    assert all(1 < b / a <= 1.5 for a, b in itertools.pairwise(ef))
+    assert knob_values(build_index(xb, "cosine", "Flat")) == []
 
 
 def test_sweep_that_cannot_reach_the_target_says_so():
