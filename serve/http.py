@@ -190,10 +190,7 @@ class Batcher:
         recommender, user_ids, futures = self.pending.pop(key)
         _, k, exclude_seen = key
         try:
-            if len(user_ids) == 1:
-                results = [recommender.recommend(user_ids[0], k, exclude_seen)]
-            else:
-                results = recommender.recommend_many(user_ids, k, exclude_seen)
+            results = recommender.recommend_many(user_ids, k, exclude_seen)
         except Exception:  # one bad id must not fail the others: answer each on its own
             for user_id, future in zip(user_ids, futures, strict=True):
                 try:

@@ -46,11 +46,11 @@ def _half_octaves(low: int, high: int) -> list[int]:
     that the chosen setting is at most 1.5x the cheapest one reaching the target (on a
     powers-of-two grid it can be 2x: HNSW at 1M crossed recall 0.95 between efSearch 512 and
     1024)."""
-    values, value = [], low
+    values, value = set(), low
     while value < high:
-        values += [value, value * 3 // 2] if value * 3 // 2 > value else [value]
+        values |= {value, value * 3 // 2}
         value *= 2
-    return sorted({v for v in values if v < high} | {high})
+    return [*sorted(v for v in values if v < high), high]
 
 
 @dataclass

@@ -338,14 +338,10 @@ class Recommender:
         set_search_threads(1)
         while True:
             found_scores, found = self.searcher.search(query, fetch, params=self._params)
-            found_scores, found = found_scores[0], found[0]
-            keep = found >= 0
-            if len(exclude):
-                keep &= (found[:, None] != exclude[None, :]).all(1)
-            kept = np.flatnonzero(keep)[:k]
+            kept = np.flatnonzero(self._keep(found, [exclude], None)[0])[:k]
             if len(kept) == k:
-                return found_scores[kept][None], found[kept][None]
-            if found[-1] < 0 or fetch >= self._max_fetch:
+                return found_scores[:, kept], found[:, kept]
+            if found[0, -1] < 0 or fetch >= self._max_fetch:
                 return self.search(query, k, [exclude])
             fetch = min(2 * fetch, self._max_fetch)
 
@@ -504,15 +500,6 @@ class Recommender:
         given history). history: raw item ids, oldest first, that the user tower runs on instead
         of the stored history (this is how users unseen in training are answered). exclude: raw
         item ids never to return. filters: `{column: value or [values]}` over the item table."""
-        if history is None and not exclude and not filters:
-            user = self._users.index_of(user_id)
-            if user is not None:  # the hot path: a known user, nothing but its seen items out
-                check_k(k)
-                vector = self.known_user_vectors(np.array([user]))
-                scores, items = self._search_one(
-                    vector, k, self.seen(user) if exclude_seen else _EMPTY
-                )
-                return self._results(scores, items)
         return self.recommend_many(
             [user_id],
             k,
@@ -536,6 +523,14 @@ class Recommender:
 
         histories: one per user (None = the stored one); exclude and filters apply to all."""
         check_k(k)
+        if len(user_ids) == 1 and histories is None and not exclude and not filters:
+            user = self._users.index_of(user_ids[0])
+            if user is not None:  # the hot path: a known user, nothing but its seen items out
+                vector = self.known_user_vectors(np.array([user]))
+                scores, items = self._search_one(
+                    vector, k, self.seen(user) if exclude_seen else _EMPTY
+                )
+                return [self._results(scores, items)]
         if histories is not None and len(histories) != len(user_ids):
             raise ValueError(f"histories: {len(histories)} given for {len(user_ids)} users")
         item_filter = self.item_filter(filters)
