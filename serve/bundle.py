@@ -49,6 +49,7 @@ from serve.index import (
     METRICS,
     IndexConfig,
     build_index,
+    fixed_settings,
     is_id_mapped,
     read_index,
     search_knob,
@@ -174,20 +175,21 @@ def index_section(
 ) -> tuple[faiss.Index, dict]:
     """Build the index over `vectors` (rows `ids`), sweep it when it is approximate, and return it
     with its manifest section. The plot is written to `plot_path` when there is a sweep."""
-    factory = config.factory_for(len(ids))
+    factory = config.factory_for(len(ids), vectors.shape[1])
     index = build_index(vectors[ids], similarity, factory, ids=ids)
     section = {
         "factory": factory,
         "metric": METRIC_NAMES[index.metric_type],
         "config": config.to_dict(),
-        "search_params": dict(config.search_params),
+        "search_params": fixed_settings(index, config.search_params),
         "sweep": None,
     }
-    if search_knob(index) is not None and not config.search_params and len(queries):
+    knob = search_knob(index)
+    if knob is not None and knob not in config.search_params and len(queries):
         k = min(config.sweep_k, len(ids))
         truth = exact_neighbours(vectors[ids], queries, k, ids=ids)
-        result = sweep(index, queries, truth, config.target_recall)
-        section["search_params"] = result.search_params
+        result = sweep(index, queries, truth, config.target_recall, fixed=section["search_params"])
+        section["search_params"] |= result.search_params
         section["sweep"] = result.to_dict()
         if plot_path is not None:
             plot(result, plot_path, title=f"{factory}: recall@{k} vs latency, {len(ids)} items")

@@ -39,6 +39,10 @@ DEVICES = ("auto", "cpu", "gpu")
 # The one search knob of each ANN family, and the values the operating-point sweep tries.
 NPROBE, EF_SEARCH = "nprobe", "efSearch"
 EF_SEARCH_RANGE = (16, 2048)
+# Re-ranked indexes (factory strings ending in `RFlat`): the base index returns k_factor * k
+# candidates, re-scored exactly from the stored vectors. A fixed setting, not swept.
+K_FACTOR = "k_factor"
+DEFAULT_K_FACTOR = 16
 
 
 def _half_octaves(low: int, high: int) -> list[int]:
@@ -57,7 +61,7 @@ def _half_octaves(low: int, high: int) -> list[int]:
 class IndexConfig:
     """How the item index is built and searched (conf/index/*.yaml)."""
 
-    factory: str = "Flat"  # FAISS factory string; "{nlist}" is replaced by `nlist`
+    factory: str = "Flat"  # FAISS factory string; "{nlist}" → `nlist`, "{half_dim}" → dim / 2
     nlist: int | str = "auto"  # IVF lists; "auto" = about sqrt(num_items), at least 39 items a list
     device: str = "auto"  # auto | cpu | gpu
     target_recall: float = 0.95  # the sweep picks the cheapest setting reaching this recall@sweep_k
@@ -80,10 +84,16 @@ class IndexConfig:
             raise ValueError(
                 f"index.nlist must be a positive integer or 'auto', got {self.nlist!r}"
             )
-        unknown = set(self.search_params) - {NPROBE, EF_SEARCH}
+        unknown = set(self.search_params) - {NPROBE, EF_SEARCH, K_FACTOR}
         if unknown:
             raise ValueError(
-                f"index.search_params: unknown {sorted(unknown)}; known: {NPROBE}, {EF_SEARCH}"
+                f"index.search_params: unknown {sorted(unknown)}; "
+                f"known: {NPROBE}, {EF_SEARCH}, {K_FACTOR}"
+            )
+        if self.search_params.get(K_FACTOR, 1) < 1:
+            raise ValueError(
+                f"index.search_params.{K_FACTOR} must be at least 1, "
+                f"got {self.search_params[K_FACTOR]!r}"
             )
 
     @classmethod
@@ -107,12 +117,15 @@ class IndexConfig:
             }
         return cls(**values)
 
-    def factory_for(self, num_items: int) -> str:
-        """The factory string with `{nlist}` filled in for a catalogue of `num_items`."""
-        if "{nlist}" not in self.factory:
-            return self.factory
+    def factory_for(self, num_items: int, dim: int) -> str:
+        """The factory string for `num_items` vectors of dimension `dim`: `{nlist}` filled in, and
+        `{half_dim}` (PQ sub-quantizers of 2 dimensions each, as 4-bit fast-scan codes want)."""
         nlist = auto_nlist(num_items) if self.nlist == "auto" else int(self.nlist)
-        return self.factory.replace("{nlist}", str(nlist))
+        if "{half_dim}" in self.factory and dim % 2:
+            raise ValueError(
+                f"index.factory {self.factory!r}: {{half_dim}} needs an even dimension, got {dim}"
+            )
+        return self.factory.replace("{nlist}", str(nlist)).replace("{half_dim}", str(dim // 2))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -187,12 +200,23 @@ def inner_index(index: faiss.Index) -> faiss.Index:
     return index
 
 
+def is_refined(index: faiss.Index) -> bool:
+    """Whether `index` re-ranks its base index's candidates exactly (factory `...,RFlat`)."""
+    return isinstance(inner_index(index), faiss.IndexRefine)
+
+
+def _searched(index: faiss.Index) -> faiss.Index:
+    """The index whose knob a search sets: the inner index, or the base of a re-ranked one."""
+    inner = inner_index(index)
+    return faiss.downcast_index(inner.base_index) if isinstance(inner, faiss.IndexRefine) else inner
+
+
 def search_knob(index: faiss.Index) -> str | None:
     """`nprobe` for IVF indexes, `efSearch` for HNSW, None for exact (flat) search."""
-    inner = inner_index(index)
-    if isinstance(inner, faiss.IndexIVF):
+    searched = _searched(index)
+    if isinstance(searched, faiss.IndexIVF):
         return NPROBE
-    if isinstance(inner, faiss.IndexHNSW):
+    if isinstance(searched, faiss.IndexHNSW):
         return EF_SEARCH
     return None
 
@@ -201,10 +225,17 @@ def knob_values(index: faiss.Index) -> list[int]:
     """The settings an operating-point sweep tries, cheapest first."""
     knob = search_knob(index)
     if knob == NPROBE:
-        return _half_octaves(1, inner_index(index).nlist)
+        return _half_octaves(1, _searched(index).nlist)
     if knob == EF_SEARCH:
         return _half_octaves(*EF_SEARCH_RANGE)
     return []
+
+
+def fixed_settings(index: faiss.Index, configured: Mapping[str, int]) -> dict[str, int]:
+    """The configured search settings plus the defaults `index` needs that a sweep keeps fixed
+    (a re-ranked index's k_factor)."""
+    defaults = {K_FACTOR: DEFAULT_K_FACTOR} if is_refined(index) else {}
+    return {**defaults, **configured}
 
 
 def search_parameters(
@@ -213,8 +244,14 @@ def search_parameters(
     """Per-search parameters for `index`: its knob from `settings`, and an optional id selector."""
     knob = search_knob(index)
     values = {knob: int(settings[knob])} if knob is not None and knob in settings else {}
+    if is_refined(index):
+        return _refine_parameters(index, settings, values, selector)
     if selector is not None:
         values["sel"] = selector
+    return _parameters(knob, values)
+
+
+def _parameters(knob: str | None, values: dict) -> faiss.SearchParameters | None:
     if not values:
         return None
     if knob == NPROBE:
@@ -222,6 +259,22 @@ def search_parameters(
     if knob == EF_SEARCH:
         return faiss.SearchParametersHNSW(**values)
     return faiss.SearchParameters(**values)
+
+
+def _refine_parameters(index, settings, values, selector) -> faiss.SearchParameters:
+    """A re-ranked index ignores a selector given to it; its base index takes it, over the row
+    numbers the base stores, so an item-id selector is translated through the ID map."""
+    if selector is not None:
+        mapped = faiss.downcast_index(index)
+        if isinstance(mapped, faiss.IndexIDMap2):
+            translated = faiss.IDSelectorTranslated(mapped.id_map, selector)
+            translated.referenced_objects = [selector]  # the C++ object points at it
+            selector = translated
+        values["sel"] = selector
+    return faiss.IndexRefineSearchParameters(
+        k_factor=float(settings.get(K_FACTOR, DEFAULT_K_FACTOR)),
+        base_index_params=_parameters(search_knob(index), values),
+    )
 
 
 def remove_ids(
@@ -301,11 +354,14 @@ class GpuIndex:
 def to_device(index: faiss.Index, device: str) -> faiss.Index | GpuIndex:
     """The index to search on `device` (already resolved): the CPU index itself or a `GpuIndex`.
 
-    Index types without a FAISS GPU version (HNSW) stay on the CPU."""
+    Index types without a FAISS GPU version (HNSW, re-ranked fast-scan PQ) stay on the CPU."""
     if device == "cpu":
         return index
-    if search_knob(index) == EF_SEARCH:
-        log.warning("HNSW has no FAISS GPU version: searching it on the CPU")
+    if search_knob(index) == EF_SEARCH or is_refined(index):
+        log.warning(
+            "%s has no FAISS GPU version: searching it on the CPU",
+            type(inner_index(index)).__name__,
+        )
         return index
     return GpuIndex(index)
 

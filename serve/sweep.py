@@ -1,5 +1,5 @@
 """The operating-point sweep: for an ANN index, recall@k against exact search and latency, over
-its one search knob (nprobe for IVF, efSearch for HNSW), and the cheapest setting that reaches a
+its one search knob (nprobe for IVF, also under a re-ranked index; efSearch for HNSW), and the cheapest setting that reaches a
 target recall.
 
 Ground truth is an exact inner-product search over the same vectors (as in FAISS's own
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -79,11 +80,13 @@ def sweep(
     target_recall: float = 0.95,
     latency_queries: int = 100,
     stop_at: float = 0.995,
+    fixed: Mapping[str, int] | None = None,
 ) -> Sweep | None:
     """Recall@k and latency of `index` over its knob; None for exact indexes (nothing to choose).
 
     `truth` (Q, k) are the exact top-k ids of the queries `xq`. Stops early once recall reaches
-    `stop_at` (past the target, the curve only gets slower)."""
+    `stop_at` (past the target, the curve only gets slower). `fixed`: other settings held at
+    every point (a re-ranked index's k_factor)."""
     knob = search_knob(index)
     if knob is None:
         return None
@@ -91,7 +94,7 @@ def sweep(
     k = truth.shape[1]
     points = []
     for value in knob_values(index):
-        params = search_parameters(index, {knob: value})
+        params = search_parameters(index, {**(fixed or {}), knob: value})
         set_search_threads(len(xq))
         _, found = index.search(xq, k, params=params)
         latencies = _latencies_ms(index, xq, k, params, latency_queries)

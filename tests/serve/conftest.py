@@ -51,6 +51,16 @@ def hnsw_bundle(bundle_dir, tmp_path_factory) -> Path:
     )
 
 
+@pytest.fixture(scope="session")
+def refine_bundle(bundle_dir, tmp_path_factory) -> Path:
+    """Re-ranked 4-bit fast-scan PQ (conf/index/ivfpq_refine.yaml's factory)."""
+    return reexport(
+        bundle_dir,
+        tmp_path_factory.mktemp("refine") / "bundle",
+        {"factory": "IVF{nlist},PQ{half_dim}x4fs,RFlat", "sweep_k": 20},
+    )
+
+
 @pytest.fixture
 def bundle_copy(bundle_dir, tmp_path) -> Path:
     """A private copy of the session bundle, safe to update."""
@@ -106,3 +116,8 @@ def ivf_copy(ivf_bundle, tmp_path) -> Path:
 @pytest.fixture
 def hnsw_copy(hnsw_bundle, tmp_path) -> Path:
     return Path(shutil.copytree(hnsw_bundle, tmp_path / "hnsw"))
+
+
+@pytest.fixture
+def refine_copy(refine_bundle, tmp_path) -> Path:
+    return Path(shutil.copytree(refine_bundle, tmp_path / "refine"))

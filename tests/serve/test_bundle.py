@@ -12,7 +12,7 @@ import pytest
 
 from serve import FORMAT_VERSION, BundleError, Recommender, read_bundle
 from serve.bundle import CURRENT, INDEX, MANIFEST, PLOT, resolve, write_version
-from serve.index import NPROBE
+from serve.index import DEFAULT_K_FACTOR, K_FACTOR, NPROBE
 
 
 def version_dir(root: Path) -> Path:
@@ -51,6 +51,19 @@ def test_hnsw_export_chooses_ef_search(hnsw_bundle):
     manifest = json.loads((version_dir(hnsw_bundle) / MANIFEST).read_text())
     assert set(manifest["index"]["search_params"]) == {"efSearch"}
     assert manifest["index"]["sweep"]["reached"]
+
+
+def test_reranked_export_sweeps_nprobe_at_its_k_factor(refine_bundle):
+    manifest = json.loads((version_dir(refine_bundle) / MANIFEST).read_text())
+    sweep = manifest["index"]["sweep"]
+    assert sweep["knob"] == NPROBE and sweep["reached"]
+    assert manifest["index"]["search_params"] == {
+        K_FACTOR: DEFAULT_K_FACTOR,
+        NPROBE: sweep["chosen"],
+    }
+    recommender = Recommender.load(refine_bundle)
+    assert recommender.search_params == manifest["index"]["search_params"]
+    assert recommender._params.k_factor == DEFAULT_K_FACTOR
 
 
 def test_missing_file_is_named(bundle_copy):

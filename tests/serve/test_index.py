@@ -10,11 +10,14 @@ import numpy as np
 import pytest
 
 from serve.index import (
+    DEFAULT_K_FACTOR,
     EF_SEARCH,
+    K_FACTOR,
     NPROBE,
     IndexConfig,
     auto_nlist,
     build_index,
+    fixed_settings,
     knob_values,
     remove_ids,
     resolve_device,
@@ -46,9 +49,9 @@ def test_config_parses_files_strings_and_rejects_nonsense():
     cfg = IndexConfig.parse(
         {"factory": "IVF{nlist},Flat", "nlist": 8, "search_params": {"nprobe": "4"}}
     )
-    assert cfg.factory_for(10_000) == "IVF8,Flat" and cfg.search_params == {"nprobe": 4}
+    assert cfg.factory_for(10_000, 64) == "IVF8,Flat" and cfg.search_params == {"nprobe": 4}
     assert (
-        IndexConfig.parse({"factory": "IVF{nlist},Flat"}).factory_for(10_000)
+        IndexConfig.parse({"factory": "IVF{nlist},Flat"}).factory_for(10_000, 64)
         == f"IVF{auto_nlist(10_000)},Flat"
     )
     with pytest.raises(ValueError, match=r"index\.device"):
@@ -59,6 +62,11 @@ def test_config_parses_files_strings_and_rejects_nonsense():
         IndexConfig(search_params={"nprobes": 3})
     with pytest.raises(ValueError, match="nlist"):
         IndexConfig(nlist="many")
+    assert IndexConfig(factory="IVF{nlist},PQ{half_dim}x4fs").factory_for(1600, 64) == (
+        "IVF40,PQ32x4fs"
+    )
+    with pytest.raises(ValueError, match="even dimension"):
+        IndexConfig(factory="PQ{half_dim}x4fs").factory_for(1600, 33)
 
 
 def test_auto_nlist_keeps_39_points_per_list():
@@ -144,7 +152,7 @@ def test_sweep_that_cannot_reach_the_target_says_so():
     assert result.chosen == max(result.points, key=lambda p: p.recall).value
 
 
-@pytest.mark.parametrize("factory", ["Flat", "IVF4,Flat", "HNSW8"])
+@pytest.mark.parametrize("factory", ["Flat", "IVF4,Flat", "HNSW8", "IVF4,PQ8x4fs,RFlat"])
 def test_remove_ids_takes_items_out(factory):
     x = unit_vectors(400)
     index = build_index(x, "cosine", factory)
@@ -154,6 +162,36 @@ def test_remove_ids_takes_items_out(factory):
     _, found = index.search(x[[0, 5, 7, 9]], 5, params=params)
     assert not np.isin(found, [0, 5, 7]).any()
     assert found[3, 0] == 9
+
+
+def test_refined_index_reranks_exactly_and_filters_by_item_id():
+    xb, xq = clustered(3000), clustered(40, seed=4)
+    ids = np.arange(3000) * 3 + 7  # item ids unlike the base index's row numbers
+    index = build_index(xb, "cosine", "IVF16,PQ8x4fs,RFlat", ids=ids)
+    assert search_knob(index) == NPROBE and knob_values(index)[-1] == 16
+    truth = exact_neighbours(xb, xq, 10, ids=ids)
+    scores, found = index.search(
+        xq, 10, params=search_parameters(index, {NPROBE: 16, K_FACTOR: 32})
+    )
+    assert recall_at_k(found, truth) > 0.99
+    exact = (xq[:, None, :] * xb[(found - 7) // 3]).sum(-1)  # re-ranked: exact scores
+    np.testing.assert_allclose(scores, exact, rtol=1e-4, atol=1e-5)
+    # Fewer candidates re-ranked: the 4-bit codes alone find fewer of the true neighbours.
+    _, rough = index.search(xq, 10, params=search_parameters(index, {NPROBE: 16, K_FACTOR: 1}))
+    assert recall_at_k(rough, truth) < recall_at_k(found, truth)
+    # A selector over item ids reaches the base index through the ID map.
+    eligible = np.zeros(ids.max() + 1, dtype=bool)
+    eligible[ids[::2]] = True
+    bits = np.packbits(eligible, bitorder="little")
+    selector = faiss.IDSelectorBitmap(len(eligible), faiss.swig_ptr(bits))
+    params = search_parameters(index, {NPROBE: 16}, selector)
+    _, filtered = index.search(xq, 10, params=params)
+    assert (filtered >= 0).all() and eligible[filtered].all()
+    assert fixed_settings(index, {}) == {K_FACTOR: DEFAULT_K_FACTOR}
+    assert fixed_settings(index, {K_FACTOR: 4}) == {K_FACTOR: 4}
+    assert fixed_settings(build_index(xb, "cosine", "IVF16,Flat"), {}) == {}
+    with pytest.raises(ValueError, match="k_factor"):
+        IndexConfig(search_params={K_FACTOR: 0})
 
 
 def test_device_choice_and_its_errors():
@@ -183,7 +221,7 @@ def test_gpu_search_matches_cpu(factory):
     assert to_cpu(gpu) is index
 
 
-@pytest.mark.parametrize("name", ["flat", "ivf", "hnsw", "ivfpq"])
+@pytest.mark.parametrize("name", ["flat", "ivf", "hnsw", "ivfpq", "ivfpq_refine"])
 def test_shipped_index_configs_build(name):
     from pathlib import Path
 
@@ -192,6 +230,7 @@ def test_shipped_index_configs_build(name):
     node = OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "index" / f"{name}.yaml")
     cfg = IndexConfig.parse(node)
     x = clustered(2000)
-    index = build_index(x, "cosine", cfg.factory_for(len(x)))
+    index = build_index(x, "cosine", cfg.factory_for(len(x), x.shape[1]))
+    search_parameters(index, cfg.search_params)  # the configured settings apply to this index
     assert index.ntotal == 2000 and index.metric_type == faiss.METRIC_INNER_PRODUCT
     assert (search_knob(index) is None) == (name == "flat")

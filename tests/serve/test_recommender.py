@@ -85,16 +85,15 @@ def test_filter_leaving_fewer_than_k_returns_them_all(recommender):
     )
 
 
-@pytest.mark.parametrize("fixture", ["ivf_bundle", "hnsw_bundle"])
+@pytest.mark.parametrize("fixture", ["ivf_bundle", "hnsw_bundle", "refine_bundle"])
 def test_ann_filters_still_return_exactly_k(request, fixture):
     """Even the least exhaustive setting (one IVF list, tiny efSearch) returns k eligible items."""
     path = request.getfixturevalue(fixture)
     recommender = Recommender.load(path)
-    recommender._params = None  # nprobe 1 / default efSearch: the index runs out of candidates
-    from serve.index import search_parameters
+    from serve.index import search_knob, search_parameters
 
-    knob = "nprobe" if "ivf" in fixture else "efSearch"
-    recommender.search_params = {knob: 1}
+    # nprobe 1 / efSearch 1: the index runs out of candidates
+    recommender.search_params = {**recommender.search_params, search_knob(recommender.index): 1}
     recommender._params = search_parameters(recommender.index, recommender.search_params)
     genre = recommender.bundle.items["genres"][5][0]
     # Without filter and exclude list, recommend takes the single-user fast path and, when the
