@@ -13,7 +13,9 @@
     GET  /docs, /openapi.json
 
 Invalid requests get 422 naming the field, unknown user or item ids 404; any other error is a
-500 for that request only. Reloading builds the new `Recommender` on the side and then swaps one
+500 for that request only. Plain `/recommend` requests (a user id, k, exclude_seen) take a fast
+lane past FastAPI's routing and response layers (`FastLane`); everything else, and every request
+the lane cannot answer, goes through the FastAPI app, which owns all error responses. Reloading builds the new `Recommender` on the side and then swaps one
 reference: a request holds the recommender it started with, so in-flight requests finish on the
 old version and none is dropped. With `watch_seconds`, the app also polls CURRENT and reloads
 by itself.
@@ -30,9 +32,10 @@ import time
 from pathlib import Path
 from typing import Annotated
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -202,6 +205,65 @@ class Batcher:
             future.set_result(result)
 
 
+class FastLane:
+    """Pure ASGI: answers plain `POST /recommend` requests (known fields only; no history,
+    exclude list or filters) without FastAPI's routing, exception and response layers, which
+    cost about a third of the server's CPU per request (py-spy, 32 clients, 100k items).
+
+    The lane only ever answers 200s. A request it cannot answer (invalid body, no bundle yet, an
+    unknown user, any error) is handed to the FastAPI app with its body replayed, so every error
+    response has one implementation; the body is parsed by the same pydantic model either way."""
+
+    def __init__(self, app, service: Service, batcher: Batcher):
+        self.app, self.service, self.batcher = app, service, batcher
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] != "/recommend" or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        raw, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            raw += message.get("body", b"")
+            more = message.get("more_body", False)
+        try:
+            body = RecommendRequest.model_validate_json(raw)
+            recommender = self.service.recommender
+            if (
+                recommender is None
+                or body.history is not None
+                or body.exclude is not None
+                or body.filters
+            ):
+                raise LookupError("not for the fast lane")
+            recs = await self.batcher.submit(recommender, body.user_id, body.k, body.exclude_seen)
+        except Exception:
+            return await self.app(scope, _replay(raw, receive), send)
+        payload = orjson.dumps(_recommend_payload(body.user_id, recommender, recs))
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})
+
+
+def _replay(raw: bytes, receive):
+    """An ASGI `receive` that yields the already-read body once, then defers to `receive`."""
+    pending = [{"type": "http.request", "body": raw, "more_body": False}]
+
+    async def replay():
+        return pending.pop() if pending else await receive()
+
+    return replay
+
+
 class Service:
     """The recommender being served and how to replace it."""
 
@@ -273,6 +335,20 @@ def _items(recs: Recommendations) -> list[dict]:
     return [{"item_id": r.item_id, "score": r.score, "title": r.title} for r in recs]
 
 
+def _recommend_payload(user_id, recommender: Recommender, recs: Recommendations) -> dict:
+    return {
+        "user_id": user_id,
+        "source": recs.source,
+        "version": recommender.version,
+        "items": _items(recs),
+    }
+
+
+def _json(payload, status_code: int = 200) -> Response:
+    """A JSON response serialised by orjson (the same bytes the fast lane sends)."""
+    return Response(orjson.dumps(payload), status_code=status_code, media_type="application/json")
+
+
 def create_app(
     bundle: str | Path,
     cold_start: str = "history",
@@ -319,6 +395,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.service = service
+    # Starlette nests the last added outermost: metrics count and time the fast lane's answers.
+    app.add_middleware(FastLane, service=service, batcher=batcher)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     @app.exception_handler(UnknownIdError)
@@ -368,14 +446,7 @@ def create_app(
                 exclude=body.exclude,
                 filters=body.filters,
             )
-        return JSONResponse(
-            {
-                "user_id": body.user_id,
-                "source": recs.source,
-                "version": recommender.version,
-                "items": _items(recs),
-            }
-        )
+        return _json(_recommend_payload(body.user_id, recommender, recs))
 
     @app.post("/recommend/batch", openapi_extra=_request_body(BatchRecommendRequest))
     async def recommend_batch(request: Request):
@@ -389,7 +460,7 @@ def create_app(
             exclude=body.exclude,
             filters=body.filters,
         )
-        return JSONResponse(
+        return _json(
             {
                 "version": recommender.version,
                 "results": [
@@ -404,7 +475,7 @@ def create_app(
         body = _parse(SimilarItemsRequest, await request.body())
         recommender = ready()
         recs = recommender.similar_items(body.item_id, body.k, filters=body.filters)
-        return JSONResponse(
+        return _json(
             {"item_id": body.item_id, "version": recommender.version, "items": _items(recs)}
         )
 

@@ -249,3 +249,77 @@ def test_batcher_coalesces_requests_of_one_turn(recommender):
         assert [r.item_id for r in mixed[2]] == [r.item_id for r in original([users[1]], 5)[0]]
     finally:
         del recommender.recommend_many
+
+
+def test_fast_lane_answers_plain_requests_and_hands_the_rest_to_the_app(recommender):
+    """Plain /recommend bodies are answered by the lane (the app never sees them); invalid ones,
+    unknown users and requests with options reach the app with the body unchanged."""
+    import asyncio
+    import json
+
+    from serve.http import Batcher, FastLane
+
+    user = read_bundle(recommender.bundle.path).users["user_id"][0]
+    service = type("S", (), {"recommender": recommender})()
+    seen_by_app = []
+
+    async def app(scope, receive, send):
+        message = await receive()
+        seen_by_app.append((scope["path"], message["body"]))
+        await send({"type": "http.response.start", "status": 299, "headers": []})
+        await send({"type": "http.response.body", "body": b"app"})
+
+    lane = FastLane(app, service, Batcher())
+
+    async def call(path, body: bytes, method="POST"):
+        chunks = [body[:3], body[3:]]  # the body arrives in two messages
+        sent = []
+
+        async def receive():
+            chunk = chunks.pop(0)
+            return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "path": path, "method": method}
+        await lane(scope, receive, send)
+        return sent[0]["status"], sent[1]["body"]
+
+    plain = json.dumps({"user_id": user, "k": 4}).encode()
+    status, body = asyncio.run(call("/recommend", plain))
+    expected = recommender.recommend(user, 4)
+    answer = json.loads(body)
+    assert status == 200 and seen_by_app == []
+    assert [i["item_id"] for i in answer["items"]] == [r.item_id for r in expected]
+    assert answer["source"] == expected.source and answer["user_id"] == user
+    for other in (
+        b'{"user_id": 1, "k": 0}',  # invalid: the app names the field
+        json.dumps({"user_id": "ghost", "k": 4}).encode(),  # unknown: the app answers 404
+        json.dumps({"user_id": user, "k": 4, "exclude": []}).encode(),  # options
+        b"{not json",
+    ):
+        assert asyncio.run(call("/recommend", other)) == (299, b"app")
+        assert seen_by_app.pop() == ("/recommend", other)
+    assert asyncio.run(call("/similar-items", plain)) == (299, b"app")
+
+
+def test_fast_lane_and_app_answer_alike_over_http(server, ids):
+    users, _ = ids
+
+    def answered(client) -> float:
+        prefix = 'twotower_requests_total{route="/recommend",status="200"}'
+        text = client.get("/metrics").text
+        return float(next(ln for ln in text.splitlines() if ln.startswith(prefix)).split()[-1])
+
+    with server.client() as client:
+        for user in users[:5]:
+            lane = client.post("/recommend", json={"user_id": user, "k": 6})
+            app = client.post("/recommend", json={"user_id": user, "k": 6, "exclude": []})
+            assert lane.status_code == app.status_code == 200
+            assert lane.json() == app.json()
+            assert lane.headers["content-type"] == app.headers["content-type"]
+        before = answered(client)
+        for user in users[:3]:
+            client.post("/recommend", json={"user_id": user, "k": 6})
+        assert answered(client) == before + 3  # the lane's answers are counted
