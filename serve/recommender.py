@@ -331,18 +331,31 @@ class Recommender:
             self._exact_search(queries, k, exclude, eligible, exact, scores, items)
         return scores, items
 
-    def _search_one(self, query: np.ndarray, k: int, exclude: np.ndarray):
-        """`search` for one query (1, D) with no attribute filter, without the batch machinery;
-        hands over to `search` in the rare case that the index cannot give k results."""
-        fetch = min(k + len(exclude), self._max_fetch)
+    def _recommend_known(self, user: int, k: int, exclude_seen: bool) -> Recommendations:
+        """The hot path: one known user, nothing but its seen items out. One FAISS search of
+        k + |seen| candidates, the seen ones dropped in plain Python (a few dozen ids: cheaper
+        than numpy's per-call costs right after a search has flushed the caches); hands over to
+        `search` in the rare case that the index cannot give k."""
+        if self.user_vectors is not None:
+            query = self.user_vectors[user : user + 1]
+        else:
+            query = self.encode_users(np.array([user]))
+        seen = self.seen(user) if exclude_seen else _EMPTY
+        banned = set(seen.tolist())
+        fetch = min(k + len(seen), self._max_fetch)
         set_search_threads(1)
         while True:
             found_scores, found = self.searcher.search(query, fetch, params=self._params)
-            kept = np.flatnonzero(self._keep(found, [exclude], None)[0])[:k]
-            if len(kept) == k:
-                return found_scores[:, kept], found[:, kept]
+            rows, values = [], []
+            for row, score in zip(found[0].tolist(), found_scores[0].tolist(), strict=True):
+                if row >= 0 and row not in banned:
+                    rows.append(row)
+                    values.append(score)
+                    if len(rows) == k:
+                        return self._recommendations(rows, values)
             if found[0, -1] < 0 or fetch >= self._max_fetch:
-                return self.search(query, k, [exclude])
+                scores, items = self.search(query, k, [seen])
+                return self._results(scores[0], items[0])
             fetch = min(2 * fetch, self._max_fetch)
 
     def _index_search(
@@ -477,7 +490,11 @@ class Recommender:
         self, scores: np.ndarray, items: np.ndarray, source: str = MODEL
     ) -> Recommendations:
         valid = items >= 0
-        rows, values = items[valid].tolist(), scores[valid].tolist()
+        return self._recommendations(items[valid].tolist(), scores[valid].tolist(), source)
+
+    def _recommendations(
+        self, rows: list[int], values: list[float], source: str = MODEL
+    ) -> Recommendations:
         ids, titles = self.item_id_list, self.titles
         row_ids = [ids[i] for i in rows]
         row_titles = [None] * len(rows) if titles is None else [titles[i] for i in rows]
@@ -500,6 +517,11 @@ class Recommender:
         given history). history: raw item ids, oldest first, that the user tower runs on instead
         of the stored history (this is how users unseen in training are answered). exclude: raw
         item ids never to return. filters: `{column: value or [values]}` over the item table."""
+        if history is None and not exclude and not filters:
+            check_k(k)
+            user = self._users.index_of(user_id)
+            if user is not None:
+                return self._recommend_known(user, k, exclude_seen)
         return self.recommend_many(
             [user_id],
             k,
@@ -525,12 +547,8 @@ class Recommender:
         check_k(k)
         if len(user_ids) == 1 and histories is None and not exclude and not filters:
             user = self._users.index_of(user_ids[0])
-            if user is not None:  # the hot path: a known user, nothing but its seen items out
-                vector = self.known_user_vectors(np.array([user]))
-                scores, items = self._search_one(
-                    vector, k, self.seen(user) if exclude_seen else _EMPTY
-                )
-                return [self._results(scores, items)]
+            if user is not None:
+                return [self._recommend_known(user, k, exclude_seen)]
         if histories is not None and len(histories) != len(user_ids):
             raise ValueError(f"histories: {len(histories)} given for {len(user_ids)} users")
         item_filter = self.item_filter(filters)
