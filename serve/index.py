@@ -6,9 +6,13 @@ metric is never chosen independently of the similarity.
 
 A FAISS id is an item's row in the bundle's items table, so items can be removed or replaced
 without renumbering the others: IVF indexes keep ids in their lists, the others are wrapped in
-`IndexIDMap2`. Search settings
-(nprobe, efSearch) travel as `SearchParameters` objects built per search, never as state set on
-the shared index, so concurrent searches with different filters do not interfere.
+`IndexIDMap2`. Search settings (nprobe, efSearch) travel as `SearchParameters` objects built
+per search, never as state set on the shared index, so concurrent searches with different
+filters do not interfere.
+
+A re-ranked index (`...,RFlat`, e.g. conf/index/ivfpq_refine.yaml) searches its base index
+(4-bit fast-scan PQ) for k_factor * k candidates and re-scores them exactly from the stored
+vectors; its knob is the base's nprobe, and k_factor a fixed setting beside it.
 
 `index.device`: `cpu`, `gpu`, or `auto` (the GPU when `faiss.get_num_gpus() > 0`). A GPU index is
 a copy of the CPU index (sharded over every GPU when there are several); saving always writes
