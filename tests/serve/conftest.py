@@ -35,30 +35,26 @@ def reexport(bundle_dir: Path, path: Path, index_config: dict) -> Path:
     )
 
 
+def _ann_bundle(bundle_dir: Path, tmp_path_factory, name: str, factory: str) -> Path:
+    """The session bundle's model re-exported with an ANN index (swept at recall@20)."""
+    path = tmp_path_factory.mktemp(name) / "bundle"
+    return reexport(bundle_dir, path, {"factory": factory, "sweep_k": 20})
+
+
 @pytest.fixture(scope="session")
 def ivf_bundle(bundle_dir, tmp_path_factory) -> Path:
-    return reexport(
-        bundle_dir,
-        tmp_path_factory.mktemp("ivf") / "bundle",
-        {"factory": "IVF{nlist},Flat", "sweep_k": 20},
-    )
+    return _ann_bundle(bundle_dir, tmp_path_factory, "ivf", "IVF{nlist},Flat")
 
 
 @pytest.fixture(scope="session")
 def hnsw_bundle(bundle_dir, tmp_path_factory) -> Path:
-    return reexport(
-        bundle_dir, tmp_path_factory.mktemp("hnsw") / "bundle", {"factory": "HNSW8", "sweep_k": 20}
-    )
+    return _ann_bundle(bundle_dir, tmp_path_factory, "hnsw", "HNSW8")
 
 
 @pytest.fixture(scope="session")
 def refine_bundle(bundle_dir, tmp_path_factory) -> Path:
     """Re-ranked 4-bit fast-scan PQ (conf/index/ivfpq_refine.yaml's factory)."""
-    return reexport(
-        bundle_dir,
-        tmp_path_factory.mktemp("refine") / "bundle",
-        {"factory": "IVF{nlist},PQ{half_dim}x4fs,RFlat", "sweep_k": 20},
-    )
+    return _ann_bundle(bundle_dir, tmp_path_factory, "refine", "IVF{nlist},PQ{half_dim}x4fs,RFlat")
 
 
 @pytest.fixture
