@@ -243,13 +243,26 @@ def fixed_settings(index: faiss.Index, configured: Mapping[str, int]) -> dict[st
 
 
 def search_parameters(
-    index: faiss.Index, settings: Mapping[str, int], selector: faiss.IDSelector | None = None
+    index: faiss.Index,
+    settings: Mapping[str, int],
+    selector: faiss.IDSelector | None = None,
+    wanted: int | None = None,
+    fetch: int | None = None,
 ) -> faiss.SearchParameters | None:
-    """Per-search parameters for `index`: its knob from `settings`, and an optional id selector."""
+    """Per-search parameters for `index`: its knob from `settings`, and an optional id selector.
+
+    `wanted` of `fetch` requested results: a search that over-fetches to make room for excluded
+    items needs only `wanted` of them, so a re-ranked index re-scores k_factor candidates per
+    wanted result plus one per extra slot (k_factor * wanted + fetch - wanted), not k_factor per
+    fetched one. Other indexes ignore both."""
     knob = search_knob(index)
     values = {knob: int(settings[knob])} if knob is not None and knob in settings else {}
     if is_refined(index):
-        return _refine_parameters(index, settings, values, selector)
+        k_factor = float(settings.get(K_FACTOR, DEFAULT_K_FACTOR))
+        if wanted is not None and fetch is not None and 0 < wanted < fetch:
+            # FAISS takes int(fetch * k_factor) candidates: +0.5 keeps the intended count exact.
+            k_factor = (k_factor * wanted + (fetch - wanted) + 0.5) / fetch
+        return _refine_parameters(index, k_factor, values, selector)
     if selector is not None:
         values["sel"] = selector
     return _parameters(knob, values)
@@ -265,7 +278,7 @@ def _parameters(knob: str | None, values: dict) -> faiss.SearchParameters | None
     return faiss.SearchParameters(**values)
 
 
-def _refine_parameters(index, settings, values, selector) -> faiss.SearchParameters:
+def _refine_parameters(index, k_factor: float, values, selector) -> faiss.SearchParameters:
     """A re-ranked index ignores a selector given to it; its base index takes it, over the row
     numbers the base stores, so an item-id selector is translated through the ID map."""
     if selector is not None:
@@ -276,8 +289,7 @@ def _refine_parameters(index, settings, values, selector) -> faiss.SearchParamet
             selector = translated
         values["sel"] = selector
     return faiss.IndexRefineSearchParameters(
-        k_factor=float(settings.get(K_FACTOR, DEFAULT_K_FACTOR)),
-        base_index_params=_parameters(search_knob(index), values),
+        k_factor=k_factor, base_index_params=_parameters(search_knob(index), values)
     )
 
 

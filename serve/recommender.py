@@ -37,7 +37,14 @@ import torch
 from features.vocab import Vocabulary
 from serve.bundle import ACTIVE, Bundle, padded, read_bundle
 from serve.errors import UnknownItemError, UnknownUserError, check_k
-from serve.index import on_gpu, resolve_device, search_parameters, set_search_threads, to_device
+from serve.index import (
+    is_refined,
+    on_gpu,
+    resolve_device,
+    search_parameters,
+    set_search_threads,
+    to_device,
+)
 
 # Where each result list came from.
 MODEL, HISTORY, POPULARITY = "model", "history", "popularity"
@@ -112,8 +119,8 @@ class Recommender:
         self.index = bundle.index  # the CPU index (what is saved)
         self.device = resolve_device(device or bundle.index_config.device)
         self.searcher = to_device(bundle.index, self.device)
-        self.search_params = bundle.search_params
-        self._params = search_parameters(bundle.index, self.search_params)
+        self._refined = is_refined(bundle.index)
+        self.search_params = bundle.search_params  # builds the search parameters (a property)
         self._max_fetch = min(
             self.index.ntotal, GPU_MAX_K if on_gpu(self.searcher) else self.index.ntotal
         )
@@ -173,6 +180,30 @@ class Recommender:
         encodes every known user once at load (U x D floats) instead of at each request: True,
         False, or None to cache when that table is at most USER_CACHE_AUTO_BYTES."""
         return cls(read_bundle(path), cold_start, device, cache_user_vectors)
+
+    @property
+    def search_params(self) -> dict[str, int]:
+        """The index's search settings (the bundle's); searches follow a change to them."""
+        return self._search_params
+
+    @search_params.setter
+    def search_params(self, settings: Mapping[str, int]) -> None:
+        self._search_params = dict(settings)
+        self._params = search_parameters(self.index, self._search_params)
+        self._fetch_params: dict[tuple[int, int], faiss.SearchParameters | None] = {}
+
+    def _params_for(self, wanted: int, fetch: int) -> faiss.SearchParameters | None:
+        """Parameters for a search of `fetch` results of which `wanted` are needed (the rest
+        make room for exclusions); cached, as building them costs more than a fast search."""
+        if not self._refined or fetch <= wanted:
+            return self._params
+        params = self._fetch_params.get((wanted, fetch))
+        if params is None:
+            if len(self._fetch_params) >= 4096:
+                self._fetch_params.clear()
+            params = search_parameters(self.index, self._search_params, wanted=wanted, fetch=fetch)
+            self._fetch_params[wanted, fetch] = params
+        return params
 
     @property
     def num_items(self) -> int:
@@ -345,7 +376,9 @@ class Recommender:
         fetch = min(k + len(seen), self._max_fetch)
         set_search_threads(1)
         while True:
-            found_scores, found = self.searcher.search(query, fetch, params=self._params)
+            found_scores, found = self.searcher.search(
+                query, fetch, params=self._params_for(k, fetch)
+            )
             rows, values = [], []
             for row, score in zip(found[0].tolist(), found_scores[0].tolist(), strict=True):
                 if row >= 0 and row not in banned:
@@ -362,10 +395,7 @@ class Recommender:
         self, queries, k, exclude, item_filter, owed, scores, items, gpu
     ) -> np.ndarray:
         """FAISS search into scores/items; returns the queries it could not answer in full."""
-        params = self._params
         use_selector = item_filter is not None and not gpu
-        if use_selector:
-            params = search_parameters(self.index, self.search_params, item_filter.selector)
         max_fetch = min(self.index.ntotal, GPU_MAX_K if gpu else self.index.ntotal)
         extra = max((len(e) for e in exclude), default=0)
         if item_filter is not None and not use_selector:
@@ -373,6 +403,12 @@ class Recommender:
         fetch = min(k + extra, max_fetch)
         todo = np.arange(len(queries))
         while len(todo):
+            if use_selector:
+                params = search_parameters(
+                    self.index, self.search_params, item_filter.selector, wanted=k, fetch=fetch
+                )
+            else:
+                params = self._params_for(k, fetch)
             set_search_threads(len(todo))
             found_scores, found = self.searcher.search(queries[todo], fetch, params=params)
             keep = self._keep(

@@ -187,6 +187,10 @@ def test_refined_index_reranks_exactly_and_filters_by_item_id():
     params = search_parameters(index, {NPROBE: 16}, selector)
     _, filtered = index.search(xq, 10, params=params)
     assert (filtered >= 0).all() and eligible[filtered].all()
+    # Over-fetching for exclusions: k_factor candidates per wanted result, one per extra slot.
+    for wanted, fetch in ((10, 30), (10, 17), (7, 7)):
+        params = search_parameters(index, {NPROBE: 4, K_FACTOR: 16}, wanted=wanted, fetch=fetch)
+        assert int(fetch * params.k_factor) == 16 * wanted + fetch - wanted
     assert fixed_settings(index, {}) == {K_FACTOR: DEFAULT_K_FACTOR}
     assert fixed_settings(index, {K_FACTOR: 4}) == {K_FACTOR: 4}
     assert fixed_settings(build_index(xb, "cosine", "IVF16,Flat"), {}) == {}

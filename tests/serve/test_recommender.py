@@ -90,11 +90,10 @@ def test_ann_filters_still_return_exactly_k(request, fixture):
     """Even the least exhaustive setting (one IVF list, tiny efSearch) returns k eligible items."""
     path = request.getfixturevalue(fixture)
     recommender = Recommender.load(path)
-    from serve.index import search_knob, search_parameters
+    from serve.index import search_knob
 
     # nprobe 1 / efSearch 1: the index runs out of candidates
     recommender.search_params = {**recommender.search_params, search_knob(recommender.index): 1}
-    recommender._params = search_parameters(recommender.index, recommender.search_params)
     genre = recommender.bundle.items["genres"][5][0]
     # Without filter and exclude list, recommend takes the single-user fast path and, when the
     # index runs out of candidates, falls back to the general search.
@@ -116,6 +115,26 @@ def test_ann_filters_still_return_exactly_k(request, fixture):
         ids = [r.item_id for r in results]
         assert len(set(ids)) == len(ids)
         assert not set(ids) & {recommender.item_ids[i].item() for i in banned}
+
+
+def test_reranked_index_recommends_what_exact_search_does(refine_bundle, bundle_dir):
+    """The re-ranked index, searched with every list, gives exact search's recommendations,
+    though it re-scores k_factor candidates per wanted result rather than per fetched one."""
+    refined, exact = Recommender.load(refine_bundle), Recommender.load(bundle_dir)
+    refined.search_params = {**refined.search_params, "nprobe": 1 << 20}
+    users = user_ids(exact)[:30]
+    hits = [
+        len(
+            {r.item_id for r in refined.recommend(u, 10)}
+            & {r.item_id for r in exact.recommend(u, 10)}
+        )
+        for u in users
+    ]
+    assert sum(hits) / (10 * len(users)) >= 0.95
+    batch = refined.recommend_many(users, 10)
+    assert [[r.item_id for r in recs] for recs in batch] == [
+        [r.item_id for r in refined.recommend(u, 10)] for u in users
+    ]
 
 
 def test_unknown_filter_column_and_bad_values_are_named(recommender):
