@@ -21,6 +21,7 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+import polars as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -70,15 +71,14 @@ def metrics_table(metrics: dict[str, float], ks) -> str:
 
 def plot_training(metrics_csv: Path, out_png: Path, monitor: str) -> Path | None:
     """Training loss and the monitored validation metric per epoch, from the CSV log."""
-    if not metrics_csv.is_file():
+    log_df = _read_log(metrics_csv)
+    if log_df is None:
         return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import polars as pl
 
-    log_df = pl.read_csv(metrics_csv, infer_schema_length=None)
     fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 3.5))
     for ax, column in ((ax_loss, "train/loss_epoch"), (ax_val, monitor)):
         if column in log_df.columns:
@@ -94,17 +94,13 @@ def plot_training(metrics_csv: Path, out_png: Path, monitor: str) -> Path | None
     return out_png
 
 
-def _read_log(path: Path):
-    import polars as pl
-
+def _read_log(path: Path) -> pl.DataFrame | None:
     return pl.read_csv(path, infer_schema_length=None) if path.is_file() else None
 
 
-def _merge_log(earlier, path: Path) -> None:
+def _merge_log(earlier: pl.DataFrame, path: Path) -> None:
     """metrics.csv after a resumed fit: the earlier run's rows for the epochs before the resumed
     ones, then the new rows (columns united), written atomically."""
-    import polars as pl
-
     latest = _read_log(path)
     if latest is None or latest.is_empty():
         merged = earlier

@@ -15,8 +15,8 @@
 Invalid requests get 422 naming the field, unknown user or item ids 404; any other error is a
 500 for that request only. Plain `/recommend` requests (a user id, k, exclude_seen) take a fast
 lane past FastAPI's routing and response layers (`FastLane`); everything else, and every request
-the lane cannot answer, goes through the FastAPI app, which owns all error responses. Reloading builds the new `Recommender` on the side and then swaps one
-reference: a request holds the recommender it started with, so in-flight requests finish on the
+the lane cannot answer, goes through the FastAPI app, which owns all error responses.
+Reloading builds the new `Recommender` on the side and then swaps one reference: a request holds the recommender it started with, so in-flight requests finish on the
 old version and none is dropped. With `watch_seconds`, the app also polls CURRENT and reloads
 by itself.
 """
@@ -98,6 +98,11 @@ class RecommendRequest(_Body):
     filters: dict[str, FilterValue] | None = Field(
         None, description='item attributes, e.g. {"genres": "Comedy"}'
     )
+
+    @property
+    def plain(self) -> bool:
+        """A known user's id, k and exclude_seen only: what the Batcher coalesces."""
+        return self.history is None and self.exclude is None and not self.filters
 
 
 class BatchRecommendRequest(_Body):
@@ -230,12 +235,7 @@ class FastLane:
         try:
             body = RecommendRequest.model_validate_json(raw)
             recommender = self.service.recommender
-            if (
-                recommender is None
-                or body.history is not None
-                or body.exclude is not None
-                or body.filters
-            ):
+            if recommender is None or not body.plain:
                 raise LookupError("not for the fast lane")
             recs = await self.batcher.submit(recommender, body.user_id, body.k, body.exclude_seen)
         except Exception:
@@ -435,7 +435,7 @@ def create_app(
     async def recommend(request: Request):
         body = _parse(RecommendRequest, await request.body())
         recommender = ready()
-        if body.history is None and body.exclude is None and not body.filters:
+        if body.plain:
             recs = await batcher.submit(recommender, body.user_id, body.k, body.exclude_seen)
         else:
             recs = recommender.recommend(

@@ -367,10 +367,7 @@ class Recommender:
         k + |seen| candidates, the seen ones dropped in plain Python (a few dozen ids: cheaper
         than numpy's per-call costs right after a search has flushed the caches); hands over to
         `search` in the rare case that the index cannot give k."""
-        if self.user_vectors is not None:
-            query = self.user_vectors[user : user + 1]
-        else:
-            query = self.encode_users(np.array([user]))
+        query = self.known_user_vectors(np.array([user]))
         seen = self.seen(user) if exclude_seen else _EMPTY
         banned = set(seen.tolist())
         fetch = min(k + len(seen), self._max_fetch)
@@ -553,11 +550,6 @@ class Recommender:
         given history). history: raw item ids, oldest first, that the user tower runs on instead
         of the stored history (this is how users unseen in training are answered). exclude: raw
         item ids never to return. filters: `{column: value or [values]}` over the item table."""
-        if history is None and not exclude and not filters:
-            check_k(k)
-            user = self._users.index_of(user_id)
-            if user is not None:
-                return self._recommend_known(user, k, exclude_seen)
         return self.recommend_many(
             [user_id],
             k,

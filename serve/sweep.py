@@ -1,6 +1,6 @@
 """The operating-point sweep: for an ANN index, recall@k against exact search and latency, over
-its one search knob (nprobe for IVF, also under a re-ranked index; efSearch for HNSW), and the cheapest setting that reaches a
-target recall.
+its one search knob (nprobe for IVF, also under a re-ranked index; efSearch for HNSW), and the
+cheapest setting that reaches a target recall.
 
 Ground truth is an exact inner-product search over the same vectors (as in FAISS's own
 `contrib/exhaustive_search.py` tests). Latency is measured at batch 1, the way a request runs.
