@@ -47,6 +47,9 @@ class TowerConfig:
     use_year: bool = True  # release-year bucket on the item side
     mlp_layers: int = 0  # residual MLP blocks on top of each tower's fused features
     dropout: float = 0.0  # dropout inside the MLP blocks
+    user_dropout: float = (
+        0.0  # dropout on the fused user vector in training (SimpleX's net_dropout)
+    )
     sparse: bool = True  # sparse embedding gradients (only touched rows are updated)
     init_std: float = 0.1  # normal init of embedding tables
 
@@ -121,6 +124,7 @@ class UserTower(nn.Module):
             nn.Linear(dim, dim, bias=False) if cfg.use_history and cfg.history_projection else None
         )
         self.mlp = ResidualMLP(dim, cfg.mlp_layers, cfg.dropout)
+        self.dropout = nn.Dropout(cfg.user_dropout)
 
     def forward(self, user: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
         """user (B,), history (B, N) item indices padded with num_items → (B, D)."""
@@ -137,7 +141,7 @@ class UserTower(nn.Module):
             x = gate * parts[0] + (1 - gate) * parts[1]
         else:
             x = parts[0]
-        return self.similarity.prepare(self.mlp(x))  # (B, D)
+        return self.similarity.prepare(self.dropout(self.mlp(x)))  # (B, D)
 
 
 class ItemTower(nn.Module):

@@ -43,3 +43,14 @@ def test_history_only_user_tower_has_no_user_table():
 def test_unknown_similarity_is_named():
     with pytest.raises(ValueError, match="unknown similarity 'l2'"):
         Similarity.parse("l2")
+
+
+def test_user_dropout_acts_in_training_only():
+    torch.manual_seed(0)
+    tower = UserTower(SPEC, TowerConfig(embedding_dim=16, user_dropout=0.5))
+    user, history = torch.tensor([1, 2]), torch.tensor([[2, 3, 7], [4, 7, 7]])
+    assert not torch.allclose(tower(user, history), tower(user, history))
+    plain = UserTower(SPEC, TowerConfig(embedding_dim=16))
+    plain.load_state_dict(tower.state_dict())
+    tower.eval()
+    torch.testing.assert_close(tower(user, history), plain(user, history))

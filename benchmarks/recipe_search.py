@@ -1,0 +1,420 @@
+"""Recipe search: many variants of an experiment's training recipe on one prepared split, ranked
+by validation recall@20. Built to spend a borrowed GPU well; it runs on a CPU too.
+
+    python benchmarks/recipe_search.py prepare --experiment gowalla --out .search/gowalla
+    python benchmarks/recipe_search.py run --data .search/gowalla --workers 8
+    python benchmarks/recipe_search.py run --data .search/gowalla --only baseline dropout-0.1
+
+`prepare` (needs the full stack: polars, Hydra) composes `conf/` with `experiment=<name>` exactly
+as `train.py` does (same seed, so the same split and validation carve) and writes what training
+and validation need to `<out>/data.safetensors` plus `<out>/meta.json` (the feature sizes and the
+experiment's model, batch size and epoch count). The test split is not written: a search can only
+ever look at validation.
+
+`run` needs torch, Lightning and safetensors only (no polars, Hydra or FAISS, so it runs on a bare
+GPU machine): each variant is a set of dotted overrides of that config (`towers.user_dropout`,
+`loss.margin`, `batch_size`, `max_epochs`, ...). Each trains `towers.TwoTowerModule` under
+`lightning.Trainer` on the available accelerator (`--accelerator`), and the module's own
+validation (full catalogue, training items masked) is recorded every `--val-every` epochs and at
+the end. Variants run in `--workers` parallel processes; each result is appended to a JSON-lines
+file as it finishes (`--results`), and a table sorted by the final validation recall@20 is printed.
+
+Validation recall of a variant is one seed on one split: differences of a few thousandths are
+noise (the `baseline-seed*` variants show how much). A variant worth adopting is then checked with
+`python train.py experiment=<name> <overrides>`, which refits and reports the test split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+MONITOR = "val/recall@20"
+CURVE = (MONITOR, "val/ndcg@20", "val/recall@50")  # recorded at every validation
+
+# name -> dotted overrides of the experiment's recipe, written for the Gowalla recipe
+# (`model=simplex`: CCL loss); first the references, then one lever at a time, then combinations.
+# The order is the priority when a run is cut short. Variants that change `towers.embedding_dim`
+# or `towers.use_user_id` were measured when the experiment had 64 dims and no user id.
+VARIANTS: dict[str, dict] = {
+    "baseline": {},
+    "baseline-seed1": {"seed": 1},
+    "baseline-seed2": {"seed": 2},
+    "dropout-0.1": {"towers.user_dropout": 0.1},
+    "dropout-0.2": {"towers.user_dropout": 0.2},
+    "dropout-0.3": {"towers.user_dropout": 0.3},
+    "shared-items": {"towers.share_item_embeddings": True},
+    "user-id": {"towers.use_user_id": True},
+    "user-id-dropout-0.2": {"towers.use_user_id": True, "towers.user_dropout": 0.2},
+    "dim-128": {"towers.embedding_dim": 128},
+    "margin-0.9": {"loss.margin": 0.9},
+    "margin-0.8-w50": {"loss.margin": 0.8, "loss.negative_weight": 50.0},
+    "w-300": {"loss.negative_weight": 300.0},
+    "w-75": {"loss.negative_weight": 75.0},
+    "neg-2048": {"negatives.num_negatives": 2048},
+    "neg-512": {"negatives.num_negatives": 512},
+    "in-batch": {"negatives.in_batch": True},
+    "lr-0.005": {"optim.lr": 0.005},
+    "lr-0.02": {"optim.lr": 0.02},
+    "dense-lr-0.01": {"optim.dense_lr": 0.01},
+    "cosine-schedule": {"optim.schedule": "cosine"},
+    "epochs-8": {"max_epochs": 8},
+    "epochs-16": {"max_epochs": 16},
+    "epochs-24": {"max_epochs": 24},
+    "batch-256": {"batch_size": 256},
+    "batch-1024": {"batch_size": 1024},
+    "init-0.05": {"towers.init_std": 0.05},
+    "init-0.2": {"towers.init_std": 0.2},
+    "no-projection": {"towers.history_projection": False},
+    "history-l2-1e-4": {"optim.embedding_l2": 1e-4},
+    "weight-decay-0.01": {"optim.weight_decay": 0.01},
+    "popularity-negatives": {"negatives.distribution": "popularity"},
+    "softmax-t0.05": {
+        "loss": {"_target_": "towers.SampledSoftmaxLoss", "temperature": 0.05},
+    },
+    "softmax-t0.1": {
+        "loss": {"_target_": "towers.SampledSoftmaxLoss", "temperature": 0.1},
+    },
+    "softmax-t0.1-in-batch": {
+        "loss": {"_target_": "towers.SampledSoftmaxLoss", "temperature": 0.1},
+        "negatives.in_batch": True,
+    },
+    "dropout-0.2-dim-128": {"towers.user_dropout": 0.2, "towers.embedding_dim": 128},
+    "dropout-0.2-epochs-16": {"towers.user_dropout": 0.2, "max_epochs": 16},
+    "dropout-0.2-shared": {"towers.user_dropout": 0.2, "towers.share_item_embeddings": True},
+    "dropout-0.2-margin-0.9": {"towers.user_dropout": 0.2, "loss.margin": 0.9},
+    "dropout-0.2-neg-2048": {"towers.user_dropout": 0.2, "negatives.num_negatives": 2048},
+    "dim-128-epochs-16": {"towers.embedding_dim": 128, "max_epochs": 16},
+    "dim-128-seed1": {"towers.embedding_dim": 128, "seed": 1},
+    "dim-256": {"towers.embedding_dim": 256},
+    "dim-192": {"towers.embedding_dim": 192},
+    "dim-128-user-id": {"towers.embedding_dim": 128, "towers.use_user_id": True},
+    "dim-128-lr-0.02": {"towers.embedding_dim": 128, "optim.lr": 0.02},
+    "dim-128-epochs-8": {"towers.embedding_dim": 128, "max_epochs": 8},
+    "dim-128-neg-2048": {"towers.embedding_dim": 128, "negatives.num_negatives": 2048},
+    "dim-128-margin-0.9": {"towers.embedding_dim": 128, "loss.margin": 0.9},
+}
+
+
+# -- prepare (full stack) ---------------------------------------------------------------------------
+def prepare(experiment: str | None, out: Path, overrides: list[str]) -> None:
+    import numpy as np
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+    from safetensors.numpy import save_file
+
+    import train as train_module  # noqa: F401  (registers the repo_root resolver)
+    from features.arrays import csr_by_user, padded_rows
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        chosen = [f"experiment={experiment}"] if experiment else []
+        cfg = compose(config_name="train", overrides=[*chosen, *overrides])
+    datamodule = instantiate(cfg.data)
+    datamodule.setup()
+    data = datamodule.data
+    # Validation users sorted by how many items they have seen, so each chunk's padding is tight.
+    seen_indptr, seen_items = csr_by_user(data.train, data.num_users)
+    order = np.argsort(np.diff(seen_indptr)[data.val.users], kind="stable")
+    arrays = {
+        "train": data.train.astype(np.int32),
+        "histories": data.train_histories.astype(np.int32),
+        "item_genres": data.item_genres.astype(np.int32),
+        "item_year": data.item_year.astype(np.int32),
+        "item_counts": data.item_counts.astype(np.int64),
+    }
+    chunk = int(cfg.data.eval_batch_size)
+    for number, start in enumerate(range(0, len(order), chunk)):
+        rows = order[start : start + chunk]
+        users = data.val.users[rows]
+        arrays[f"val.{number}.user"] = users.astype(np.int64)
+        arrays[f"val.{number}.seen"] = padded_rows(seen_indptr, seen_items, users, pad=-1)
+        arrays[f"val.{number}.relevant"] = padded_rows(
+            data.val.indptr, data.val.items, rows, pad=-1
+        )
+        arrays[f"val.{number}.num_relevant"] = data.val.indptr[rows + 1] - data.val.indptr[rows]
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, out / "data.safetensors")
+    meta = {
+        "experiment": experiment,
+        "overrides": overrides,
+        "seed": int(cfg.seed),
+        "spec": data.feature_sizes(),
+        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "batch_size": int(cfg.data.batch_size),
+        "max_epochs": int(cfg.trainer.max_epochs),
+        "val_chunks": number + 1,
+    }
+    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    size = (out / "data.safetensors").stat().st_size / 2**20
+    print(f"{data.name}: {len(data.train)} training pairs, {len(data.val)} validation users")
+    print(f"wrote {out / 'data.safetensors'} ({size:.1f} MiB) and {out / 'meta.json'}")
+
+
+# -- run (torch + Lightning only) -------------------------------------------------------------------
+def apply_overrides(meta: dict, overrides: dict) -> dict:
+    """The experiment's recipe with dotted overrides applied: {model, batch_size, max_epochs, seed}."""
+    recipe = {
+        "model": copy.deepcopy(meta["model"]),
+        "batch_size": meta["batch_size"],
+        "max_epochs": meta["max_epochs"],
+        "seed": meta["seed"],
+    }
+    for key, value in overrides.items():
+        if key in ("batch_size", "max_epochs", "seed"):
+            recipe[key] = value
+            continue
+        *path, leaf = key.split(".")
+        node = recipe["model"]
+        for part in path:
+            if part not in node:
+                raise KeyError(f"override {key!r}: no {part!r} in the model config")
+            node = node[part]
+        if leaf not in node and not isinstance(value, dict):
+            raise KeyError(f"override {key!r}: no {leaf!r} in the model config")
+        node[leaf] = copy.deepcopy(value)
+    return recipe
+
+
+def build(node: dict):
+    """A `_target_` config node → the object (what hydra.utils.instantiate does for these)."""
+    module, _, name = node["_target_"].rpartition(".")
+    kwargs = {k: v for k, v in node.items() if not k.startswith("_")}
+    return getattr(importlib.import_module(module), name)(**kwargs)
+
+
+class TrainBatches:
+    """Shuffled training batches gathered on the device, the same fields as
+    `features.datamodule.TrainBatches` (the target masked out of its own history)."""
+
+    def __init__(self, tensors: dict, batch_size: int, seed: int):
+        self.pairs, self.histories = tensors["train"].long(), tensors["histories"].long()
+        self.genres, self.year = tensors["item_genres"].long(), tensors["item_year"].long()
+        self.pad = self.genres.shape[0]
+        self.batch_size = batch_size
+        self.generator = torch.Generator(device=self.pairs.device).manual_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self.pairs) // self.batch_size  # drop_last, as the datamodule
+
+    def __iter__(self):
+        order = torch.randperm(len(self.pairs), generator=self.generator, device=self.pairs.device)
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            pairs = self.pairs[order[start : start + self.batch_size]]
+            user, item = pairs[:, 0], pairs[:, 1]
+            history = self.histories[user]
+            yield {
+                "user": user,
+                "history": history.masked_fill(history == item[:, None], self.pad),
+                "item": item,
+                "item_genres": self.genres[item],
+                "item_year": self.year[item],
+            }
+
+
+class ValBatches:
+    """Chunks of validation users: user, history, seen, relevant, num_relevant (one iterable, so
+    Lightning sees one validation loader, not one per chunk)."""
+
+    def __init__(self, tensors: dict, chunks: int):
+        histories = tensors["histories"].long()
+        self.batches = []
+        for number in range(chunks):
+            batch = {
+                name: tensors[f"val.{number}.{name}"]
+                for name in ("user", "seen", "relevant", "num_relevant")
+            }
+            batch["history"] = histories[batch["user"]]
+            self.batches.append(batch)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        return iter(self.batches)
+
+
+_LOADED: dict[tuple[str, str], tuple[dict, dict]] = {}  # per worker process: loaded once
+
+
+def _load(data_dir: str, device: str) -> tuple[dict, dict]:
+    """(tensors on `device`, meta) of a `prepare` output directory."""
+    if (data_dir, device) not in _LOADED:
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(Path(data_dir) / "data.safetensors"), device=device)
+        meta = json.loads((Path(data_dir) / "meta.json").read_text())
+        _LOADED[data_dir, device] = tensors, meta
+    return _LOADED[data_dir, device]
+
+
+def train_variant(job: tuple[str, dict, dict]) -> dict:
+    """One variant, start to end, in a worker process; returns its result row (with `error`
+    instead of metrics when it failed, so one bad variant does not stop the others)."""
+    try:
+        return _train_variant(*job)
+    except Exception as error:
+        return {"variant": job[0], "overrides": job[1], "error": f"{type(error).__name__}: {error}"}
+
+
+def _train_variant(name: str, overrides: dict, options: dict) -> dict:
+    import lightning as L
+
+    from towers import (
+        FeatureSpec,
+        ItemCatalogue,
+        NegativeConfig,
+        OptimConfig,
+        TowerConfig,
+        TwoTowerModule,
+    )
+
+    torch.set_num_threads(options["threads"])
+    device = "cuda" if options["accelerator"] != "cpu" and torch.cuda.is_available() else "cpu"
+    tensors, meta = _load(options["data"], device)
+    recipe = apply_overrides(meta, overrides)
+    model_cfg = recipe["model"]
+    L.seed_everything(recipe["seed"], workers=True, verbose=False)
+    model = TwoTowerModule(
+        spec=FeatureSpec(**meta["spec"]),
+        catalogue=ItemCatalogue(
+            genres=tensors["item_genres"].long().cpu(),
+            year=tensors["item_year"].long().cpu(),
+            counts=tensors["item_counts"].cpu(),
+        ),
+        towers=TowerConfig(**{k: v for k, v in model_cfg["towers"].items() if k[0] != "_"}),
+        loss=build(model_cfg["loss"]),
+        negatives=NegativeConfig(
+            **{k: v for k, v in model_cfg["negatives"].items() if k[0] != "_"}
+        ),
+        optim=OptimConfig(**{k: v for k, v in model_cfg["optim"].items() if k[0] != "_"}),
+    )
+    curve: list[dict] = []
+
+    class Record(L.Callback):
+        def on_validation_end(self, trainer, module):
+            values = {k: float(trainer.callback_metrics[k]) for k in CURVE}
+            curve.append({"epoch": trainer.current_epoch + 1, **values})
+
+    epochs = recipe["max_epochs"]
+    trainer = L.Trainer(
+        accelerator="gpu" if device == "cuda" else "cpu",
+        devices=1,
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        check_val_every_n_epoch=min(options["val_every"], epochs),
+        limit_train_batches=options["limit_train_batches"],
+        callbacks=[Record()],
+    )
+    started = time.perf_counter()
+    trainer.fit(
+        model,
+        train_dataloaders=TrainBatches(tensors, recipe["batch_size"], recipe["seed"]),
+        val_dataloaders=ValBatches(tensors, meta["val_chunks"]),
+    )
+    if not curve or curve[-1]["epoch"] != epochs:
+        trainer.validate(model, dataloaders=ValBatches(tensors, meta["val_chunks"]), verbose=False)
+        curve[-1]["epoch"] = epochs  # after fit, Lightning's epoch counter is one past the last
+    seconds = time.perf_counter() - started
+    final = curve[-1]
+    return {
+        "variant": name,
+        "overrides": overrides,
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "seconds": round(seconds, 1),
+        "recall@20": final.get(MONITOR),
+        "ndcg@20": final.get("val/ndcg@20"),
+        "best_epoch": max(curve, key=lambda row: row.get(MONITOR, 0.0))["epoch"],
+        "curve": curve,
+    }
+
+
+def table(rows: list[dict]) -> str:
+    done = [r for r in rows if "error" not in r]
+    reference = next((r["recall@20"] for r in done if r["variant"] == "baseline"), None)
+    lines = [f"{'variant':<26}{'recall@20':>10}{'ndcg@20':>9}{'vs base':>9}{'best ep':>8}{'s':>7}"]
+    for row in sorted(done, key=lambda r: -r["recall@20"]):
+        delta = f"{row['recall@20'] / reference - 1:+.1%}" if reference else ""
+        lines.append(
+            f"{row['variant']:<26}{row['recall@20']:>10.4f}{row['ndcg@20']:>9.4f}{delta:>9}"
+            f"{row['best_epoch']:>8}{row['seconds']:>7.0f}"
+        )
+    lines += [f"{r['variant']:<26}failed: {r['error']}" for r in rows if "error" in r]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    names = args.only or list(VARIANTS)
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown}; known: {list(VARIANTS)}")
+    options = {
+        "data": str(args.data),
+        "accelerator": args.accelerator,
+        "threads": args.threads,
+        "val_every": args.val_every,
+        "limit_train_batches": args.limit_train_batches,
+    }
+    jobs = [(name, VARIANTS[name], options) for name in names]
+    results_path = Path(args.results)
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    context = mp.get_context("spawn")
+    with context.Pool(args.workers, maxtasksperchild=None) as pool:
+        for row in pool.imap_unordered(train_variant, jobs):
+            rows.append(row)
+            with results_path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            outcome = (
+                f"failed: {row['error']}"
+                if "error" in row
+                else f"recall@20 {row['recall@20']:.4f} ndcg@20 {row['ndcg@20']:.4f} "
+                f"({row['seconds']:.0f} s)"
+            )
+            print(f"[{len(rows)}/{len(jobs)}] {row['variant']}: {outcome}", flush=True)
+    print(table(rows))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("prepare", help="write an experiment's split for `run`")
+    p.add_argument("--experiment", help="conf/experiment/<name>.yaml (default: conf/train.yaml)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. data.root=...")
+    r = sub.add_parser("run", help="train the variants, rank them on validation")
+    r.add_argument("--data", type=Path, required=True, help="a `prepare` output directory")
+    r.add_argument("--only", nargs="*", help="variant names (default: all, in priority order)")
+    r.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) // 2))
+    r.add_argument("--threads", type=int, default=1, help="torch CPU threads per worker")
+    r.add_argument("--accelerator", choices=("auto", "cpu"), default="auto")
+    r.add_argument("--val-every", type=int, default=4, help="validate every N epochs")
+    r.add_argument("--limit-train-batches", type=float, default=1.0, help="for smoke runs")
+    r.add_argument("--results", default="benchmarks/results/recipe_search.jsonl")
+    args = parser.parse_args(argv)
+    if args.command == "prepare":
+        prepare(args.experiment, args.out, args.overrides)
+    else:
+        run(args)
+
+
+if __name__ == "__main__":
+    main()

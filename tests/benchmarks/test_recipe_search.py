@@ -1,0 +1,98 @@
+"""benchmarks/recipe_search.py: its data, its overrides and one variant trained end to end, on a
+tiny synthetic split (CPU)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from features import InteractionDataModule
+from tests.conftest import ROOT, TINY, compose_config
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import recipe_search
+
+OVERRIDES = [o for o in TINY if o.split("=")[0].startswith(("data", "model"))]
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    out = tmp_path_factory.mktemp("search")
+    recipe_search.prepare(None, out, OVERRIDES)
+    return out
+
+
+def test_prepare_writes_the_split_train_py_trains_on(prepared):
+    meta = json.loads((prepared / "meta.json").read_text())
+    tensors, _ = recipe_search._load(str(prepared), "cpu")
+    assert meta["batch_size"] == 128 and meta["spec"]["history_length"] == 10
+    assert meta["model"]["negatives"]["num_negatives"] == 64
+    assert not any(name.startswith("test") for name in tensors)  # a search never sees test
+    dm: InteractionDataModule = instantiate(compose_config(prepared / "unused").data)
+    dm.setup()
+    assert torch.equal(tensors["train"].long(), torch.from_numpy(dm.data.train))
+    users = torch.cat([tensors[f"val.{n}.user"] for n in range(meta["val_chunks"])])
+    assert sorted(users.tolist()) == sorted(dm.data.val.users.tolist())
+    relevant = sum(int(tensors[f"val.{n}.num_relevant"].sum()) for n in range(meta["val_chunks"]))
+    assert relevant == dm.data.val.num_interactions
+
+
+def test_train_batches_mask_the_target_out_of_its_history(prepared):
+    tensors, _ = recipe_search._load(str(prepared), "cpu")
+    batches = recipe_search.TrainBatches(tensors, batch_size=32, seed=0)
+    batch = next(iter(batches))
+    assert set(batch) == {"user", "history", "item", "item_genres", "item_year"}
+    assert len(batches) == len(tensors["train"]) // 32
+    assert not (batch["history"] == batch["item"][:, None]).any()
+    # The history is the user's own, only the target replaced by padding.
+    full = tensors["histories"].long()[batch["user"]]
+    kept = batch["history"] != batches.pad
+    assert torch.equal(batch["history"][kept], full[kept])
+
+
+def test_overrides_are_applied_and_unknown_ones_are_named():
+    meta = {
+        "model": {"towers": {"embedding_dim": 64}, "loss": {"_target_": "x.A", "margin": 0.9}},
+        "batch_size": 512,
+        "max_epochs": 12,
+        "seed": 42,
+    }
+    recipe = recipe_search.apply_overrides(
+        meta, {"towers.embedding_dim": 128, "max_epochs": 8, "loss": {"_target_": "x.B"}}
+    )
+    assert recipe["model"]["towers"]["embedding_dim"] == 128 and recipe["max_epochs"] == 8
+    assert recipe["model"]["loss"] == {"_target_": "x.B"}
+    assert meta["model"]["towers"]["embedding_dim"] == 64  # the experiment's config is untouched
+    with pytest.raises(KeyError, match=r"towers\.embedding_dims"):
+        recipe_search.apply_overrides(meta, {"towers.embedding_dims": 128})
+
+
+def test_every_shipped_variant_names_real_fields_of_the_gowalla_recipe():
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["experiment=gowalla"])
+    meta = {"model": OmegaConf.to_container(cfg.model), "batch_size": 1, "max_epochs": 1, "seed": 0}
+    for overrides in recipe_search.VARIANTS.values():
+        recipe = recipe_search.apply_overrides(meta, overrides)
+        recipe_search.build(recipe["model"]["loss"])
+
+
+def test_a_variant_trains_and_reports_validation_only(prepared):
+    options = {
+        "data": str(prepared),
+        "accelerator": "cpu",
+        "threads": 1,
+        "val_every": 2,
+        "limit_train_batches": 1.0,
+    }
+    row = recipe_search.train_variant(("epochs-3", {"max_epochs": 3}, options))
+    assert [point["epoch"] for point in row["curve"]] == [2, 3]
+    assert 0.0 < row["recall@20"] <= 1.0 and row["recall@20"] == row["curve"][-1]["val/recall@20"]
+    failed = recipe_search.train_variant(("bad", {"loss.margin": "wide"}, options))
+    assert "error" in failed and "recall@20" not in failed
+    assert "failed: " in recipe_search.table([row, failed])
