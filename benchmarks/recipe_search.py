@@ -208,7 +208,7 @@ class TrainBatches:
         self.generator = torch.Generator(device=self.pairs.device).manual_seed(seed)
 
     def __len__(self) -> int:
-        return len(self.pairs) // self.batch_size  # drop_last, as the datamodule
+        return max(len(self.pairs) // self.batch_size, 1)  # drop_last, as the datamodule
 
     def __iter__(self):
         order = torch.randperm(len(self.pairs), generator=self.generator, device=self.pairs.device)
