@@ -53,6 +53,12 @@ class TowerConfig:
     sparse: bool = True  # sparse embedding gradients (only touched rows are updated)
     init_std: float = 0.1  # normal init of embedding tables
 
+    def __post_init__(self) -> None:
+        for name in ("dropout", "user_dropout"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"TowerConfig.{name}: expected a rate in [0, 1), got {value!r}")
+
     def to_dict(self) -> dict:
         return asdict(self)
 

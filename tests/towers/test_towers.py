@@ -54,3 +54,9 @@ def test_user_dropout_acts_in_training_only():
     plain.load_state_dict(tower.state_dict())
     tower.eval()
     torch.testing.assert_close(tower(user, history), plain(user, history))
+
+
+@pytest.mark.parametrize("field", ["dropout", "user_dropout"])
+def test_dropout_rates_outside_zero_to_one_are_named(field):
+    with pytest.raises(ValueError, match=rf"TowerConfig\.{field}: .* got 1\.5"):
+        TowerConfig(**{field: 1.5})
