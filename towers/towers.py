@@ -47,9 +47,7 @@ class TowerConfig:
     use_year: bool = True  # release-year bucket on the item side
     mlp_layers: int = 0  # residual MLP blocks on top of each tower's fused features
     dropout: float = 0.0  # dropout inside the MLP blocks
-    user_dropout: float = (
-        0.0  # dropout on the fused user vector in training (SimpleX's net_dropout)
-    )
+    user_dropout: float = 0.0  # on the fused user vector, in training (SimpleX's net_dropout)
     sparse: bool = True  # sparse embedding gradients (only touched rows are updated)
     init_std: float = 0.1  # normal init of embedding tables
 
