@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import importlib
 import json
 import multiprocessing as mp
@@ -137,7 +138,8 @@ def prepare(experiment: str | None, out: Path, overrides: list[str]) -> None:
         "item_counts": data.item_counts.astype(np.int64),
     }
     chunk = int(cfg.data.eval_batch_size)
-    for number, start in enumerate(range(0, len(order), chunk)):
+    starts = range(0, len(order), chunk)
+    for number, start in enumerate(starts):
         rows = order[start : start + chunk]
         users = data.val.users[rows]
         arrays[f"val.{number}.user"] = users.astype(np.int64)
@@ -156,7 +158,7 @@ def prepare(experiment: str | None, out: Path, overrides: list[str]) -> None:
         "model": OmegaConf.to_container(cfg.model, resolve=True),
         "batch_size": int(cfg.data.batch_size),
         "max_epochs": int(cfg.trainer.max_epochs),
-        "val_chunks": number + 1,
+        "val_chunks": len(starts),
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     size = (out / "data.safetensors").stat().st_size / 2**20
@@ -189,11 +191,18 @@ def apply_overrides(meta: dict, overrides: dict) -> dict:
     return recipe
 
 
-def build(node: dict):
-    """A `_target_` config node → the object (what hydra.utils.instantiate does for these)."""
+def build(node):
+    """A config node → its object, `_target_` nodes built depth first and `_partial_` ones left
+    as a partial (what hydra.utils.instantiate does with these configs; Hydra need not be
+    installed where `run` runs)."""
+    if not isinstance(node, dict):
+        return node
+    kwargs = {k: build(v) for k, v in node.items() if not k.startswith("_")}
+    if "_target_" not in node:
+        return kwargs
     module, _, name = node["_target_"].rpartition(".")
-    kwargs = {k: v for k, v in node.items() if not k.startswith("_")}
-    return getattr(importlib.import_module(module), name)(**kwargs)
+    target = getattr(importlib.import_module(module), name)
+    return functools.partial(target, **kwargs) if node.get("_partial_") else target(**kwargs)
 
 
 class TrainBatches:
@@ -273,34 +282,20 @@ def train_variant(job: tuple[str, dict, dict]) -> dict:
 def _train_variant(name: str, overrides: dict, options: dict) -> dict:
     import lightning as L
 
-    from towers import (
-        FeatureSpec,
-        ItemCatalogue,
-        NegativeConfig,
-        OptimConfig,
-        TowerConfig,
-        TwoTowerModule,
-    )
+    from towers import FeatureSpec, ItemCatalogue
 
     torch.set_num_threads(options["threads"])
     device = "cuda" if options["accelerator"] != "cpu" and torch.cuda.is_available() else "cpu"
     tensors, meta = _load(options["data"], device)
     recipe = apply_overrides(meta, overrides)
-    model_cfg = recipe["model"]
     L.seed_everything(recipe["seed"], workers=True, verbose=False)
-    model = TwoTowerModule(
+    model = build(recipe["model"])(  # as train.py: instantiate(cfg.model)(spec=, catalogue=)
         spec=FeatureSpec(**meta["spec"]),
         catalogue=ItemCatalogue(
             genres=tensors["item_genres"].long().cpu(),
             year=tensors["item_year"].long().cpu(),
             counts=tensors["item_counts"].cpu(),
         ),
-        towers=TowerConfig(**{k: v for k, v in model_cfg["towers"].items() if k[0] != "_"}),
-        loss=build(model_cfg["loss"]),
-        negatives=NegativeConfig(
-            **{k: v for k, v in model_cfg["negatives"].items() if k[0] != "_"}
-        ),
-        optim=OptimConfig(**{k: v for k, v in model_cfg["optim"].items() if k[0] != "_"}),
     )
     curve: list[dict] = []
 
@@ -377,7 +372,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     results_path.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     context = mp.get_context("spawn")
-    with context.Pool(args.workers, maxtasksperchild=None) as pool:
+    with context.Pool(args.workers) as pool:
         for row in pool.imap_unordered(train_variant, jobs):
             rows.append(row)
             with results_path.open("a") as f:

@@ -16,9 +16,9 @@ Invalid requests get 422 naming the field, unknown user or item ids 404; any oth
 500 for that request only. Plain `/recommend` requests (a user id, k, exclude_seen) take a fast
 lane past FastAPI's routing and response layers (`FastLane`); everything else, and every request
 the lane cannot answer, goes through the FastAPI app, which owns all error responses.
-Reloading builds the new `Recommender` on the side and then swaps one reference: a request holds the recommender it started with, so in-flight requests finish on the
-old version and none is dropped. With `watch_seconds`, the app also polls CURRENT and reloads
-by itself.
+Reloading builds the new `Recommender` on the side and then swaps one reference: a request holds
+the recommender it started with, so in-flight requests finish on the old version and none is
+dropped. With `watch_seconds`, the app also polls CURRENT and reloads by itself.
 """
 
 from __future__ import annotations
