@@ -158,6 +158,7 @@ def prepare(experiment: str | None, out: Path, overrides: list[str]) -> None:
         "model": OmegaConf.to_container(cfg.model, resolve=True),
         "batch_size": int(cfg.data.batch_size),
         "max_epochs": int(cfg.trainer.max_epochs),
+        "mask_target_in_history": bool(cfg.data.mask_target_in_history),
         "val_chunks": len(starts),
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -168,15 +169,17 @@ def prepare(experiment: str | None, out: Path, overrides: list[str]) -> None:
 
 # -- run (torch + Lightning only) -------------------------------------------------------------------
 def apply_overrides(meta: dict, overrides: dict) -> dict:
-    """The experiment's recipe with dotted overrides applied: {model, batch_size, max_epochs, seed}."""
+    """The experiment's recipe with dotted overrides applied: {model, batch_size, max_epochs, seed,
+    mask_target_in_history}."""
     recipe = {
         "model": copy.deepcopy(meta["model"]),
         "batch_size": meta["batch_size"],
         "max_epochs": meta["max_epochs"],
         "seed": meta["seed"],
+        "mask_target_in_history": meta.get("mask_target_in_history", True),
     }
     for key, value in overrides.items():
-        if key in ("batch_size", "max_epochs", "seed"):
+        if key in ("batch_size", "max_epochs", "seed", "mask_target_in_history"):
             recipe[key] = value
             continue
         *path, leaf = key.split(".")
@@ -207,9 +210,11 @@ def build(node):
 
 class TrainBatches:
     """Shuffled training batches gathered on the device, the same fields as
-    `features.datamodule.TrainBatches` (the target masked out of its own history)."""
+    `features.datamodule.TrainBatches` (the target masked out of its own history unless
+    `mask_target` is off)."""
 
-    def __init__(self, tensors: dict, batch_size: int, seed: int):
+    def __init__(self, tensors: dict, batch_size: int, seed: int, mask_target: bool = True):
+        self.mask_target = mask_target
         self.pairs, self.histories = tensors["train"].long(), tensors["histories"].long()
         self.genres, self.year = tensors["item_genres"].long(), tensors["item_year"].long()
         self.pad = self.genres.shape[0]
@@ -225,9 +230,11 @@ class TrainBatches:
             pairs = self.pairs[order[start : start + self.batch_size]]
             user, item = pairs[:, 0], pairs[:, 1]
             history = self.histories[user]
+            if self.mask_target:
+                history = history.masked_fill(history == item[:, None], self.pad)
             yield {
                 "user": user,
-                "history": history.masked_fill(history == item[:, None], self.pad),
+                "history": history,
                 "item": item,
                 "item_genres": self.genres[item],
                 "item_year": self.year[item],
@@ -321,7 +328,9 @@ def _train_variant(name: str, overrides: dict, options: dict) -> dict:
     started = time.perf_counter()
     trainer.fit(
         model,
-        train_dataloaders=TrainBatches(tensors, recipe["batch_size"], recipe["seed"]),
+        train_dataloaders=TrainBatches(
+            tensors, recipe["batch_size"], recipe["seed"], recipe["mask_target_in_history"]
+        ),
         val_dataloaders=ValBatches(tensors, meta["val_chunks"]),
     )
     if not curve or curve[-1]["epoch"] != epochs:

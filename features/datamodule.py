@@ -21,9 +21,15 @@ from features.sources.base import Source
 
 
 class TrainBatches(Dataset):
-    """Index batch → dict of tensors: user, history (target masked out), item and its features."""
+    """Index batch → dict of tensors: user, history, item and its features.
 
-    def __init__(self, data: PreparedData):
+    With `mask_target` (the default) the item being predicted is masked out of the user's history,
+    so the user tower never sees the answer. Without it the history is the user's whole training
+    history, target included, as in SimpleX (there the history shares the item tower's table, and
+    measured as good as a masked history with a table of its own; benchmarks/README.md)."""
+
+    def __init__(self, data: PreparedData, mask_target: bool = True):
+        self.mask_target = mask_target
         self.pairs = torch.from_numpy(data.train)
         self.histories = torch.from_numpy(data.train_histories)
         self.item_genres = torch.from_numpy(data.item_genres)
@@ -37,8 +43,8 @@ class TrainBatches(Dataset):
         pairs = self.pairs[torch.as_tensor(rows)]
         user, item = pairs[:, 0], pairs[:, 1]  # (B,), (B,)
         history = self.histories[user]  # (B, N)
-        # The target must not be part of the history it is predicted from.
-        history = history.masked_fill(history == item[:, None], self.pad)
+        if self.mask_target:
+            history = history.masked_fill(history == item[:, None], self.pad)
         return {
             "user": user,
             "history": history,
@@ -92,6 +98,7 @@ class InteractionDataModule(L.LightningDataModule):
         source: Source,
         split: Callable[[pl.LazyFrame], pl.LazyFrame],
         history_length: int = 50,  # recent training items per user fed to the user tower
+        mask_target_in_history: bool = True,  # drop a training pair's item from its user's history
         batch_size: int = 1024,  # training examples per step (also the in-batch negatives)
         eval_batch_size: int = 1024,  # users per chunk in full-catalogue evaluation
         seed: int = 0,  # shuffling order
@@ -100,6 +107,7 @@ class InteractionDataModule(L.LightningDataModule):
         self.source = source
         self.split = split
         self.history_length = history_length
+        self.mask_target_in_history = mask_target_in_history
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.seed = seed
@@ -117,7 +125,8 @@ class InteractionDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         data = self._prepared()
         drop_last = len(data.train) > self.batch_size
-        return _loader(TrainBatches(data), self.batch_size, True, self.seed, drop_last)
+        batches = TrainBatches(data, mask_target=self.mask_target_in_history)
+        return _loader(batches, self.batch_size, True, self.seed, drop_last)
 
     def val_dataloader(self) -> DataLoader:
         data = self._prepared()

@@ -32,6 +32,7 @@ def test_prepare_writes_the_split_train_py_trains_on(prepared):
     meta = json.loads((prepared / "meta.json").read_text())
     tensors, _ = recipe_search._load(str(prepared), "cpu")
     assert meta["batch_size"] == 128 and meta["spec"]["history_length"] == 10
+    assert meta["mask_target_in_history"] is True
     assert meta["model"]["negatives"]["num_negatives"] == 64
     assert not any(name.startswith("test") for name in tensors)  # a search never sees test
     dm: InteractionDataModule = instantiate(compose_config(prepared / "unused").data)
@@ -54,6 +55,10 @@ def test_train_batches_mask_the_target_out_of_its_history(prepared):
     full = tensors["histories"].long()[batch["user"]]
     kept = batch["history"] != batches.pad
     assert torch.equal(batch["history"][kept], full[kept])
+    # Without the mask (the `mask_target_in_history` of the data config), the whole history.
+    unmasked = next(iter(recipe_search.TrainBatches(tensors, 32, seed=0, mask_target=False)))
+    assert torch.equal(unmasked["item"], batch["item"])
+    assert torch.equal(unmasked["history"], full)
 
 
 def test_overrides_are_applied_and_unknown_ones_are_named():
@@ -68,6 +73,9 @@ def test_overrides_are_applied_and_unknown_ones_are_named():
     )
     assert recipe["model"]["towers"]["embedding_dim"] == 128 and recipe["max_epochs"] == 8
     assert recipe["model"]["loss"] == {"_target_": "x.B"}
+    assert recipe["mask_target_in_history"] is True  # the default for a split prepared before it
+    keep = recipe_search.apply_overrides(meta, {"mask_target_in_history": False})
+    assert keep["mask_target_in_history"] is False
     assert meta["model"]["towers"]["embedding_dim"] == 64  # the experiment's config is untouched
     with pytest.raises(KeyError, match=r"towers\.embedding_dims"):
         recipe_search.apply_overrides(meta, {"towers.embedding_dims": 128})

@@ -21,6 +21,17 @@ def test_train_batches_are_tensors_with_the_target_masked_out_of_the_history():
     assert all(isinstance(v, torch.Tensor) for v in batch.values())
 
 
+def test_the_target_can_stay_in_the_history_as_in_simplex():
+    masked = next(iter(_module(seed=3).train_dataloader()))
+    dm = _module(seed=3, mask_target_in_history=False)
+    kept = next(iter(dm.train_dataloader()))
+    assert torch.equal(masked["item"], kept["item"])
+    full = torch.from_numpy(dm.data.train_histories)[kept["user"]]
+    assert torch.equal(kept["history"], full)  # the user's whole history, untouched
+    assert (kept["history"] == kept["item"][:, None]).any()  # targets among it
+    assert not (masked["history"] == masked["item"][:, None]).any()
+
+
 def test_train_order_is_deterministic_for_a_seed():
     first = next(iter(_module(seed=3).train_dataloader()))["item"]
     again = next(iter(_module(seed=3).train_dataloader()))["item"]
