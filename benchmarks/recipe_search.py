@@ -179,7 +179,7 @@ def apply_overrides(meta: dict, overrides: dict) -> dict:
         "mask_target_in_history": meta.get("mask_target_in_history", True),
     }
     for key, value in overrides.items():
-        if key in ("batch_size", "max_epochs", "seed", "mask_target_in_history"):
+        if key != "model" and key in recipe:  # a top-level field of the recipe
             recipe[key] = value
             continue
         *path, leaf = key.split(".")
