@@ -34,6 +34,7 @@ from serve.bundle import export_bundle
 from serve.evaluate import evaluate_popularity, evaluate_recommender
 from serve.recommender import Recommender
 from towers import FeatureSpec, ItemCatalogue, TwoTowerModule
+from towers.ensemble import concatenate
 from towers.metrics import METRICS, metric_name
 
 log = logging.getLogger("twotower")
@@ -226,14 +227,28 @@ def train(cfg: DictConfig) -> dict[str, float]:
         _merge_log(earlier_log, metrics_csv)
     plot_training(metrics_csv, output_dir / "training.png", cfg.monitor)
 
+    user_tower, item_tower = model.user_tower, model.item_tower
     if cfg.get("refit"):
+        selected = model
         model, refit_seconds = _refit(cfg, data, epochs, output_dir)
         metrics.update({"refit/seconds": refit_seconds, "refit/epochs": float(epochs)})
+        user_tower, item_tower = model.user_tower, model.item_tower
+        if cfg.get("ensemble"):
+            # The selection model cost as much as the refit: serve both as one model.
+            user_tower, item_tower = concatenate(
+                [(selected.user_tower, selected.item_tower), (user_tower, item_tower)]
+            )
+            log.info(
+                "serving the selection and refit models as one (%d dims)",
+                user_tower.cfg.embedding_dim,
+            )
+    elif cfg.get("ensemble"):
+        log.info("ensemble: no refit model to add to the selection model; serving it alone")
 
     bundle_dir = export_bundle(
         output_dir / "bundle",
-        model.user_tower,
-        model.item_tower,
+        user_tower,
+        item_tower,
         item_table(data),
         user_table(data),
         index_config=cfg.index,

@@ -73,13 +73,38 @@ def test_the_refit_model_is_the_one_exported(trained_run):
 
 
 def test_without_refit_the_selected_checkpoint_is_exported(tmp_path):
-    metrics = train_module.train(compose_config(tmp_path, ["refit=false", "trainer.max_epochs=2"]))
+    # ensemble=true has no refit model to add: the selection model is served alone.
+    overrides = ["refit=false", "ensemble=true", "trainer.max_epochs=2"]
+    metrics = train_module.train(compose_config(tmp_path, overrides))
     assert "refit/epochs" not in metrics
     assert not list((tmp_path / "checkpoints").glob("refit*"))
     torch.testing.assert_close(
         _exported_item_table(tmp_path / "bundle"),
         _weights(tmp_path / "checkpoints" / "best.ckpt")["item_tower.item_embedding.weight"],
     )
+
+
+def test_ensemble_serves_the_selection_and_refit_models_as_one(tmp_path):
+    """ensemble=true: the bundle's towers are the selection model's and the refit model's side by
+    side (vectors twice as long, scores the mean of their cosines), and test metrics rank with it."""
+    metrics = train_module.train(
+        compose_config(tmp_path, ["ensemble=true", "trainer.max_epochs=2"])
+    )
+    refit = _weights(tmp_path / "checkpoints" / "refit-2" / "last.ckpt")
+    selected = _weights(tmp_path / "checkpoints" / "best.ckpt")
+    name = "item_tower.item_embedding.weight"
+    torch.testing.assert_close(
+        _exported_item_table(tmp_path / "bundle"), torch.cat([selected[name], refit[name]], dim=1)
+    )
+    manifest = json.loads((resolve(tmp_path / "bundle")[0] / MANIFEST).read_text())
+    dim = selected[name].shape[1]
+    assert manifest["embedding_dim"] == 2 * dim
+    assert manifest["model"]["towers"]["groups"] == 2
+    recommender = Recommender.load(tmp_path / "bundle")
+    user = recommender.user_vocab.raw_ids(np.array([0]))[0]
+    scores = [r.score for r in recommender.recommend(user, k=5)]
+    assert all(-1.0 <= s <= 1.0 for s in scores) and scores == sorted(scores, reverse=True)
+    assert metrics["test/recall@20"] > metrics["popularity/test/recall@20"]
 
 
 def test_offline_top_k_equals_what_the_recommender_returns(bundle_dir):

@@ -21,6 +21,15 @@ class Similarity(StrEnum):
                 f"unknown similarity {value!r}; expected one of {[s.value for s in cls]}"
             ) from None
 
-    def prepare(self, vectors: torch.Tensor) -> torch.Tensor:
-        """What a tower outputs under this similarity: unit vectors for cosine, unchanged for dot."""
-        return F.normalize(vectors, dim=-1) if self is Similarity.COSINE else vectors
+    def prepare(self, vectors: torch.Tensor, groups: int = 1) -> torch.Tensor:
+        """What a tower outputs under this similarity: unit vectors for cosine, unchanged for dot.
+
+        With `groups` > 1 (cosine) the last dimension is that many equal blocks, each normalised
+        and scaled by 1/sqrt(groups): the vector is still a unit vector, and the inner product of
+        two such vectors is the mean of their blocks' cosines (an ensemble served as one model)."""
+        if self is not Similarity.COSINE:
+            return vectors
+        if groups == 1:
+            return F.normalize(vectors, dim=-1)
+        blocks = vectors.unflatten(-1, (groups, -1))
+        return (F.normalize(blocks, dim=-1) / groups**0.5).flatten(-2)

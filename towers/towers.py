@@ -48,6 +48,7 @@ class TowerConfig:
     mlp_layers: int = 0  # residual MLP blocks on top of each tower's fused features
     dropout: float = 0.0  # dropout inside the MLP blocks
     user_dropout: float = 0.0  # on the fused user vector, in training (SimpleX's net_dropout)
+    groups: int = 1  # cosine over this many equal blocks of the vector, averaged (towers.ensemble)
     sparse: bool = True  # sparse embedding gradients (only touched rows are updated)
     init_std: float = 0.1  # normal init of embedding tables
 
@@ -56,6 +57,11 @@ class TowerConfig:
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"TowerConfig.{name}: expected a rate in [0, 1), got {value!r}")
+        if self.groups < 1 or self.embedding_dim % self.groups:
+            raise ValueError(
+                f"TowerConfig.groups: expected a divisor of embedding_dim {self.embedding_dim}, "
+                f"got {self.groups!r}"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -145,7 +151,7 @@ class UserTower(nn.Module):
             x = gate * parts[0] + (1 - gate) * parts[1]
         else:
             x = parts[0]
-        return self.similarity.prepare(self.dropout(self.mlp(x)))  # (B, D)
+        return self.similarity.prepare(self.dropout(self.mlp(x)), self.cfg.groups)  # (B, D)
 
 
 class ItemTower(nn.Module):
@@ -176,4 +182,4 @@ class ItemTower(nn.Module):
             x = x + bag_mean(self.genre_embedding, genres)
         if self.year_embedding is not None:
             x = x + self.year_embedding(year)
-        return self.similarity.prepare(self.mlp(x))  # (B, D)
+        return self.similarity.prepare(self.mlp(x), self.cfg.groups)  # (B, D)

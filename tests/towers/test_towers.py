@@ -60,3 +60,22 @@ def test_user_dropout_acts_in_training_only():
 def test_dropout_rates_outside_zero_to_one_are_named(field):
     with pytest.raises(ValueError, match=rf"TowerConfig\.{field}: .* got 1\.5"):
         TowerConfig(**{field: 1.5})
+
+
+def test_grouped_cosine_scores_are_the_mean_of_the_blocks_cosines():
+    a, b = torch.randn(3, 8), torch.randn(5, 8)
+    cosine = Similarity.COSINE
+    grouped = cosine.prepare(a, groups=2) @ cosine.prepare(b, groups=2).T
+    per_block = [
+        cosine.prepare(a[:, s]) @ cosine.prepare(b[:, s]).T for s in (slice(0, 4), slice(4, 8))
+    ]
+    torch.testing.assert_close(grouped, (per_block[0] + per_block[1]) / 2)
+    torch.testing.assert_close(cosine.prepare(a, groups=2).norm(dim=1), torch.ones(3))
+    torch.testing.assert_close(Similarity.DOT.prepare(a, groups=2), a)
+
+
+def test_groups_must_divide_the_dimension():
+    with pytest.raises(
+        ValueError, match=r"TowerConfig\.groups: expected a divisor of embedding_dim 8, got 3"
+    ):
+        TowerConfig(embedding_dim=8, groups=3)
