@@ -209,6 +209,7 @@ def run_twotower(overrides: list[str], output_dir: Path) -> dict:
     metrics = train_module.train(cfg)
     test = {k: v for k, v in metrics.items() if k.startswith("test/")}
     recipe = {k: OmegaConf.to_container(cfg[k]) for k in ("model", "trainer") if k in cfg}
+    recipe |= {k: cfg.get(k) for k in ("refit", "ensemble")}
     val = {k: v for k, v in metrics.items() if k.startswith("val/")}
     return {
         "metrics": test,

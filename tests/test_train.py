@@ -11,6 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 
 import train as train_module
 from serve import BundleError, Recommender, UnknownItemError, UnknownUserError
@@ -90,7 +91,8 @@ def test_ensemble_serves_the_selection_and_refit_models_as_one(tmp_path):
     metrics = train_module.train(
         compose_config(tmp_path, ["ensemble=true", "trainer.max_epochs=2"])
     )
-    refit = _weights(tmp_path / "checkpoints" / "refit-2" / "last.ckpt")
+    # The refit starts from another seed (seed + 1): a more different second member.
+    refit = _weights(tmp_path / "checkpoints" / "refit-2-seed43" / "last.ckpt")
     selected = _weights(tmp_path / "checkpoints" / "best.ckpt")
     name = "item_tower.item_embedding.weight"
     torch.testing.assert_close(
@@ -105,6 +107,14 @@ def test_ensemble_serves_the_selection_and_refit_models_as_one(tmp_path):
     scores = [r.score for r in recommender.recommend(user, k=5)]
     assert all(-1.0 <= s <= 1.0 for s in scores) and scores == sorted(scores, reverse=True)
     assert metrics["test/recall@20"] > metrics["popularity/test/recall@20"]
+
+
+def test_an_experiment_sets_top_level_keys():
+    """Experiments override train.yaml's own keys (`_self_` comes first in its defaults)."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        default = compose(config_name="train")
+        gowalla = compose(config_name="train", overrides=["experiment=gowalla"])
+    assert default.ensemble is False and gowalla.ensemble is True
 
 
 def test_offline_top_k_equals_what_the_recommender_returns(bundle_dir):
