@@ -3,6 +3,7 @@ retraining), fresh copies to update, and a real uvicorn server on a free loopbac
 
 from __future__ import annotations
 
+import copy
 import shutil
 import socket
 import threading
@@ -11,10 +12,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 import uvicorn
 
 from serve import Recommender, export_bundle, read_bundle
 from serve.http import create_app
+from towers.ensemble import concatenate
 
 
 @pytest.fixture(scope="session")
@@ -117,3 +120,24 @@ def hnsw_copy(hnsw_bundle, tmp_path) -> Path:
 @pytest.fixture
 def refine_copy(refine_bundle, tmp_path) -> Path:
     return Path(shutil.copytree(refine_bundle, tmp_path / "refine"))
+
+
+@pytest.fixture(scope="session")
+def ensemble_bundle(bundle_dir, tmp_path_factory) -> Path:
+    """The session model served beside a perturbed copy of itself (towers.ensemble): vectors
+    twice as long, cosine per half."""
+    bundle = read_bundle(bundle_dir)
+    user, item = copy.deepcopy(bundle.user_tower), copy.deepcopy(bundle.item_tower)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for table in (user.user_embedding, user.history_embedding, item.item_embedding):
+            rows = table.weight[: table.padding_idx]  # the padding row stays zero
+            rows.add_(0.1 * torch.randn(rows.shape, generator=generator))
+    merged = concatenate([(bundle.user_tower, bundle.item_tower), (user, item)])
+    path = tmp_path_factory.mktemp("ensemble") / "bundle"
+    return export_bundle(path, *merged, bundle.items, bundle.users)
+
+
+@pytest.fixture
+def ensemble_copy(ensemble_bundle, tmp_path) -> Path:
+    return Path(shutil.copytree(ensemble_bundle, tmp_path / "ensemble"))

@@ -255,3 +255,25 @@ def test_cached_user_vectors_give_the_same_results(bundle_dir):
     assert cached.recommend(users[0], 5, history=history) == recommender.recommend(
         users[0], 5, history=history
     )
+
+
+def test_an_ensemble_bundle_serves_the_mean_of_its_members_cosines(ensemble_bundle, bundle_dir):
+    """A bundle of concatenated towers (towers.ensemble) loads and ranks like any other: each
+    recommended item's score is the mean of the two members' cosines."""
+    merged, single = Recommender.load(ensemble_bundle), Recommender.load(bundle_dir)
+    assert merged.bundle.manifest["embedding_dim"] == 2 * single.bundle.manifest["embedding_dim"]
+    dim = single.item_vectors.shape[1]
+    users = np.arange(20)
+    user_vectors = merged.encode_users(users)
+    np.testing.assert_allclose(np.linalg.norm(user_vectors, axis=1), 1.0, rtol=1e-5)
+    first_half = user_vectors[:, :dim] * np.sqrt(2)  # the first member's own unit vectors
+    np.testing.assert_allclose(first_half, single.encode_users(users), rtol=1e-4, atol=1e-5)
+    raw = merged.user_vocab.raw_ids(np.array([3]))[0]
+    results = merged.recommend(raw, k=10)
+    ids = merged.bundle.items["item_id"].to_list()
+    vectors = merged.item_vectors[[ids.index(r.item_id) for r in results]]
+    halves = [
+        (user_vectors[3, s] * np.sqrt(2)) @ (vectors[:, s] * np.sqrt(2)).T
+        for s in (slice(0, dim), slice(dim, 2 * dim))
+    ]
+    np.testing.assert_allclose([r.score for r in results], (halves[0] + halves[1]) / 2, rtol=1e-4)

@@ -15,7 +15,9 @@ def item_row(bundle, item_id) -> int:
     return bundle.items["item_id"].to_list().index(item_id)
 
 
-@pytest.mark.parametrize("fixture", ["bundle_copy", "ivf_copy", "hnsw_copy", "refine_copy"])
+@pytest.mark.parametrize(
+    "fixture", ["bundle_copy", "ivf_copy", "hnsw_copy", "refine_copy", "ensemble_copy"]
+)
 def test_add_replace_remove(request, fixture):
     path = request.getfixturevalue(fixture)
     before = read_bundle(path)
