@@ -1,8 +1,8 @@
 """`TwoTowerModule`: the LightningModule that trains a `UserTower` and an `ItemTower` together.
 
 It owns the training step (sampled softmax over in-batch + extra negatives), the optimisers
-(sparse Adam over embedding tables, so a step touches only the rows in the batch; AdamW over
-everything dense), and full-catalogue validation. It is not what serving loads: export takes the
+(`RowAdam` over the id tables, so a step touches only the rows in the batch; Adam over the
+history table; AdamW over everything else), and full-catalogue validation. It is not what serving loads: export takes the
 plain tower modules out of it.
 """
 
@@ -17,6 +17,7 @@ from torch import nn
 
 from towers.losses import CosineContrastiveLoss, SampledSoftmaxLoss
 from towers.metrics import KS, RankingMetrics
+from towers.optim import RowAdam
 from towers.ranking import exact_top_k
 from towers.similarity import Similarity
 from towers.towers import FeatureSpec, ItemTower, TowerConfig, UserTower
@@ -90,12 +91,14 @@ class TwoTowerModule(L.LightningModule):
                 "optim": asdict(optim),
             }
         )
-        self.automatic_optimization = False  # two optimisers: sparse embeddings and dense rest
+        self.automatic_optimization = False  # one optimiser each: id tables, dense tables, the rest
         self.user_tower = UserTower(spec, towers)
         self.item_tower = ItemTower(spec, towers)
         if towers.share_item_embeddings and self.user_tower.history_embedding is not None:
-            # Tied in training; export writes each tower's own copy.
+            # Tied in training; export writes each tower's own copy. The pooled history makes the
+            # tied table's gradient dense, so it is updated as one.
             self.user_tower.history_embedding = self.item_tower.item_embedding
+            self.item_tower.item_embedding.sparse = False
         self.loss = loss or SampledSoftmaxLoss()
         self.register_buffer("item_genres", catalogue.genres.long(), persistent=False)
         self.register_buffer("item_year", catalogue.year.long(), persistent=False)
@@ -103,6 +106,7 @@ class TwoTowerModule(L.LightningModule):
         self.register_buffer("item_log_p", probability.log().float(), persistent=False)
         self.metrics = RankingMetrics(ks)
         self._catalogue_vectors: torch.Tensor | None = None
+        self._row_adams: list[RowAdam] = []
 
     @property
     def similarity(self) -> Similarity:
@@ -133,15 +137,18 @@ class TwoTowerModule(L.LightningModule):
         return ids, log_q
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        user_vectors = self.encode_users(batch["user"], batch["history"])  # (B, D)
-        item_vectors = self.item_tower(
-            batch["item"], batch["item_genres"], batch["item_year"]
-        )  # (B, D)
         items = batch["item"]
+        negatives, negative_log_q = (
+            self._sample_negatives(items.device)
+            if self.negatives.num_negatives > 0
+            else (None, None)
+        )
+        self._catch_up_rows(batch, negatives)
+        user_vectors = self.encode_users(batch["user"], batch["history"])  # (B, D)
+        item_vectors = self.item_tower(items, batch["item_genres"], batch["item_year"])  # (B, D)
         item_log_q = math.log(len(items)) + self.item_log_p[items]  # (B,)
         extra = {}
-        if self.negatives.num_negatives > 0:
-            negatives, negative_log_q = self._sample_negatives(items.device)
+        if negatives is not None:
             extra = {
                 "negative_vectors": self.encode_items(negatives),  # (M, D)
                 "negatives": negatives,
@@ -174,12 +181,46 @@ class TwoTowerModule(L.LightningModule):
             self.log("train/loss_step", value, prog_bar=True, on_step=True, on_epoch=False)
         return loss
 
+    def _catch_up_rows(
+        self, batch: dict[str, torch.Tensor], negatives: torch.Tensor | None
+    ) -> None:
+        """`RowAdam` applies a row's idle steps when the row is next updated; the rows this step
+        reads are brought up to date first, so their gradients are taken where dense Adam's
+        would be. Every row-wise table and the ids the towers will read from it."""
+        optimizers = self._row_optimizers()
+        if not optimizers:
+            return
+        items = batch["item"] if negatives is None else torch.cat([batch["item"], negatives])
+        reads = [
+            (self.user_tower.user_embedding, batch["user"]),
+            (self.item_tower.item_embedding, items),
+            (self.item_tower.genre_embedding, self.item_genres[items]),
+            (self.item_tower.year_embedding, self.item_year[items]),
+        ]
+        for table, ids in reads:
+            if table is not None and table.sparse:
+                for optimizer in optimizers:
+                    optimizer.catch_up(table.weight, ids)
+
     def on_train_epoch_start(self) -> None:
         self._epoch_loss, self._epoch_steps = None, 0
 
     def on_train_epoch_end(self) -> None:
+        # Before the checkpoint callbacks, which run after this hook.
+        self._flush_row_updates()
         if self._epoch_steps:
             self.log("train/loss_epoch", self._epoch_loss / self._epoch_steps, prog_bar=True)
+
+    def on_train_end(self) -> None:
+        self._flush_row_updates()
+
+    def _flush_row_updates(self) -> None:
+        """Apply the updates `RowAdam` defers, so the weights are read as dense Adam has them."""
+        for optimizer in self._row_optimizers():
+            optimizer.flush()
+
+    def _row_optimizers(self) -> list[RowAdam]:
+        return self._row_adams  # set by configure_optimizers (under Lightning or a plain loop)
 
     def _touched_l2(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         rows = [self.item_tower.item_embedding(batch["item"])]
@@ -188,21 +229,26 @@ class TwoTowerModule(L.LightningModule):
         return sum(r.pow(2).sum(-1).mean() for r in rows)
 
     def configure_optimizers(self):
-        """Embedding tables: SparseAdam when they are sparse (a step touches only the batch's
-        rows), else Adam; every other parameter: AdamW at `dense_lr`. Fused kernels where
-        torch has them for the device."""
-        tables, dense = [], []
+        """Embedding tables with sparse gradients: `RowAdam` (a step touches only the batch's
+        rows; the weights follow dense Adam's); other tables: Adam; every other parameter: AdamW
+        at `dense_lr`. Fused kernels where torch has them for the device."""
+        row_tables, tables, dense, seen = [], [], [], set()
         for module in self.modules():
             for param in module.parameters(recurse=False):
-                if param.requires_grad:
-                    (tables if isinstance(module, nn.Embedding) else dense).append(param)
+                if not param.requires_grad or id(param) in seen:
+                    continue
+                seen.add(id(param))
+                if not isinstance(module, nn.Embedding):
+                    dense.append(param)
+                else:
+                    (row_tables if module.sparse else tables).append(param)
         optim = self.optim
         dense_lr = optim.lr if optim.dense_lr is None else optim.dense_lr
         fused = {"fused": True} if self.device.type in ("cpu", "cuda") else {}
         optimizers = []
-        if tables and self.tower_config.sparse:
-            optimizers.append(torch.optim.SparseAdam(tables, lr=optim.lr))
-        elif tables:
+        if row_tables:
+            optimizers.append(RowAdam(row_tables, lr=optim.lr))
+        if tables:
             optimizers.append(torch.optim.Adam(tables, lr=optim.lr, **fused))
         if dense:
             optimizers.append(
@@ -221,6 +267,7 @@ class TwoTowerModule(L.LightningModule):
                 return 0.5 * (1.0 + math.cos(math.pi * progress))
             return 1.0
 
+        self._row_adams = [opt for opt in optimizers if isinstance(opt, RowAdam)]
         schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, factor) for opt in optimizers]
         return optimizers, schedulers
 
@@ -244,6 +291,7 @@ class TwoTowerModule(L.LightningModule):
         return values
 
     def on_validation_epoch_start(self) -> None:
+        self._flush_row_updates()  # validation runs before on_train_epoch_end
         self._start_ranking()
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:

@@ -8,6 +8,7 @@ from towers import (
     TowerConfig,
     TwoTowerModule,
 )
+from towers.optim import RowAdam
 
 SPEC = FeatureSpec(num_users=6, num_items=10, num_genres=2, num_year_buckets=3, history_length=4)
 
@@ -21,13 +22,36 @@ def _module(**kwargs) -> TwoTowerModule:
     return TwoTowerModule(SPEC, catalogue, TowerConfig(embedding_dim=8), **kwargs)
 
 
-def test_embedding_tables_get_a_sparse_optimizer_and_the_rest_a_dense_one():
+def _params(optimizer) -> set[int]:
+    return {id(p) for group in optimizer.param_groups for p in group["params"]}
+
+
+def test_id_tables_are_updated_row_wise_the_history_table_densely_and_the_rest_by_adamw():
     model = _module()
-    optimizers, _ = model.configure_optimizers()
-    sparse, *_rest = optimizers
-    assert isinstance(sparse, torch.optim.SparseAdam)
+    model.user_tower.history_projection = torch.nn.Linear(8, 8, bias=False)
+    rows, tables, dense = model.configure_optimizers()[0]
+    assert isinstance(rows, RowAdam)
+    assert type(tables) is torch.optim.Adam and isinstance(dense, torch.optim.AdamW)
+    ids = [model.user_tower.user_embedding, model.item_tower.item_embedding]
+    ids += [model.item_tower.genre_embedding, model.item_tower.year_embedding]
+    assert all(table.sparse for table in ids)
+    assert _params(rows) == {id(table.weight) for table in ids}
+    assert not model.user_tower.history_embedding.sparse
+    assert _params(tables) == {id(model.user_tower.history_embedding.weight)}
+    assert _params(dense) == {id(model.user_tower.history_projection.weight)}  # the gate is fixed
+
+
+def test_without_sparse_every_table_gets_dense_adam():
+    catalogue = ItemCatalogue(
+        genres=torch.zeros(10, 1, dtype=torch.long),
+        year=torch.zeros(10, dtype=torch.long),
+        counts=torch.ones(10),
+    )
+    model = TwoTowerModule(SPEC, catalogue, TowerConfig(embedding_dim=8, sparse=False))
+    optimizers = model.configure_optimizers()[0]
+    assert not any(isinstance(opt, RowAdam) for opt in optimizers)
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
-    assert {id(p) for g in sparse.param_groups for p in g["params"]} == embeddings
+    assert _params(optimizers[0]) == embeddings
 
 
 def test_popularity_negatives_are_drawn_by_training_counts_with_their_log_q():
@@ -76,15 +100,18 @@ def test_shared_item_embeddings_are_one_table_in_training():
     optimizers, _ = model.configure_optimizers()
     params = [p for opt in optimizers for g in opt.param_groups for p in g["params"]]
     assert len(params) == len({id(p) for p in params})  # the shared table is optimised once
+    # The pooled history makes its gradient dense: it is not among the row-wise tables.
+    assert not model.item_tower.item_embedding.sparse
+    rows = next(opt for opt in optimizers if isinstance(opt, RowAdam))
+    assert id(model.item_tower.item_embedding.weight) not in _params(rows)
 
 
 def test_linear_schedule_decays_to_zero_and_dense_parameters_get_their_own_rate():
     model = _module(optim=OptimConfig(lr=0.01, dense_lr=0.001, schedule="linear"))
-    model.tower_config.sparse = False
     model.user_tower.history_projection = torch.nn.Linear(8, 8, bias=False)
     optimizers, schedulers = model.configure_optimizers()  # no trainer: a one-step run
-    tables, dense = optimizers
-    assert isinstance(tables, torch.optim.Adam) and isinstance(dense, torch.optim.AdamW)
+    tables, _, dense = optimizers
+    assert isinstance(tables, RowAdam) and isinstance(dense, torch.optim.AdamW)
     assert tables.param_groups[0]["lr"] == 0.01 and dense.param_groups[0]["lr"] == 0.001
     schedulers[0].step()
     assert tables.param_groups[0]["lr"] == 0.0
