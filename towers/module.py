@@ -96,9 +96,8 @@ class TwoTowerModule(L.LightningModule):
         self.item_tower = ItemTower(spec, towers)
         if towers.share_item_embeddings and self.user_tower.history_embedding is not None:
             # Tied in training; export writes each tower's own copy. The pooled history makes the
-            # tied table's gradient dense, so it is updated as one.
+            # tied table's gradient dense, so it is updated as one (see _row_wise).
             self.user_tower.history_embedding = self.item_tower.item_embedding
-            self.item_tower.item_embedding.sparse = False
         self.loss = loss or SampledSoftmaxLoss()
         self.register_buffer("item_genres", catalogue.genres.long(), persistent=False)
         self.register_buffer("item_year", catalogue.year.long(), persistent=False)
@@ -198,7 +197,7 @@ class TwoTowerModule(L.LightningModule):
             (self.item_tower.year_embedding, self.item_year[items]),
         ]
         for table, ids in reads:
-            if table is not None and table.sparse:
+            if table is not None and self._row_wise(table):
                 for optimizer in optimizers:
                     optimizer.catch_up(table.weight, ids)
 
@@ -228,6 +227,11 @@ class TwoTowerModule(L.LightningModule):
             rows.append(self.user_tower.user_embedding(batch["user"]))
         return sum(r.pow(2).sum(-1).mean() for r in rows)
 
+    def _row_wise(self, table: nn.Embedding) -> bool:
+        """Whether `RowAdam` updates `table`: a table with sparse gradients, except the history
+        table (its pooled gradient is dense, also when tied to the item table)."""
+        return table.sparse and table is not self.user_tower.history_embedding
+
     def configure_optimizers(self):
         """Embedding tables with sparse gradients: `RowAdam` (a step touches only the batch's
         rows; the weights follow dense Adam's); other tables: Adam; every other parameter: AdamW
@@ -241,7 +245,7 @@ class TwoTowerModule(L.LightningModule):
                 if not isinstance(module, nn.Embedding):
                     dense.append(param)
                 else:
-                    (row_tables if module.sparse else tables).append(param)
+                    (row_tables if self._row_wise(module) else tables).append(param)
         optim = self.optim
         dense_lr = optim.lr if optim.dense_lr is None else optim.dense_lr
         fused = {"fused": True} if self.device.type in ("cpu", "cuda") else {}

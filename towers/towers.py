@@ -103,11 +103,16 @@ def _embedding(
     return table
 
 
-def bag_mean(table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
+def bag_mean(table: nn.Embedding, ids: torch.Tensor, sparse: bool | None = None) -> torch.Tensor:
     """Mean of `table` rows over the non-padding ids of each row: (B, L) → (B, D); zeros for
-    empty rows. One fused gather-and-reduce (embedding_bag), sparse gradients if the table is."""
+    empty rows. One fused gather-and-reduce (embedding_bag); sparse gradients if `sparse` (default:
+    the table's own setting)."""
     return F.embedding_bag(
-        ids, table.weight, mode="mean", padding_idx=table.padding_idx, sparse=table.sparse
+        ids,
+        table.weight,
+        mode="mean",
+        padding_idx=table.padding_idx,
+        sparse=table.sparse if sparse is None else sparse,
     )
 
 
@@ -145,7 +150,9 @@ class UserTower(nn.Module):
         if self.user_embedding is not None:
             parts.append(self.user_embedding(user))  # (B, D)
         if self.history_embedding is not None:
-            pooled = bag_mean(self.history_embedding, history)  # (B, D)
+            # Dense gradient even when the table is the item tower's (tied): pooled histories
+            # touch a large part of the catalogue each step.
+            pooled = bag_mean(self.history_embedding, history, sparse=False)  # (B, D)
             if self.history_projection is not None:
                 pooled = self.history_projection(pooled)
             parts.append(pooled)

@@ -101,9 +101,10 @@ def test_shared_item_embeddings_are_one_table_in_training():
     params = [p for opt in optimizers for g in opt.param_groups for p in g["params"]]
     assert len(params) == len({id(p) for p in params})  # the shared table is optimised once
     # The pooled history makes its gradient dense: it is not among the row-wise tables.
-    assert not model.item_tower.item_embedding.sparse
     rows = next(opt for opt in optimizers if isinstance(opt, RowAdam))
     assert id(model.item_tower.item_embedding.weight) not in _params(rows)
+    dense_tables = next(opt for opt in optimizers if type(opt) is torch.optim.Adam)
+    assert _params(dense_tables) == {id(model.item_tower.item_embedding.weight)}
 
 
 def test_linear_schedule_decays_to_zero_and_dense_parameters_get_their_own_rate():
