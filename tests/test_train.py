@@ -296,3 +296,32 @@ def test_train_py_command_line_writes_the_run_directory(tmp_path):
     epoch_losses = logged.select("epoch", "train/loss_epoch").drop_nulls()
     assert epoch_losses["epoch"].to_list() == [0, 1]  # one mean training loss per epoch
     assert logged["train/loss_step"].drop_nulls().len() >= 1
+
+
+def test_row_wise_adam_trains_like_dense_adam_flushes_and_resumes(tmp_path):
+    overrides = ["trainer.max_epochs=2", "refit=false"]
+    dense = train_module.train(compose_config(tmp_path / "dense", overrides))
+    rows = train_module.train(
+        compose_config(tmp_path / "rows", [*overrides, "model.towers.sparse=true"])
+    )
+    assert rows["val/recall@20"] == pytest.approx(dense["val/recall@20"], abs=0.01)
+    assert rows["test/recall@20"] == pytest.approx(dense["test/recall@20"], abs=0.01)
+    checkpoint = torch.load(
+        tmp_path / "rows" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
+    )
+    states = [
+        state
+        for optimizer in checkpoint["optimizer_states"]
+        for state in optimizer["state"].values()
+        if "last" in state
+    ]
+    assert states  # the id tables were updated by RowAdam
+    for state in states:  # flushed at the epoch's end: no row has pending steps
+        assert state["last"].dtype == torch.int64
+        assert bool(((state["last"] == 0) | (state["last"] == state["step"])).all())
+    resumed = train_module.train(
+        compose_config(
+            tmp_path / "rows", ["trainer.max_epochs=3", "refit=false", "model.towers.sparse=true"]
+        )
+    )
+    assert resumed["train/epochs"] == 3

@@ -49,9 +49,9 @@ class TowerConfig:
     dropout: float = 0.0  # dropout inside the MLP blocks
     user_dropout: float = 0.0  # on the fused user vector, in training (SimpleX's net_dropout)
     groups: int = 1  # cosine over this many equal blocks of the vector, averaged (towers.ensemble)
-    # Sparse gradients for the id tables (user, item, genre, year), updated row by row
-    # (towers.optim.RowAdam). The history table stays dense: pooled histories touch a large
-    # part of the catalogue each step (28% on Gowalla), where one fused pass is faster.
+    # Sparse gradients for the id tables (user, item, year), updated row by row
+    # (towers.optim.RowAdam). The bags (history, genres) stay dense: a pooled history touches a
+    # large part of the catalogue each step (28% on Gowalla), where one fused pass is faster.
     sparse: bool = True
     init_std: float = 0.1  # normal init of embedding tables
 
@@ -175,8 +175,9 @@ class ItemTower(nn.Module):
         # One padding row (index num_items) so the table can double as the user tower's history table.
         self.item_embedding = _embedding(spec.num_items + 1, dim, cfg, padding_idx=spec.num_items)
         self.genre_pad = spec.num_genres
+        # A bag like the history: dense gradient (a small vocabulary, many ids a step).
         self.genre_embedding = (
-            _embedding(spec.num_genres + 1, dim, cfg, padding_idx=self.genre_pad)
+            _embedding(spec.num_genres + 1, dim, cfg, padding_idx=self.genre_pad, sparse=False)
             if cfg.use_genres and spec.num_genres > 0
             else None
         )

@@ -26,18 +26,19 @@ def _params(optimizer) -> set[int]:
     return {id(p) for group in optimizer.param_groups for p in group["params"]}
 
 
-def test_id_tables_are_updated_row_wise_the_history_table_densely_and_the_rest_by_adamw():
+def test_id_tables_are_updated_row_wise_the_bags_densely_and_the_rest_by_adamw():
     model = _module()
     model.user_tower.history_projection = torch.nn.Linear(8, 8, bias=False)
     rows, tables, dense = model.configure_optimizers()[0]
     assert isinstance(rows, RowAdam)
     assert type(tables) is torch.optim.Adam and isinstance(dense, torch.optim.AdamW)
     ids = [model.user_tower.user_embedding, model.item_tower.item_embedding]
-    ids += [model.item_tower.genre_embedding, model.item_tower.year_embedding]
+    ids += [model.item_tower.year_embedding]
     assert all(table.sparse for table in ids)
     assert _params(rows) == {id(table.weight) for table in ids}
-    assert not model.user_tower.history_embedding.sparse
-    assert _params(tables) == {id(model.user_tower.history_embedding.weight)}
+    bags = [model.user_tower.history_embedding, model.item_tower.genre_embedding]
+    assert not any(table.sparse for table in bags)
+    assert _params(tables) == {id(table.weight) for table in bags}
     assert _params(dense) == {id(model.user_tower.history_projection.weight)}  # the gate is fixed
 
 
@@ -104,7 +105,8 @@ def test_shared_item_embeddings_are_one_table_in_training():
     rows = next(opt for opt in optimizers if isinstance(opt, RowAdam))
     assert id(model.item_tower.item_embedding.weight) not in _params(rows)
     dense_tables = next(opt for opt in optimizers if type(opt) is torch.optim.Adam)
-    assert _params(dense_tables) == {id(model.item_tower.item_embedding.weight)}
+    bags = [model.item_tower.item_embedding, model.item_tower.genre_embedding]
+    assert _params(dense_tables) == {id(table.weight) for table in bags}
 
 
 def test_linear_schedule_decays_to_zero_and_dense_parameters_get_their_own_rate():
