@@ -90,13 +90,12 @@ class RowAdam(torch.optim.Optimizer):
         key = (beta1, beta2, device)
         if key not in self._sums:
             ratio = beta1 / math.sqrt(beta2)
-            terms = math.ceil(math.log(1e-8) / math.log(ratio))
+            terms = math.ceil(math.log(1e-8) / math.log(ratio)) if ratio > 0 else 1
             horizon = math.ceil(math.log(2e-3) / math.log(beta2)) if beta2 > 0 else 1
             i = torch.arange(1, horizon + terms, dtype=torch.float64)
             correction = (1 - beta2**i).sqrt() / (1 - beta1**i)  # at steps 1 .. horizon + terms - 1
-            windows = correction.unfold(0, terms, 1)[
-                :horizon
-            ]  # (horizon, terms): steps s+1 .. s+terms
+            # Row s: the corrections at steps s+1 .. s+terms. (horizon, terms)
+            windows = correction.unfold(0, terms, 1)[:horizon]
             weights = ratio ** torch.arange(1, terms + 1, dtype=torch.float64)
             sums = torch.cat(
                 [torch.zeros(horizon, 1, dtype=torch.float64), (windows * weights).cumsum(1)], 1

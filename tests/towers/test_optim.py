@@ -110,6 +110,20 @@ def test_state_round_trips_through_state_dict():
     restored.step()  # and the restored optimiser steps on
 
 
+def test_without_momentum_there_is_nothing_to_catch_up():
+    table = torch.nn.Embedding(4, 2, sparse=True)
+    opt = RowAdam(table.parameters(), lr=0.1, betas=(0.0, 0.999))
+    opt.zero_grad()
+    table(torch.tensor([0])).sum().backward()
+    opt.step()
+    opt.zero_grad()
+    table(torch.tensor([1])).sum().backward()
+    opt.step()
+    before = table.weight.detach().clone()
+    opt.flush()
+    assert torch.equal(table.weight.detach(), before)
+
+
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="2-D"):
         RowAdam([torch.nn.Parameter(torch.zeros(3))])
