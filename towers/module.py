@@ -2,8 +2,8 @@
 
 It owns the training step (sampled softmax over in-batch + extra negatives), the optimisers
 (`RowAdam` over the id tables, so a step touches only the rows in the batch; Adam over the
-history table; AdamW over everything else), and full-catalogue validation. It is not what serving loads: export takes the
-plain tower modules out of it.
+bags and any dense table; AdamW over everything else), and full-catalogue validation. It is not
+what serving loads: export takes the plain tower modules out of it.
 """
 
 from __future__ import annotations
@@ -105,7 +105,9 @@ class TwoTowerModule(L.LightningModule):
         self.register_buffer("item_log_p", probability.log().float(), persistent=False)
         self.metrics = RankingMetrics(ks)
         self._catalogue_vectors: torch.Tensor | None = None
-        self._row_adams: list[RowAdam] = []
+        self._row_adams: list[
+            RowAdam
+        ] = []  # set by configure_optimizers (Lightning or a plain loop)
 
     @property
     def similarity(self) -> Similarity:
@@ -185,21 +187,20 @@ class TwoTowerModule(L.LightningModule):
     ) -> None:
         """`RowAdam` applies a row's idle steps when the row is next updated; the rows this step
         reads are brought up to date first, so their gradients are taken where dense Adam's
-        would be. Every row-wise table and the ids the towers will read from it."""
-        optimizers = self._row_optimizers()
-        if not optimizers:
+        would be. Every id table the towers read and the ids they read from it (the bags, the
+        history and the genres, are never row-wise)."""
+        if not self._row_adams:
             return
         items = batch["item"] if negatives is None else torch.cat([batch["item"], negatives])
         reads = [
-            (self.user_tower.user_embedding, batch["user"]),
-            (self.item_tower.item_embedding, items),
-            (self.item_tower.genre_embedding, self.item_genres[items]),
-            (self.item_tower.year_embedding, self.item_year[items]),
+            (self.user_tower.user_embedding, lambda: batch["user"]),
+            (self.item_tower.item_embedding, lambda: items),
+            (self.item_tower.year_embedding, lambda: self.item_year[items]),
         ]
         for table, ids in reads:
             if table is not None and self._row_wise(table):
-                for optimizer in optimizers:
-                    optimizer.catch_up(table.weight, ids)
+                for optimizer in self._row_adams:
+                    optimizer.catch_up(table.weight, ids())
 
     def on_train_epoch_start(self) -> None:
         self._epoch_loss, self._epoch_steps = None, 0
@@ -215,11 +216,8 @@ class TwoTowerModule(L.LightningModule):
 
     def _flush_row_updates(self) -> None:
         """Apply the updates `RowAdam` defers, so the weights are read as dense Adam has them."""
-        for optimizer in self._row_optimizers():
+        for optimizer in self._row_adams:
             optimizer.flush()
-
-    def _row_optimizers(self) -> list[RowAdam]:
-        return self._row_adams  # set by configure_optimizers (under Lightning or a plain loop)
 
     def _touched_l2(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         rows = [self.item_tower.item_embedding(batch["item"])]
@@ -236,12 +234,11 @@ class TwoTowerModule(L.LightningModule):
         """Embedding tables with sparse gradients: `RowAdam` (a step touches only the batch's
         rows; the weights follow dense Adam's); other tables: Adam; every other parameter: AdamW
         at `dense_lr`. Fused kernels where torch has them for the device."""
-        row_tables, tables, dense, seen = [], [], [], set()
-        for module in self.modules():
+        row_tables, tables, dense = [], [], []
+        for module in self.modules():  # each module once, a tied table too
             for param in module.parameters(recurse=False):
-                if not param.requires_grad or id(param) in seen:
+                if not param.requires_grad:
                     continue
-                seen.add(id(param))
                 if not isinstance(module, nn.Embedding):
                     dense.append(param)
                 else:

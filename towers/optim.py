@@ -103,32 +103,6 @@ class RowAdam(torch.optim.Optimizer):
             self._sums[key] = (sums.to(device=device, dtype=torch.float32), horizon)
         return self._sums[key]
 
-    def _skipped(
-        self,
-        state: dict,
-        rows: torch.Tensor,
-        m: torch.Tensor,
-        v: torch.Tensor,
-        skipped: torch.Tensor,
-        group: dict,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The move of `skipped` (per row) gradient-free steps after each row's last update, and
-        the moments decayed through them. m, v: (R, D) moments of `rows` at their last update."""
-        beta1, beta2 = group["betas"]
-        ratio = beta1 / math.sqrt(beta2)
-        sums, horizon = self._idle_sums(group, m.device)
-        last = state["last"].index_select(0, rows)
-        early = last < horizon
-        k = skipped.to(m.dtype)
-        series = ratio * (1 - ratio**k) / (1 - ratio)  # bias corrections ~1: geometric
-        exact = sums[last.clamp(max=horizon - 1), skipped.clamp(max=sums.shape[1] - 1)]
-        scale = torch.where(early, exact.to(m.dtype), series) * state["rate"].index_select(0, rows)
-        # eps as torch's Adam places it, at the first idle step (sqrt(v) shrinks by sqrt(beta2)
-        # a step, a change of 0.05% per step).
-        eps = group["eps"] * (1 - beta2 ** (last + 1).to(m.dtype)).sqrt()
-        move = (m / v.sqrt().add_(eps[:, None])).mul_(scale[:, None])
-        return move, m.mul_((beta1**k)[:, None]), v.mul_((beta2**k)[:, None])
-
     @torch.no_grad()
     def step(self, closure=None):
         loss = None
@@ -193,18 +167,31 @@ class RowAdam(torch.optim.Optimizer):
         raise ValueError("RowAdam.catch_up: the table is not one this optimiser updates")
 
     def _catch_up(self, param: torch.Tensor, state: dict, group: dict, rows: torch.Tensor) -> None:
-        """Move `rows` (unique) through the idle steps since their last update, up to the
-        current step. Rows never updated have zero moments and nothing to catch up."""
+        """Move `rows` (unique) through the gradient-free steps since their last update, up to the
+        current step, and decay their moments through them. Rows never updated have zero moments
+        and nothing to catch up."""
         last = state["last"].index_select(0, rows)
         pending = (last < state["step"]) & (last > 0)
         if not bool(pending.any()):
             return
-        rows = rows[pending]
+        rows, last = rows[pending], last[pending]
+        skipped = state["step"] - last
         m = state["exp_avg"].index_select(0, rows)
         v = state["exp_avg_sq"].index_select(0, rows)
-        move, m, v = self._skipped(state, rows, m, v, state["step"] - last[pending], group)
+        beta1, beta2 = group["betas"]
+        ratio = beta1 / math.sqrt(beta2)
+        sums, horizon = self._idle_sums(group, m.device)
+        k = skipped.to(m.dtype)
+        series = ratio * (1 - ratio**k) / (1 - ratio)  # bias corrections ~1: geometric
+        exact = sums[last.clamp(max=horizon - 1), skipped.clamp(max=sums.shape[1] - 1)]
+        scale = torch.where(last < horizon, exact.to(m.dtype), series)
+        scale = scale * state["rate"].index_select(0, rows)
+        # eps as torch's Adam places it, at the first idle step (sqrt(v) shrinks by sqrt(beta2)
+        # a step, a change of 0.05% per step).
+        eps = group["eps"] * (1 - beta2 ** (last + 1).to(m.dtype)).sqrt()
+        move = (m / v.sqrt().add_(eps[:, None])).mul_(scale[:, None])
         param.index_copy_(0, rows, param.index_select(0, rows).sub_(move))
-        state["exp_avg"].index_copy_(0, rows, m)
-        state["exp_avg_sq"].index_copy_(0, rows, v)
+        state["exp_avg"].index_copy_(0, rows, m.mul_((beta1**k)[:, None]))
+        state["exp_avg_sq"].index_copy_(0, rows, v.mul_((beta2**k)[:, None]))
         state["last"].index_fill_(0, rows, state["step"])
         state["rate"].index_fill_(0, rows, group["lr"])
