@@ -87,9 +87,12 @@ def test_without_refit_the_selected_checkpoint_is_exported(tmp_path):
 
 def test_ensemble_serves_the_selection_and_refit_models_as_one(tmp_path):
     """ensemble=true: the bundle's towers are the selection model's and the refit model's side by
-    side (vectors twice as long, scores the mean of their cosines), and test metrics rank with it."""
+    side (vectors twice as long, scores the weighted mean of their cosines), and test metrics
+    rank with it."""
     metrics = train_module.train(
-        compose_config(tmp_path, ["ensemble=true", "trainer.max_epochs=2"])
+        compose_config(
+            tmp_path, ["ensemble=true", "ensemble_selection_weight=0.3", "trainer.max_epochs=2"]
+        )
     )
     # The refit starts from another seed (seed + 1): a more different second member.
     refit = _weights(tmp_path / "checkpoints" / "refit-2-seed43" / "last.ckpt")
@@ -102,11 +105,20 @@ def test_ensemble_serves_the_selection_and_refit_models_as_one(tmp_path):
     dim = selected[name].shape[1]
     assert manifest["embedding_dim"] == 2 * dim
     assert manifest["model"]["towers"]["groups"] == 2
+    assert manifest["model"]["towers"]["group_weights"] == [0.3, 0.7]  # selection, refit
     recommender = Recommender.load(tmp_path / "bundle")
     user = recommender.user_vocab.raw_ids(np.array([0]))[0]
     scores = [r.score for r in recommender.recommend(user, k=5)]
     assert all(-1.0 <= s <= 1.0 for s in scores) and scores == sorted(scores, reverse=True)
     assert metrics["test/recall@20"] > metrics["popularity/test/recall@20"]
+
+
+@pytest.mark.parametrize("weight", [0.0, 1.0, -0.2])
+def test_an_ensemble_weight_outside_0_1_is_named_before_training(tmp_path, weight):
+    cfg = compose_config(tmp_path, ["ensemble=true", f"ensemble_selection_weight={weight}"])
+    with pytest.raises(ValueError, match=rf"ensemble_selection_weight: .*got {weight}"):
+        train_module.train(cfg)
+    assert not (tmp_path / "checkpoints").exists()
 
 
 def test_an_experiment_sets_top_level_keys():

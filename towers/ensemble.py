@@ -5,7 +5,9 @@ member's block is normalised on its own and scaled by 1/sqrt(n) (`TowerConfig.gr
 merged vector is a unit vector and the merged inner product is the mean of the members'
 cosines: an ensemble that one FAISS index, one bundle and one `Recommender` serve like any other
 model, with vectors n times longer. With dot, the merged inner product is the sum of the
-members' scores.
+members' scores. Members may weigh differently (`concatenate(..., weights)`,
+`TowerConfig.group_weights`): block k is then scaled by sqrt(w_k) instead, and the score is the
+weighted mean.
 
 It is exact for the towers this library builds without MLP blocks (`mlp_layers: 0`, every
 shipped recipe): each embedding table is concatenated along its columns, the history projection
@@ -24,11 +26,16 @@ from towers.towers import ItemTower, TowerConfig, UserTower
 MERGED_GATE = 0.5  # the merged towers' fixed gate when the members learned theirs
 
 
-def concatenate(members: Sequence[tuple[UserTower, ItemTower]]) -> tuple[UserTower, ItemTower]:
+def concatenate(
+    members: Sequence[tuple[UserTower, ItemTower]], weights: Sequence[float] | None = None
+) -> tuple[UserTower, ItemTower]:
     """One (user tower, item tower) pair that scores like the mean of the members' cosines (the
-    sum of their dot products). Members must be built for the same data with the same config."""
+    sum of their dot products), weighted by `weights` (relative; default: equal). Members must be
+    built for the same data with the same config."""
     if not members:
         raise ValueError("concatenate: no members to concatenate")
+    if weights is not None and len(weights) != len(members):
+        raise ValueError(f"concatenate: {len(weights)} weights for {len(members)} members")
     spec, cfg = members[0][0].spec, members[0][0].cfg
     for i, (user, item) in enumerate(members):
         for side, tower in (("user", user), ("item", item)):
@@ -37,7 +44,7 @@ def concatenate(members: Sequence[tuple[UserTower, ItemTower]]) -> tuple[UserTow
                     f"concatenate: member {i}'s {side} tower is built for other data "
                     f"({tower.spec} vs {spec})"
                 )
-            if tower.cfg != cfg:
+            if replace(tower.cfg, group_weights=None) != replace(cfg, group_weights=None):
                 raise ValueError(
                     f"concatenate: member {i}'s {side} tower config differs from member 0's "
                     f"({tower.cfg} vs {cfg})"
@@ -52,12 +59,30 @@ def concatenate(members: Sequence[tuple[UserTower, ItemTower]]) -> tuple[UserTow
         cfg,
         embedding_dim=cfg.embedding_dim * len(members),
         groups=cfg.groups * len(members),
+        group_weights=_group_weights([u.cfg for u, _ in members], weights),
         history_gate=gate,
     )
     user_tower, item_tower = UserTower(spec, merged), ItemTower(spec, merged)
     user_tower.load_state_dict(_user_state([u for u, _ in members], cfg, gate))
     item_tower.load_state_dict(_concatenated([i.state_dict() for _, i in members]))
     return user_tower.eval(), item_tower.eval()
+
+
+def _group_weights(
+    configs: list[TowerConfig], weights: Sequence[float] | None
+) -> tuple[float, ...] | None:
+    """The merged blocks' weights: each member's weight shared among its own blocks (members
+    that are ensembles already) as their weights say; None when every block weighs the same."""
+    if weights is None and all(c.group_weights is None for c in configs):
+        return None
+    if weights is not None and not all(0.0 < float(w) < float("inf") for w in weights):
+        raise ValueError(f"concatenate: expected positive weights, got {list(weights)}")
+    members = [float(w) for w in weights] if weights is not None else [1.0] * len(configs)
+    merged = []
+    for weight, cfg in zip(members, configs, strict=True):
+        inner = cfg.group_weights or (1.0,) * cfg.groups
+        merged += [weight / sum(members) * g / sum(inner) for g in inner]
+    return tuple(merged)
 
 
 def _user_state(towers: list[UserTower], cfg: TowerConfig, gate: float) -> dict:

@@ -49,6 +49,7 @@ class TowerConfig:
     dropout: float = 0.0  # dropout inside the MLP blocks
     user_dropout: float = 0.0  # on the fused user vector, in training (SimpleX's net_dropout)
     groups: int = 1  # cosine over this many equal blocks of the vector, averaged (towers.ensemble)
+    group_weights: tuple[float, ...] | None = None  # the blocks' weights in that mean; None = equal
     # Sparse gradients for the id tables (user, item, year), updated row by row
     # (towers.optim.RowAdam). The bags (history, genres) stay dense: a pooled history touches a
     # large part of the catalogue each step (28% on Gowalla), where one fused pass is faster.
@@ -65,6 +66,14 @@ class TowerConfig:
                 f"TowerConfig.groups: expected a divisor of embedding_dim {self.embedding_dim}, "
                 f"got {self.groups!r}"
             )
+        if self.group_weights is not None:
+            weights = tuple(float(w) for w in self.group_weights)  # a JSON list from a bundle
+            if len(weights) != self.groups or not all(0.0 < w < float("inf") for w in weights):
+                raise ValueError(
+                    f"TowerConfig.group_weights: expected {self.groups} positive weights (one per "
+                    f"group), got {self.group_weights!r}"
+                )
+            self.group_weights = weights
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -161,7 +170,9 @@ class UserTower(nn.Module):
             x = gate * parts[0] + (1 - gate) * parts[1]
         else:
             x = parts[0]
-        return self.similarity.prepare(self.dropout(self.mlp(x)), self.cfg.groups)  # (B, D)
+        return self.similarity.prepare(
+            self.dropout(self.mlp(x)), self.cfg.groups, self.cfg.group_weights
+        )  # (B, D)
 
 
 class ItemTower(nn.Module):
@@ -193,4 +204,6 @@ class ItemTower(nn.Module):
             x = x + bag_mean(self.genre_embedding, genres)
         if self.year_embedding is not None:
             x = x + self.year_embedding(year)
-        return self.similarity.prepare(self.mlp(x), self.cfg.groups)  # (B, D)
+        return self.similarity.prepare(
+            self.mlp(x), self.cfg.groups, self.cfg.group_weights
+        )  # (B, D)

@@ -68,3 +68,38 @@ def test_members_must_share_data_and_config_and_have_no_mlp():
         concatenate([member(deep, 1), member(deep, 2)])
     with pytest.raises(ValueError, match="no members"):
         concatenate([])
+
+
+@pytest.mark.parametrize("similarity", ["cosine", "dot"])
+def test_weighted_members_score_the_weighted_mean_and_nest(similarity):
+    cfg = TowerConfig(embedding_dim=4, similarity=similarity, history_projection=True)
+    members = [member(cfg, seed) for seed in (1, 2, 3)]
+    pair = concatenate(members[:2], weights=[3.0, 1.0])  # relative weights: 0.75 / 0.25
+    assert pair[0].cfg.group_weights == (0.75, 0.25) and pair[1].cfg == pair[0].cfg
+    count = 1 if similarity == "cosine" else 2  # dot: equal weights give the plain sum
+    expected = count * (0.75 * scores(*members[0]) + 0.25 * scores(*members[1]))
+    torch.testing.assert_close(scores(*pair), expected)
+    if similarity == "cosine":  # still unit vectors: one cosine index serves them
+        with torch.no_grad():
+            norms = pair[0](USERS, HISTORIES).norm(dim=1)
+        torch.testing.assert_close(norms, torch.ones(3))
+    # An ensemble of an ensemble: the pair's weight is shared among its blocks as they weigh.
+    nested = concatenate([pair, concatenate([members[2], members[2]])], weights=[1.0, 1.0])
+    assert nested[0].cfg.group_weights == (0.375, 0.125, 0.25, 0.25)
+    count = 1 if similarity == "cosine" else 4
+    expected = count * (
+        0.375 * scores(*members[0]) + 0.125 * scores(*members[1]) + 0.5 * scores(*members[2])
+    )
+    torch.testing.assert_close(scores(*nested), expected)
+
+
+def test_bad_weights_are_named():
+    cfg = TowerConfig(embedding_dim=4)
+    pair = [member(cfg, 1), member(cfg, 2)]
+    with pytest.raises(ValueError, match="3 weights for 2 members"):
+        concatenate(pair, weights=[1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match=r"expected positive weights, got \[1.0, 0.0\]"):
+        concatenate(pair, weights=[1.0, 0.0])
+    with pytest.raises(ValueError, match=r"TowerConfig.group_weights: expected 2 positive"):
+        TowerConfig(embedding_dim=4, groups=2, group_weights=(1.0,))
+    assert TowerConfig(embedding_dim=4, groups=2, group_weights=[1, 3]).group_weights == (1.0, 3.0)
