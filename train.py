@@ -249,6 +249,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
             weights = [selection_weight, 1.0 - selection_weight]
     elif cfg.get("ensemble"):
         log.info("ensemble: no refit model to add to the selection model; serving it alone")
+    known_counts = torch.bincount(torch.from_numpy(data.known[:, 1]), minlength=data.num_items)
+    for _, member_items in served:
+        if member_items.cfg.popularity_prior:
+            # The served prior counts every interaction known before test (train + validation),
+            # also for the selection model, which trained without validation's.
+            member_items.set_popularity(known_counts)
     user_tower, item_tower = served[0] if len(served) == 1 else concatenate(served, weights)
     if len(served) > 1:
         log.info(
@@ -269,10 +275,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     recommender = Recommender.load(bundle_dir)
     metrics.update(evaluate_recommender(recommender, data.test, model.metrics.ks, stage="test"))
     seen = csr_by_user(data.known, data.num_users)
-    known_counts = torch.bincount(
-        torch.from_numpy(data.known[:, 1]), minlength=data.num_items
-    ).numpy()
-    popularity = evaluate_popularity(known_counts, seen, data.test, model.metrics.ks, stage="test")
+    popularity = evaluate_popularity(
+        known_counts.numpy(), seen, data.test, model.metrics.ks, stage="test"
+    )
     metrics.update({f"popularity/{k}": v for k, v in popularity.items()})
     _write_json(output_dir / "metrics.json", metrics)
 

@@ -123,7 +123,8 @@ def encode_items(
     (default 0..I-1).
 
     Rows past the tower's id vocabulary (items added after training) get no id embedding: their
-    vector comes from their features alone (genres, year)."""
+    vector comes from their features alone (genres, year); they are read as the padding index,
+    which a popularity prior counts as never seen."""
     item_tower.eval()
     genres = torch.from_numpy(padded(items_df["genre_ids"], item_tower.genre_pad))
     year = torch.from_numpy(items_df["year_bucket"].to_numpy().astype(np.int64))
@@ -142,13 +143,13 @@ def encode_items(
         try:
             parts.append(
                 item_tower(
-                    part.clamp(max=known - 1), genres[s : s + chunk], year[s : s + chunk]
+                    part.clamp(max=known), genres[s : s + chunk], year[s : s + chunk]
                 ).float()
             )
         finally:
             hook.remove()
     if not parts:
-        return np.zeros((0, item_tower.cfg.embedding_dim), dtype=np.float32)
+        return np.zeros((0, item_tower.cfg.output_dim), dtype=np.float32)
     return torch.cat(parts).cpu().numpy()
 
 

@@ -61,7 +61,7 @@ class Recommendation(NamedTuple):
     """One result (immutable; a named tuple because a response builds many of them)."""
 
     item_id: object  # raw item id, as in the data
-    score: float  # similarity (inner product; cosine for cosine models); popularity: a count
+    score: float  # inner product (+ the popularity prior, if any); popularity: a count
     title: str | None = None
 
     def to_dict(self) -> dict:
@@ -650,7 +650,10 @@ class Recommender:
         check_k(k)
         item_filter = self.item_filter(filters)
         rows = np.array([self.item_index(i) for i in item_ids], dtype=np.int64)
-        scores, items = self.search(
-            self.item_vectors[rows], k, [np.array([r]) for r in rows], item_filter
-        )
+        queries = self.item_vectors[rows]
+        prior = self.user_tower.cfg.popularity_prior
+        if prior:  # an item asks as a user would: the prior's weight where it holds its log p
+            queries = queries.copy()
+            queries[:, -1] = prior
+        scores, items = self.search(queries, k, [np.array([r]) for r in rows], item_filter)
         return [self._results(s, i) for s, i in zip(scores, items, strict=True)]

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+import hydra.utils
 import numpy as np
 import polars as pl
 import pytest
@@ -113,12 +114,46 @@ def test_ensemble_serves_the_selection_and_refit_models_as_one(tmp_path):
     assert metrics["test/recall@20"] > metrics["popularity/test/recall@20"]
 
 
+def test_a_popularity_prior_is_served_with_the_known_interactions_counts(tmp_path):
+    """model.towers.popularity_prior: the selection model validates with it (its own training
+    counts), the served ensemble adds it once, counted over train + validation."""
+    overrides = ["ensemble=true", "trainer.max_epochs=2", "model.towers.popularity_prior=0.01"]
+    cfg = compose_config(tmp_path, overrides)
+    metrics = train_module.train(cfg)
+    selected = _weights(tmp_path / "checkpoints" / "best.ckpt")
+    refit = _weights(tmp_path / "checkpoints" / "refit-2-seed43" / "last.ckpt")
+    data = instantiate_data(cfg)
+    known = np.bincount(data.known[:, 1], minlength=data.num_items) + 1.0
+    train_counts = np.bincount(data.train[:, 1], minlength=data.num_items) + 1.0
+    for weights, counts in ((selected, train_counts), (refit, known)):
+        np.testing.assert_allclose(
+            weights["item_tower.log_popularity"][:-1].numpy(),
+            np.log(counts / counts.sum()),
+            rtol=1e-5,
+        )
+    manifest = json.loads((resolve(tmp_path / "bundle")[0] / MANIFEST).read_text())
+    dim = selected["item_tower.item_embedding.weight"].shape[1]
+    assert manifest["embedding_dim"] == 2 * dim + 1
+    assert manifest["model"]["towers"]["popularity_prior"] == 0.01
+    recommender = Recommender.load(tmp_path / "bundle")
+    np.testing.assert_allclose(
+        recommender.item_vectors[:, -1], np.log(known / known.sum()), rtol=1e-5
+    )
+    assert metrics["test/recall@20"] > metrics["popularity/test/recall@20"]
+
+
 @pytest.mark.parametrize("weight", [0.0, 1.0, -0.2])
 def test_an_ensemble_weight_outside_0_1_is_named_before_training(tmp_path, weight):
     cfg = compose_config(tmp_path, ["ensemble=true", f"ensemble_selection_weight={weight}"])
     with pytest.raises(ValueError, match=rf"ensemble_selection_weight: .*got {weight}"):
         train_module.train(cfg)
     assert not (tmp_path / "checkpoints").exists()
+
+
+def instantiate_data(cfg):
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.setup()
+    return datamodule.data
 
 
 def test_an_experiment_sets_top_level_keys():

@@ -115,6 +115,13 @@ def _concatenated(states: list[dict]) -> dict:
             out[name] = torch.block_diag(*parts)
         elif name == "gate_logit":
             out[name] = first
+        elif name == "log_popularity":  # the popularity prior's: one catalogue, one popularity
+            if not all(torch.equal(first, part) for part in parts):
+                raise ValueError(
+                    "concatenate: the members' item popularities (log_popularity) differ; set "
+                    "them from the same interactions (ItemTower.set_popularity) first"
+                )
+            out[name] = first
         else:
             raise ValueError(f"concatenate: no rule to concatenate parameter {name!r}")
     return out

@@ -98,6 +98,8 @@ class TwoTowerModule(L.LightningModule):
             # Tied in training; export writes each tower's own copy. The pooled history makes the
             # tied table's gradient dense, so it is updated as one (see _row_wise).
             self.user_tower.history_embedding = self.item_tower.item_embedding
+        if towers.popularity_prior:
+            self.item_tower.set_popularity(catalogue.counts)
         self.loss = loss or SampledSoftmaxLoss()
         self.register_buffer("item_genres", catalogue.genres.long(), persistent=False)
         self.register_buffer("item_year", catalogue.year.long(), persistent=False)

@@ -7,6 +7,7 @@ unit vectors). This file knows nothing of losses, optimisers or indexes.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -50,6 +51,11 @@ class TowerConfig:
     user_dropout: float = 0.0  # on the fused user vector, in training (SimpleX's net_dropout)
     groups: int = 1  # cosine over this many equal blocks of the vector, averaged (towers.ensemble)
     group_weights: tuple[float, ...] | None = None  # the blocks' weights in that mean; None = equal
+    # Served score = similarity + popularity_prior * log p(item), p the item's smoothed training
+    # popularity: one more coordinate on each side (beta on the user's, log p on the item's), so
+    # the index still ranks by one inner product. Added outside training only (eval mode:
+    # validation, test, export, serving); the loss sees the similarity alone. 0 = off.
+    popularity_prior: float = 0.0
     # Sparse gradients for the id tables (user, item, year), updated row by row
     # (towers.optim.RowAdam). The bags (history, genres) stay dense: a pooled history touches a
     # large part of the catalogue each step (28% on Gowalla), where one fused pass is faster.
@@ -74,6 +80,15 @@ class TowerConfig:
                     f"group), got {self.group_weights!r}"
                 )
             self.group_weights = weights
+        if not math.isfinite(self.popularity_prior):
+            raise ValueError(
+                f"TowerConfig.popularity_prior: expected a finite number, got {self.popularity_prior!r}"
+            )
+
+    @property
+    def output_dim(self) -> int:
+        """Length of the served vectors: embedding_dim, plus one with a popularity prior."""
+        return self.embedding_dim + (1 if self.popularity_prior else 0)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -170,13 +185,17 @@ class UserTower(nn.Module):
             x = gate * parts[0] + (1 - gate) * parts[1]
         else:
             x = parts[0]
-        return self.similarity.prepare(
+        x = self.similarity.prepare(
             self.dropout(self.mlp(x)), self.cfg.groups, self.cfg.group_weights
-        )  # (B, D)
+        )
+        if self.cfg.popularity_prior and not self.training:
+            x = torch.cat([x, x.new_full((len(x), 1), self.cfg.popularity_prior)], dim=1)
+        return x  # (B, D), or (B, D + 1) with the prior's coordinate
 
 
 class ItemTower(nn.Module):
-    """Item id embedding + genre bag + release-year bucket, summed, then an optional MLP."""
+    """Item id embedding + genre bag + release-year bucket, summed, then an optional MLP; index
+    num_items (the padding row) stands for an item the id table does not know."""
 
     def __init__(self, spec: FeatureSpec, cfg: TowerConfig):
         super().__init__()
@@ -196,6 +215,22 @@ class ItemTower(nn.Module):
             _embedding(spec.num_year_buckets, dim, cfg, padding_idx=0) if cfg.use_year else None
         )
         self.mlp = ResidualMLP(dim, cfg.mlp_layers, cfg.dropout)
+        if cfg.popularity_prior:
+            # log p per item index, the last entry (the padding index) for an item never seen in
+            # training; written by set_popularity, saved with the tower's weights.
+            self.register_buffer("log_popularity", torch.zeros(spec.num_items + 1))
+
+    def set_popularity(self, counts: torch.Tensor) -> None:
+        """The prior's log p from training interactions per item (I,): (count + 1) / sum over
+        the catalogue, an unseen item counting 0."""
+        if counts.shape != (self.spec.num_items,):
+            raise ValueError(
+                f"ItemTower.set_popularity: expected {self.spec.num_items} counts, got shape "
+                f"{tuple(counts.shape)}"
+            )
+        smoothed = torch.cat([counts.double(), counts.new_zeros(1).double()]) + 1.0
+        with torch.no_grad():
+            self.log_popularity.copy_((smoothed / smoothed[:-1].sum()).log())
 
     def forward(self, item: torch.Tensor, genres: torch.Tensor, year: torch.Tensor) -> torch.Tensor:
         """item (B,), genres (B, G) padded with num_genres, year (B,) bucket → (B, D)."""
@@ -204,6 +239,7 @@ class ItemTower(nn.Module):
             x = x + bag_mean(self.genre_embedding, genres)
         if self.year_embedding is not None:
             x = x + self.year_embedding(year)
-        return self.similarity.prepare(
-            self.mlp(x), self.cfg.groups, self.cfg.group_weights
-        )  # (B, D)
+        x = self.similarity.prepare(self.mlp(x), self.cfg.groups, self.cfg.group_weights)
+        if self.cfg.popularity_prior and not self.training:
+            x = torch.cat([x, self.log_popularity[item].to(x.dtype)[:, None]], dim=1)
+        return x  # (B, D), or (B, D + 1) with the prior's coordinate

@@ -8,6 +8,7 @@ import shutil
 import socket
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -17,6 +18,7 @@ import uvicorn
 
 from serve import Recommender, export_bundle, read_bundle
 from serve.http import create_app
+from towers import ItemTower, UserTower
 from towers.ensemble import concatenate
 
 
@@ -141,3 +143,25 @@ def ensemble_bundle(bundle_dir, tmp_path_factory) -> Path:
 @pytest.fixture
 def ensemble_copy(ensemble_bundle, tmp_path) -> Path:
     return Path(shutil.copytree(ensemble_bundle, tmp_path / "ensemble"))
+
+
+PRIOR = 0.05  # prior_bundle's popularity prior
+
+
+@pytest.fixture(scope="session")
+def prior_bundle(bundle_dir, tmp_path_factory) -> Path:
+    """The session model served with a popularity prior (`TowerConfig.popularity_prior`), item
+    popularity counts 0..6 by item index."""
+    bundle = read_bundle(bundle_dir)
+    spec, cfg = bundle.user_tower.spec, replace(bundle.user_tower.cfg, popularity_prior=PRIOR)
+    user, item = UserTower(spec, cfg), ItemTower(spec, cfg)
+    user.load_state_dict(bundle.user_tower.state_dict())
+    item.load_state_dict({**bundle.item_tower.state_dict(), "log_popularity": item.log_popularity})
+    item.set_popularity(torch.arange(spec.num_items) % 7)
+    path = tmp_path_factory.mktemp("prior") / "bundle"
+    return export_bundle(path, user.eval(), item.eval(), bundle.items, bundle.users)
+
+
+@pytest.fixture
+def prior_copy(prior_bundle, tmp_path) -> Path:
+    return Path(shutil.copytree(prior_bundle, tmp_path / "prior"))

@@ -11,6 +11,7 @@ import torch
 
 from serve import Recommender, UnknownItemError, UnknownUserError
 from serve.recommender import HISTORY, MODEL, POPULARITY
+from tests.serve.conftest import PRIOR
 from towers.ranking import exact_top_k
 
 
@@ -277,3 +278,30 @@ def test_an_ensemble_bundle_serves_the_mean_of_its_members_cosines(ensemble_bund
         for s in (slice(0, dim), slice(dim, 2 * dim))
     ]
     np.testing.assert_allclose([r.score for r in results], (halves[0] + halves[1]) / 2, rtol=1e-4)
+
+
+def test_a_popularity_prior_is_served_as_one_more_coordinate(prior_bundle, bundle_dir):
+    """Score = the model's similarity + prior * log p(item): the index ranks by it, the scores
+    returned hold it, and similar items ask with the prior's weight, not their own log p."""
+    prior, plain = Recommender.load(prior_bundle), Recommender.load(bundle_dir)
+    assert prior.bundle.manifest["embedding_dim"] == plain.bundle.manifest["embedding_dim"] + 1
+    log_p = prior.bundle.item_tower.log_popularity[:-1].numpy()
+    np.testing.assert_allclose(prior.item_vectors[:, -1], log_p)
+    users = np.arange(40)
+    vectors = plain.encode_users(users)
+    np.testing.assert_allclose(prior.encode_users(users), np.c_[vectors, np.full(40, PRIOR)])
+    _, top = prior.top_k(users, 10)
+    _, top_plain = plain.top_k(users, 10)
+    assert (top != top_plain).any()  # the prior moves some rankings...
+    for user in users:  # ...to the brute-force best of similarity + prior * log p
+        scores = plain.item_vectors @ vectors[user] + PRIOR * log_p
+        scores[plain.seen(user)] = -np.inf
+        np.testing.assert_array_equal(top[user], np.argsort(-scores, kind="stable")[:10])
+    results = prior.recommend(user_ids(prior)[5], 5)
+    rows = [item_ids(prior).index(r.item_id) for r in results]
+    expected = plain.item_vectors[rows] @ vectors[5] + PRIOR * log_p[rows]
+    np.testing.assert_allclose([r.score for r in results], expected, rtol=1e-5)
+    similar = [item_ids(prior).index(r.item_id) for r in prior.similar_items(item_ids(prior)[7], 5)]
+    scores = plain.item_vectors @ plain.item_vectors[7] + PRIOR * log_p
+    scores[7] = -np.inf
+    assert similar == list(np.argsort(-scores, kind="stable")[:5])

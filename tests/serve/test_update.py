@@ -106,3 +106,23 @@ def test_unknown_genres_are_reported(bundle_copy):
         upsert=pl.DataFrame({"item_id": [77_777], "genres": [["Neo-Noir"]], "year_bucket": [3]}),
     )
     assert report.unknown_genres == ["Neo-Noir"] and report.added == [77_777]
+
+
+def test_an_item_added_under_a_popularity_prior_counts_as_never_seen(prior_copy):
+    before = read_bundle(prior_copy)
+    items = before.items
+    upsert = pl.DataFrame(
+        {
+            "item_id": [items["item_id"][3], 999_002],
+            "genres": [items["genres"][2].to_list()] * 2,
+            "year": [items["year"][2]] * 2,
+            "title": ["changed", "brand new"],
+        }
+    )
+    update_items(prior_copy, upsert=upsert)
+    after = Recommender.load(prior_copy)
+    log_p = before.item_tower.log_popularity
+    assert after.item_vectors[3, -1] == pytest.approx(float(log_p[3]))  # kept its popularity
+    new = after.item_vectors[item_row(after.bundle, 999_002)]
+    assert new[-1] == pytest.approx(float(log_p[-1]))  # the padding entry: count 0
+    assert len(after.similar_items(999_002, 5)) == 5

@@ -103,3 +103,20 @@ def test_bad_weights_are_named():
     with pytest.raises(ValueError, match=r"TowerConfig.group_weights: expected 2 positive"):
         TowerConfig(embedding_dim=4, groups=2, group_weights=(1.0,))
     assert TowerConfig(embedding_dim=4, groups=2, group_weights=[1, 3]).group_weights == (1.0, 3.0)
+
+
+def test_an_ensemble_with_a_popularity_prior_adds_it_once():
+    cfg = TowerConfig(embedding_dim=4, popularity_prior=0.1)
+    counts = torch.tensor([3, 0, 1, 7, 2, 2, 0, 1, 5])
+    members = [member(cfg, seed) for seed in (1, 2)]
+    for _, item in members:
+        item.set_popularity(counts)
+    user, item = concatenate(members, weights=[0.3, 0.7])
+    assert user.cfg.output_dim == 9
+    # Each member's score holds the prior once, so their weighted mean does too.
+    expected = 0.3 * scores(*members[0]) + 0.7 * scores(*members[1])
+    torch.testing.assert_close(scores(user, item), expected)
+    assert (item.log_popularity != 0).all()
+    members[1][1].set_popularity(counts + 1)
+    with pytest.raises(ValueError, match="item popularities \\(log_popularity\\) differ"):
+        concatenate(members)

@@ -79,3 +79,42 @@ def test_groups_must_divide_the_dimension():
         ValueError, match=r"TowerConfig\.groups: expected a divisor of embedding_dim 8, got 3"
     ):
         TowerConfig(embedding_dim=8, groups=3)
+
+
+@pytest.mark.parametrize("similarity", ["cosine", "dot"])
+def test_popularity_prior_adds_beta_log_p_to_the_served_score_only(similarity):
+    cfg = TowerConfig(embedding_dim=4, similarity=similarity, popularity_prior=0.05)
+    plain = TowerConfig(embedding_dim=4, similarity=similarity)
+    torch.manual_seed(0)
+    user, item = UserTower(SPEC, cfg), ItemTower(SPEC, cfg)
+    torch.manual_seed(0)
+    plain_user, plain_item = UserTower(SPEC, plain), ItemTower(SPEC, plain)
+    counts = torch.tensor([5, 0, 1, 2, 0, 3, 9])
+    item.set_popularity(counts)
+    log_p = ((counts + 1.0) / (counts + 1.0).sum()).log()
+    users, histories = torch.tensor([0, 4]), torch.tensor([[1, 2, 7], [7, 7, 7]])
+    items, genres, years = torch.arange(7), torch.full((7, 2), 3), torch.zeros(7, dtype=torch.long)
+    assert cfg.output_dim == 5 and plain.output_dim == 4
+    # In training the towers are the plain towers: the loss sees the similarity alone.
+    torch.testing.assert_close(user(users, histories), plain_user(users, histories))
+    torch.testing.assert_close(item(items, genres, years), plain_item(items, genres, years))
+    for tower in (user, item, plain_user, plain_item):
+        tower.eval()
+    with torch.no_grad():
+        served = user(users, histories) @ item(items, genres, years).T
+        expected = plain_user(users, histories) @ plain_item(items, genres, years).T
+    torch.testing.assert_close(served, expected + 0.05 * log_p)
+    # The padding index stands for an item never seen in training: count 0.
+    torch.testing.assert_close(item.log_popularity[-1], (1.0 / (counts + 1.0).sum()).log())
+    # Saved and loaded with the tower's weights.
+    loaded = ItemTower(SPEC, cfg)
+    loaded.load_state_dict(item.state_dict())
+    torch.testing.assert_close(loaded.log_popularity, item.log_popularity)
+
+
+def test_popularity_prior_errors_are_named():
+    with pytest.raises(ValueError, match=r"TowerConfig.popularity_prior: expected a finite"):
+        TowerConfig(popularity_prior=float("nan"))
+    item = ItemTower(SPEC, TowerConfig(embedding_dim=4, popularity_prior=0.1))
+    with pytest.raises(ValueError, match=r"expected 7 counts, got shape \(6,\)"):
+        item.set_popularity(torch.zeros(6))
