@@ -45,6 +45,7 @@ from serve.index import (
     set_search_threads,
     to_device,
 )
+from towers.towers import PRIOR_DIMS, PRIOR_SCALE
 
 # Where each result list came from.
 MODEL, HISTORY, POPULARITY = "model", "history", "popularity"
@@ -652,8 +653,8 @@ class Recommender:
         rows = np.array([self.item_index(i) for i in item_ids], dtype=np.int64)
         queries = self.item_vectors[rows]
         prior = self.user_tower.cfg.popularity_prior
-        if prior:  # an item asks as a user would: the prior's weight where it holds its log p
+        if prior:  # an item asks as a user would: the user's prior coordinates, not its own
             queries = queries.copy()
-            queries[:, -1] = prior
+            queries[:, -PRIOR_DIMS:] = [prior * PRIOR_SCALE, 0.0]
         scores, items = self.search(queries, k, [np.array([r]) for r in rows], item_filter)
         return [self._results(s, i) for s, i in zip(scores, items, strict=True)]

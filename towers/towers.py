@@ -31,6 +31,15 @@ class FeatureSpec:
         return asdict(self)
 
 
+# The popularity prior's coordinates: the user's (beta * PRIOR_SCALE, 0), the item's
+# (centred log p / PRIOR_SCALE, 0). Their product is beta * centred log p whatever the scale;
+# dividing by it keeps the item's coordinate within about +-1, beside unit vectors, so an ANN
+# index clusters items by their vectors more than by popularity. The zero keeps the length even
+# (4-bit PQ codes take two dimensions each).
+PRIOR_DIMS = 2
+PRIOR_SCALE = 10.0
+
+
 @dataclass
 class TowerConfig:
     """Hyper-parameters of both towers."""
@@ -51,10 +60,11 @@ class TowerConfig:
     user_dropout: float = 0.0  # on the fused user vector, in training (SimpleX's net_dropout)
     groups: int = 1  # cosine over this many equal blocks of the vector, averaged (towers.ensemble)
     group_weights: tuple[float, ...] | None = None  # the blocks' weights in that mean; None = equal
-    # Served score = similarity + popularity_prior * log p(item), p the item's smoothed training
-    # popularity: one more coordinate on each side (beta on the user's, log p on the item's), so
-    # the index still ranks by one inner product. Added outside training only (eval mode:
-    # validation, test, export, serving); the loss sees the similarity alone. 0 = off.
+    # Served score = similarity + popularity_prior * (log p(item) - its catalogue mean), p the
+    # item's smoothed training popularity (centring shifts every score alike: the ranking is that
+    # of + beta log p). Two more coordinates on each side (PRIOR_DIMS), so the index still ranks
+    # by one inner product. Added outside training only (eval mode: validation, test, export,
+    # serving); the loss sees the similarity alone. 0 = off.
     popularity_prior: float = 0.0
     # Sparse gradients for the id tables (user, item, year), updated row by row
     # (towers.optim.RowAdam). The bags (history, genres) stay dense: a pooled history touches a
@@ -87,8 +97,8 @@ class TowerConfig:
 
     @property
     def output_dim(self) -> int:
-        """Length of the served vectors: embedding_dim, plus one with a popularity prior."""
-        return self.embedding_dim + (1 if self.popularity_prior else 0)
+        """Length of the served vectors: embedding_dim, plus PRIOR_DIMS with a popularity prior."""
+        return self.embedding_dim + (PRIOR_DIMS if self.popularity_prior else 0)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -189,8 +199,9 @@ class UserTower(nn.Module):
             self.dropout(self.mlp(x)), self.cfg.groups, self.cfg.group_weights
         )
         if self.cfg.popularity_prior and not self.training:
-            x = torch.cat([x, x.new_full((len(x), 1), self.cfg.popularity_prior)], dim=1)
-        return x  # (B, D), or (B, D + 1) with the prior's coordinate
+            prior = x.new_tensor([self.cfg.popularity_prior * PRIOR_SCALE, 0.0])
+            x = torch.cat([x, prior.expand(len(x), PRIOR_DIMS)], dim=1)
+        return x  # (B, D), or (B, D + PRIOR_DIMS) with the prior
 
 
 class ItemTower(nn.Module):
@@ -216,13 +227,14 @@ class ItemTower(nn.Module):
         )
         self.mlp = ResidualMLP(dim, cfg.mlp_layers, cfg.dropout)
         if cfg.popularity_prior:
-            # log p per item index, the last entry (the padding index) for an item never seen in
-            # training; written by set_popularity, saved with the tower's weights.
+            # log p minus its catalogue mean per item index, the last entry (the padding index)
+            # for an item never seen in training; written by set_popularity, saved with the
+            # tower's weights.
             self.register_buffer("log_popularity", torch.zeros(spec.num_items + 1))
 
     def set_popularity(self, counts: torch.Tensor) -> None:
-        """The prior's log p from training interactions per item (I,): (count + 1) / sum over
-        the catalogue, an unseen item counting 0."""
+        """The prior's log p from training interactions per item (I,): p = (count + 1) / sum
+        over the catalogue, an unseen item counting 0; centred on the catalogue's mean log p."""
         if counts.shape != (self.spec.num_items,):
             raise ValueError(
                 f"ItemTower.set_popularity: expected {self.spec.num_items} counts, got shape "
@@ -230,7 +242,8 @@ class ItemTower(nn.Module):
             )
         smoothed = torch.cat([counts.double(), counts.new_zeros(1).double()]) + 1.0
         with torch.no_grad():
-            self.log_popularity.copy_((smoothed / smoothed[:-1].sum()).log())
+            log_p = smoothed.log()  # log p up to the normalising constant, which centring drops
+            self.log_popularity.copy_(log_p - log_p[:-1].mean())
 
     def forward(self, item: torch.Tensor, genres: torch.Tensor, year: torch.Tensor) -> torch.Tensor:
         """item (B,), genres (B, G) padded with num_genres, year (B,) bucket → (B, D)."""
@@ -241,5 +254,6 @@ class ItemTower(nn.Module):
             x = x + self.year_embedding(year)
         x = self.similarity.prepare(self.mlp(x), self.cfg.groups, self.cfg.group_weights)
         if self.cfg.popularity_prior and not self.training:
-            x = torch.cat([x, self.log_popularity[item].to(x.dtype)[:, None]], dim=1)
-        return x  # (B, D), or (B, D + 1) with the prior's coordinate
+            prior = self.log_popularity[item].to(x.dtype)[:, None] / PRIOR_SCALE
+            x = torch.cat([x, prior, torch.zeros_like(prior)], dim=1)
+        return x  # (B, D), or (B, D + PRIOR_DIMS) with the prior

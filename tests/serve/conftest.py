@@ -21,6 +21,8 @@ from serve.http import create_app
 from towers import ItemTower, UserTower
 from towers.ensemble import concatenate
 
+REFINE = "IVF{nlist},PQ{half_dim}x4fs,RFlat"  # conf/index/ivfpq_refine.yaml's factory
+
 
 @pytest.fixture(scope="session")
 def recommender(bundle_dir) -> Recommender:
@@ -59,7 +61,7 @@ def hnsw_bundle(bundle_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def refine_bundle(bundle_dir, tmp_path_factory) -> Path:
     """Re-ranked 4-bit fast-scan PQ (conf/index/ivfpq_refine.yaml's factory)."""
-    return _ann_bundle(bundle_dir, tmp_path_factory, "refine", "IVF{nlist},PQ{half_dim}x4fs,RFlat")
+    return _ann_bundle(bundle_dir, tmp_path_factory, "refine", REFINE)
 
 
 @pytest.fixture

@@ -11,8 +11,9 @@ import torch
 
 from serve import Recommender, UnknownItemError, UnknownUserError
 from serve.recommender import HISTORY, MODEL, POPULARITY
-from tests.serve.conftest import PRIOR
+from tests.serve.conftest import PRIOR, REFINE, reexport
 from towers.ranking import exact_top_k
+from towers.towers import PRIOR_SCALE
 
 
 def user_ids(recommender: Recommender) -> list:
@@ -284,12 +285,16 @@ def test_a_popularity_prior_is_served_as_one_more_coordinate(prior_bundle, bundl
     """Score = the model's similarity + prior * log p(item): the index ranks by it, the scores
     returned hold it, and similar items ask with the prior's weight, not their own log p."""
     prior, plain = Recommender.load(prior_bundle), Recommender.load(bundle_dir)
-    assert prior.bundle.manifest["embedding_dim"] == plain.bundle.manifest["embedding_dim"] + 1
-    log_p = prior.bundle.item_tower.log_popularity[:-1].numpy()
-    np.testing.assert_allclose(prior.item_vectors[:, -1], log_p)
+    assert prior.bundle.manifest["embedding_dim"] == plain.bundle.manifest["embedding_dim"] + 2
+    counts = np.arange(len(item_ids(prior))) % 7 + 1.0
+    log_p = np.log(counts) - np.log(counts).mean()  # centred: every score shifted alike
+    np.testing.assert_allclose(prior.bundle.item_tower.log_popularity[:-1], log_p, rtol=1e-5)
     users = np.arange(40)
     vectors = plain.encode_users(users)
-    np.testing.assert_allclose(prior.encode_users(users), np.c_[vectors, np.full(40, PRIOR)])
+    np.testing.assert_allclose(prior.item_vectors[:, :-2], plain.item_vectors)
+    np.testing.assert_allclose(
+        prior.encode_users(users), np.c_[vectors, np.full(40, PRIOR * PRIOR_SCALE), np.zeros(40)]
+    )
     _, top = prior.top_k(users, 10)
     _, top_plain = plain.top_k(users, 10)
     assert (top != top_plain).any()  # the prior moves some rankings...
@@ -305,3 +310,20 @@ def test_a_popularity_prior_is_served_as_one_more_coordinate(prior_bundle, bundl
     scores = plain.item_vectors @ plain.item_vectors[7] + PRIOR * log_p
     scores[7] = -np.inf
     assert similar == list(np.argsort(-scores, kind="stable")[:5])
+
+
+def test_a_popularity_prior_keeps_vectors_fit_for_4_bit_pq(prior_bundle, tmp_path):
+    """Two prior coordinates keep the length even for `{half_dim}` PQ; re-ranked, the index
+    recommends what exact search does."""
+    path = reexport(prior_bundle, tmp_path / "refine", {"factory": REFINE, "sweep_k": 20})
+    refined, exact = Recommender.load(path), Recommender.load(prior_bundle)
+    refined.search_params = {**refined.search_params, "nprobe": 1 << 20}
+    users = user_ids(exact)[:30]
+    hits = [
+        len(
+            {r.item_id for r in refined.recommend(u, 10)}
+            & {r.item_id for r in exact.recommend(u, 10)}
+        )
+        for u in users
+    ]
+    assert sum(hits) / (10 * len(users)) >= 0.95

@@ -9,6 +9,7 @@ import torch
 
 from serve import BundleError, Recommender, UnknownItemError, read_bundle, update_items
 from serve.bundle import CURRENT
+from towers.towers import PRIOR_SCALE
 
 
 def item_row(bundle, item_id) -> int:
@@ -122,7 +123,8 @@ def test_an_item_added_under_a_popularity_prior_counts_as_never_seen(prior_copy)
     update_items(prior_copy, upsert=upsert)
     after = Recommender.load(prior_copy)
     log_p = before.item_tower.log_popularity
-    assert after.item_vectors[3, -1] == pytest.approx(float(log_p[3]))  # kept its popularity
-    new = after.item_vectors[item_row(after.bundle, 999_002)]
-    assert new[-1] == pytest.approx(float(log_p[-1]))  # the padding entry: count 0
+    coordinate = after.item_vectors[:, -2] * PRIOR_SCALE
+    assert coordinate[3] == pytest.approx(float(log_p[3]))  # kept its popularity
+    new = item_row(after.bundle, 999_002)
+    assert coordinate[new] == pytest.approx(float(log_p[-1]))  # the padding entry: count 0
     assert len(after.similar_items(999_002, 5)) == 5

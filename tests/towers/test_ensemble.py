@@ -112,7 +112,7 @@ def test_an_ensemble_with_a_popularity_prior_adds_it_once():
     for _, item in members:
         item.set_popularity(counts)
     user, item = concatenate(members, weights=[0.3, 0.7])
-    assert user.cfg.output_dim == 9
+    assert user.cfg.output_dim == 10  # 2 x 4 + the prior's 2
     # Each member's score holds the prior once, so their weighted mean does too.
     expected = 0.3 * scores(*members[0]) + 0.7 * scores(*members[1])
     torch.testing.assert_close(scores(user, item), expected)

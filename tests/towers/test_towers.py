@@ -92,9 +92,10 @@ def test_popularity_prior_adds_beta_log_p_to_the_served_score_only(similarity):
     counts = torch.tensor([5, 0, 1, 2, 0, 3, 9])
     item.set_popularity(counts)
     log_p = ((counts + 1.0) / (counts + 1.0).sum()).log()
+    centred = log_p - log_p.mean()  # a shift of every score: the ranking of + beta log p
     users, histories = torch.tensor([0, 4]), torch.tensor([[1, 2, 7], [7, 7, 7]])
     items, genres, years = torch.arange(7), torch.full((7, 2), 3), torch.zeros(7, dtype=torch.long)
-    assert cfg.output_dim == 5 and plain.output_dim == 4
+    assert cfg.output_dim == 6 and plain.output_dim == 4
     # In training the towers are the plain towers: the loss sees the similarity alone.
     torch.testing.assert_close(user(users, histories), plain_user(users, histories))
     torch.testing.assert_close(item(items, genres, years), plain_item(items, genres, years))
@@ -103,9 +104,10 @@ def test_popularity_prior_adds_beta_log_p_to_the_served_score_only(similarity):
     with torch.no_grad():
         served = user(users, histories) @ item(items, genres, years).T
         expected = plain_user(users, histories) @ plain_item(items, genres, years).T
-    torch.testing.assert_close(served, expected + 0.05 * log_p)
+    torch.testing.assert_close(served, expected + 0.05 * centred)
     # The padding index stands for an item never seen in training: count 0.
-    torch.testing.assert_close(item.log_popularity[-1], (1.0 / (counts + 1.0).sum()).log())
+    unseen = (1.0 / (counts + 1.0).sum()).log() - log_p.mean()
+    torch.testing.assert_close(item.log_popularity[-1], unseen)
     # Saved and loaded with the tower's weights.
     loaded = ItemTower(SPEC, cfg)
     loaded.load_state_dict(item.state_dict())
