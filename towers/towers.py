@@ -235,6 +235,11 @@ class ItemTower(nn.Module):
     def set_popularity(self, counts: torch.Tensor) -> None:
         """The prior's log p from training interactions per item (I,): p = (count + 1) / sum
         over the catalogue, an unseen item counting 0; centred on the catalogue's mean log p."""
+        if not self.cfg.popularity_prior:
+            raise ValueError(
+                "ItemTower.set_popularity: this tower has no popularity prior "
+                "(TowerConfig.popularity_prior is 0)"
+            )
         if counts.shape != (self.spec.num_items,):
             raise ValueError(
                 f"ItemTower.set_popularity: expected {self.spec.num_items} counts, got shape "

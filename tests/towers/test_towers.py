@@ -120,3 +120,5 @@ def test_popularity_prior_errors_are_named():
     item = ItemTower(SPEC, TowerConfig(embedding_dim=4, popularity_prior=0.1))
     with pytest.raises(ValueError, match=r"expected 7 counts, got shape \(6,\)"):
         item.set_popularity(torch.zeros(6))
+    with pytest.raises(ValueError, match="this tower has no popularity prior"):
+        ItemTower(SPEC, TowerConfig(embedding_dim=4)).set_popularity(torch.zeros(7))
