@@ -33,6 +33,15 @@ def exact(recommender: Recommender, query: np.ndarray, k: int, banned=(), allowe
     return [recommender.item_ids[i].item() for i in order[:k]]
 
 
+def overlap(a: Recommender, b: Recommender, users: list, k: int) -> float:
+    """Share of the users' top k that two recommenders agree on."""
+    hits = [
+        len({r.item_id for r in a.recommend(u, k)} & {r.item_id for r in b.recommend(u, k)})
+        for u in users
+    ]
+    return sum(hits) / (k * len(users))
+
+
 def test_offline_top_k_is_what_recommend_returns(recommender, trained_run):
     users = np.arange(len(user_ids(recommender)))
     _, top = recommender.top_k(users, 10, exclude_seen=True)
@@ -125,14 +134,7 @@ def test_reranked_index_recommends_what_exact_search_does(refine_bundle, bundle_
     refined, exact = Recommender.load(refine_bundle), Recommender.load(bundle_dir)
     refined.search_params = {**refined.search_params, "nprobe": 1 << 20}
     users = user_ids(exact)[:30]
-    hits = [
-        len(
-            {r.item_id for r in refined.recommend(u, 10)}
-            & {r.item_id for r in exact.recommend(u, 10)}
-        )
-        for u in users
-    ]
-    assert sum(hits) / (10 * len(users)) >= 0.95
+    assert overlap(refined, exact, users, 10) >= 0.95
     batch = refined.recommend_many(users, 10)
     assert [[r.item_id for r in recs] for recs in batch] == [
         [r.item_id for r in refined.recommend(u, 10)] for u in users
@@ -319,11 +321,4 @@ def test_a_popularity_prior_keeps_vectors_fit_for_4_bit_pq(prior_bundle, tmp_pat
     refined, exact = Recommender.load(path), Recommender.load(prior_bundle)
     refined.search_params = {**refined.search_params, "nprobe": 1 << 20}
     users = user_ids(exact)[:30]
-    hits = [
-        len(
-            {r.item_id for r in refined.recommend(u, 10)}
-            & {r.item_id for r in exact.recommend(u, 10)}
-        )
-        for u in users
-    ]
-    assert sum(hits) / (10 * len(users)) >= 0.95
+    assert overlap(refined, exact, users, 10) >= 0.95
