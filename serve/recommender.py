@@ -45,7 +45,7 @@ from serve.index import (
     set_search_threads,
     to_device,
 )
-from towers.towers import PRIOR_DIMS, PRIOR_SCALE
+from towers.towers import PRIOR_DIMS
 
 # Where each result list came from.
 MODEL, HISTORY, POPULARITY = "model", "history", "popularity"
@@ -652,9 +652,9 @@ class Recommender:
         item_filter = self.item_filter(filters)
         rows = np.array([self.item_index(i) for i in item_ids], dtype=np.int64)
         queries = self.item_vectors[rows]
-        prior = self.user_tower.cfg.popularity_prior
-        if prior:  # an item asks as a user would: the user's prior coordinates, not its own
+        cfg = self.user_tower.cfg
+        if cfg.popularity_prior:  # an item asks as a user would: the user's prior coordinates
             queries = queries.copy()
-            queries[:, -PRIOR_DIMS:] = [prior * PRIOR_SCALE, 0.0]
+            queries[:, -PRIOR_DIMS:] = cfg.user_prior
         scores, items = self.search(queries, k, [np.array([r]) for r in rows], item_filter)
         return [self._results(s, i) for s, i in zip(scores, items, strict=True)]

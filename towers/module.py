@@ -107,9 +107,8 @@ class TwoTowerModule(L.LightningModule):
         self.register_buffer("item_log_p", probability.log().float(), persistent=False)
         self.metrics = RankingMetrics(ks)
         self._catalogue_vectors: torch.Tensor | None = None
-        self._row_adams: list[
-            RowAdam
-        ] = []  # set by configure_optimizers (Lightning or a plain loop)
+        # Set by configure_optimizers (under Lightning or a plain loop).
+        self._row_adams: list[RowAdam] = []
 
     @property
     def similarity(self) -> Similarity:

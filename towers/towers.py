@@ -100,6 +100,11 @@ class TowerConfig:
         """Length of the served vectors: embedding_dim, plus PRIOR_DIMS with a popularity prior."""
         return self.embedding_dim + (PRIOR_DIMS if self.popularity_prior else 0)
 
+    @property
+    def user_prior(self) -> tuple[float, float]:
+        """The user's prior coordinates (the item's are its centred log p / PRIOR_SCALE, 0)."""
+        return (self.popularity_prior * PRIOR_SCALE, 0.0)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -199,7 +204,7 @@ class UserTower(nn.Module):
             self.dropout(self.mlp(x)), self.cfg.groups, self.cfg.group_weights
         )
         if self.cfg.popularity_prior and not self.training:
-            prior = x.new_tensor([self.cfg.popularity_prior * PRIOR_SCALE, 0.0])
+            prior = x.new_tensor(self.cfg.user_prior)
             x = torch.cat([x, prior.expand(len(x), PRIOR_DIMS)], dim=1)
         return x  # (B, D), or (B, D + PRIOR_DIMS) with the prior
 
