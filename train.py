@@ -23,6 +23,8 @@ import hydra
 import lightning as L
 import polars as pl
 import torch
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -33,12 +35,13 @@ from features.serving import item_table, user_table
 from serve.bundle import export_bundle
 from serve.evaluate import evaluate_popularity, evaluate_recommender
 from serve.recommender import Recommender
-from towers import FeatureSpec, ItemCatalogue, TwoTowerModule
-from towers.ensemble import concatenate
+from towers import FeatureSpec, ItemCatalogue, Scorer, TwoTowerModule
 from towers.metrics import METRICS, metric_name
 
 log = logging.getLogger("twotower")
 ROOT = Path(__file__).resolve().parent
+# conf/paths/default.yaml's ${repo_root:}: registered before any config is composed (the CLI's
+# @hydra.main below, or `compose`).
 OmegaConf.register_new_resolver("repo_root", lambda: str(ROOT), replace=True)
 
 
@@ -173,20 +176,24 @@ def _refit(
     return model.cpu().eval(), seconds
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit, select on validation, export, evaluate on test. Returns the metrics it writes."""
-    output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+def _start_run(cfg: DictConfig) -> Path:
+    """The run directory with the resolved config in it; threads and seeds set; the settings
+    that would fail only after training checked first."""
     selection_weight = float(cfg.get("ensemble_selection_weight", 0.5))
     if not 0.0 < selection_weight < 1.0:
         raise ValueError(
             f"ensemble_selection_weight: expected a share in (0, 1), got {selection_weight!r}"
         )
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     L.seed_everything(cfg.seed, workers=True)
+    return output_dir
 
+
+def _prepare_data(cfg: DictConfig) -> InteractionDataModule:
     datamodule: InteractionDataModule = instantiate(cfg.data)
     datamodule.setup()
     data = datamodule.data
@@ -199,7 +206,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
         data.val.num_interactions,
         data.test.num_interactions,
     )
-    model = _build_model(cfg, data)
+    return datamodule
+
+
+def _select(
+    cfg: DictConfig, datamodule: InteractionDataModule, output_dir: Path
+) -> tuple[TwoTowerModule, dict[str, float]]:
+    """Fit with validation every epoch; the best epoch's model (on CPU, eval mode), its
+    validation metrics, the fit's seconds and the epoch count; training.png drawn."""
+    model = _build_model(cfg, datamodule.data)
     callbacks = _instantiate_all(cfg.get("callbacks"))
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=_instantiate_all(cfg.get("logger")) or False
@@ -208,22 +223,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # Lightning's CSV logger starts metrics.csv afresh on resume: keep the rows logged so far.
     earlier_log = _read_log(metrics_csv) if cfg.get("resume") else None
     fit_seconds = _fit(cfg, trainer, model, datamodule, output_dir / "checkpoints" / "last.ckpt")
-
-    checkpoint = next(
-        (c for c in callbacks if isinstance(c, L.pytorch.callbacks.ModelCheckpoint)), None
-    )
-    epochs = trainer.current_epoch
-    if checkpoint is not None and checkpoint.best_model_path:
-        best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(best["state_dict"])
-        epochs = int(best["epoch"]) + 1
-        log.info(
-            "best checkpoint: %s (epoch %d, %s = %.4f)",
-            checkpoint.best_model_path,
-            epochs,
-            cfg.monitor,
-            checkpoint.best_model_score,
-        )
+    epochs = _load_best(cfg, model, callbacks) or trainer.current_epoch
     model = model.cpu().eval()
     metrics = {
         k: float(v)
@@ -233,58 +233,92 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if earlier_log is not None:
         _merge_log(earlier_log, metrics_csv)
     plot_training(metrics_csv, output_dir / "training.png", cfg.monitor)
+    return model, metrics
 
-    served = [(model.user_tower, model.item_tower)]  # one model, or the ensemble's members
+
+def _load_best(cfg: DictConfig, model: TwoTowerModule, callbacks: list) -> int | None:
+    """The best checkpoint's weights into `model`; its epoch count (None without one)."""
+    checkpoint = next(
+        (c for c in callbacks if isinstance(c, L.pytorch.callbacks.ModelCheckpoint)), None
+    )
+    if checkpoint is None or not checkpoint.best_model_path:
+        return None
+    best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
+    model.load_state_dict(best["state_dict"])
+    epochs = int(best["epoch"]) + 1
+    log.info(
+        "best checkpoint: %s (epoch %d, %s = %.4f)",
+        checkpoint.best_model_path,
+        epochs,
+        cfg.monitor,
+        checkpoint.best_model_score,
+    )
+    return epochs
+
+
+def _served_scorer(
+    cfg: DictConfig, selected: TwoTowerModule, data: PreparedData, metrics: dict, output_dir: Path
+) -> Scorer:
+    """What the bundle serves: the refit model (with `ensemble`, beside the selection model), or
+    the selection model; the popularity prior counts every interaction before test."""
+    members = [(selected.user_tower, selected.item_tower)]
     weights = None  # the members' shares of the score; None: equal
     if cfg.get("refit"):
         # An ensemble member from another initialisation: on Gowalla validation two seeds' models
         # together measured +4.1% recall@20 over one, two runs of the same seed +1.2%.
         seed = cfg.seed + 1 if cfg.get("ensemble") else cfg.seed
-        model, refit_seconds = _refit(cfg, data, epochs, output_dir, seed)
-        metrics.update({"refit/seconds": refit_seconds, "refit/epochs": float(epochs)})
-        refit = (model.user_tower, model.item_tower)
-        # With the ensemble, the selection model (as costly as the refit) is served beside it.
-        served = [*served, refit] if cfg.get("ensemble") else [refit]
-        if cfg.get("ensemble"):
-            weights = [selection_weight, 1.0 - selection_weight]
+        epochs = int(metrics["train/epochs"])
+        refit, seconds = _refit(cfg, data, epochs, output_dir, seed)
+        metrics.update({"refit/seconds": seconds, "refit/epochs": float(epochs)})
+        if cfg.get("ensemble"):  # the selection model, as costly as the refit, served beside it
+            share = float(cfg.ensemble_selection_weight)
+            members, weights = [*members, (refit.user_tower, refit.item_tower)], [share, 1 - share]
+        else:
+            members = [(refit.user_tower, refit.item_tower)]
     elif cfg.get("ensemble"):
         log.info("ensemble: no refit model to add to the selection model; serving it alone")
-    known_counts = torch.bincount(torch.from_numpy(data.known[:, 1]), minlength=data.num_items)
-    for _, member_items in served:
-        if member_items.cfg.popularity_prior:
-            # The served prior counts every interaction known before test (train + validation),
-            # also for the selection model, which trained without validation's.
-            member_items.set_popularity(known_counts)
-    user_tower, item_tower = served[0] if len(served) == 1 else concatenate(served, weights)
-    if len(served) > 1:
-        log.info(
-            "serving %d models as one (%d dims, weights %s)",
-            len(served),
-            user_tower.cfg.embedding_dim,
-            user_tower.cfg.group_weights or "equal",
-        )
+    if len(members) > 1:
+        log.info("serving %d models as one (weights %s)", len(members), weights or "equal")
+    return Scorer(
+        members,
+        weights,
+        popularity_prior=selected.popularity_prior,
+        item_counts=torch.from_numpy(data.item_counts_before_test()),
+    )
 
+
+def _evaluate(bundle_dir: Path, data: PreparedData, ks) -> dict[str, float]:
+    """The bundle on the test split through the serving path, and popularity beside it."""
+    metrics = evaluate_recommender(Recommender.load(bundle_dir), data.test, ks, stage="test")
+    seen = csr_by_user(data.before_test, data.num_users)
+    popularity = evaluate_popularity(data.item_counts_before_test(), seen, data.test, ks, "test")
+    return metrics | {f"popularity/{k}": v for k, v in popularity.items()}
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit, select on validation, refit, export, evaluate on test. Returns the metrics it writes."""
+    output_dir = _start_run(cfg)
+    datamodule = _prepare_data(cfg)
+    data = datamodule.data
+    selected, metrics = _select(cfg, datamodule, output_dir)
+    scorer = _served_scorer(cfg, selected, data, metrics, output_dir)
     bundle_dir = export_bundle(
-        output_dir / "bundle",
-        user_tower,
-        item_tower,
-        item_table(data),
-        user_table(data),
-        index_config=cfg.index,
+        output_dir / "bundle", scorer, item_table(data), user_table(data), index_config=cfg.index
     )
-    recommender = Recommender.load(bundle_dir)
-    metrics.update(evaluate_recommender(recommender, data.test, model.metrics.ks, stage="test"))
-    seen = csr_by_user(data.known, data.num_users)
-    popularity = evaluate_popularity(
-        known_counts.numpy(), seen, data.test, model.metrics.ks, stage="test"
-    )
-    metrics.update({f"popularity/{k}": v for k, v in popularity.items()})
+    ks = selected.metrics.ks
+    metrics.update(_evaluate(bundle_dir, data, ks))
     _write_json(output_dir / "metrics.json", metrics)
-
-    print(metrics_table(metrics, model.metrics.ks))
+    print(metrics_table(metrics, ks))
     print(f"metrics: {output_dir / 'metrics.json'}")
     print(f"bundle: {bundle_dir}")
     return metrics
+
+
+def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """The config `python train.py OVERRIDES...` runs, composed from conf/ (for tests, benchmarks
+    and notebooks)."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return hydra_compose(config_name="train", overrides=list(overrides))
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

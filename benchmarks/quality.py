@@ -125,8 +125,8 @@ def user_item_matrix(pairs: np.ndarray, num_users: int, num_items: int) -> sp.cs
 
 # -- models ------------------------------------------------------------------------------------
 def run_popularity(data: PreparedData) -> dict:
-    seen = csr_by_user(data.known, data.num_users)
-    counts = np.bincount(data.known[:, 1], minlength=data.num_items)
+    seen = csr_by_user(data.before_test, data.num_users)
+    counts = np.bincount(data.before_test[:, 1], minlength=data.num_items)
     started = time.perf_counter()
     metrics = evaluate_popularity(counts, seen, data.test, KS, stage="test")
     return {"metrics": metrics, "train_seconds": 0.0, "eval_seconds": time.perf_counter() - started}
@@ -170,7 +170,7 @@ def run_als(data: PreparedData, grid: dict, seed: int, threads: int) -> dict:
 
     # Test: refit on train + validation with the chosen parameters, as train.py refits twotower
     # (the same interactions behind both models' test rankings).
-    known_matrix = user_item_matrix(data.known, data.num_users, data.num_items)
+    known_matrix = user_item_matrix(data.before_test, data.num_users, data.num_items)
     model = AlternatingLeastSquares(**trial["params"], random_state=seed, num_threads=threads)
     refit_started = time.perf_counter()
     with threadpool_limits(1, "blas"):
@@ -178,7 +178,7 @@ def run_als(data: PreparedData, grid: dict, seed: int, threads: int) -> dict:
     refit_seconds = time.perf_counter() - refit_started
     started, cpu_started = time.perf_counter(), time.process_time()
     test_users = model.user_factors[data.test.users]
-    known_seen = csr_by_user(data.known, data.num_users)
+    known_seen = csr_by_user(data.before_test, data.num_users)
     metrics = evaluate_vectors(test_users, model.item_factors, known_seen, data.test, stage="test")
     eval_seconds = time.perf_counter() - started
     # CPU seconds (all threads) do not grow with other processes' load the way wall time does;

@@ -53,7 +53,7 @@ import torch
 from serve import Recommender, export_bundle
 from serve.index import build_index, index_bytes, search_parameters, set_search_threads
 from serve.sweep import exact_neighbours, recall_at_k
-from towers.towers import FeatureSpec, ItemTower, TowerConfig, UserTower
+from towers import FeatureSpec, ItemTower, Scorer, TowerConfig, UserTower
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "serving.json"
@@ -109,7 +109,11 @@ def synthetic_tables(num_items: int, kind: str, seed: int = 0, clusters: int | N
         history_length=HISTORY,
     )
     cfg = TowerConfig(
-        embedding_dim=DIM, similarity="cosine", use_genres=False, use_year=False, sparse=False
+        embedding_dim=DIM,
+        similarity="cosine",
+        history_projection=False,  # the history reads the item vectors as they are
+        use_genres=False,
+        use_year=False,
     )
     user_tower, item_tower = UserTower(spec, cfg), ItemTower(spec, cfg)
     # Each user: a history of items from one cluster (found by sorting items by cluster).
@@ -343,7 +347,9 @@ def run_size(num_items: int, names: list[str], args, workdir: Path, rng) -> list
         config = {**INDEXES[name], "device": "cpu", "sweep_k": 100, "sweep_queries": 500}
         path = workdir / f"{name}-{num_items}"
         started = time.perf_counter()
-        export_bundle(path, user_tower, item_tower, items_df, users_df, index_config=config)
+        export_bundle(
+            path, Scorer([(user_tower, item_tower)]), items_df, users_df, index_config=config
+        )
         export_s = time.perf_counter() - started
         recommender = Recommender.load(path, cache_user_vectors=False)
         vectors = recommender.item_vectors

@@ -137,6 +137,6 @@ class InteractionDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         """Test users with everything known before the test period (train + val) as features."""
         data = self._prepared()
-        seen = csr_by_user(data.known, data.num_users)
-        dataset = HeldOutBatches(data.test, data.known_histories, seen)
+        seen = csr_by_user(data.before_test, data.num_users)
+        dataset = HeldOutBatches(data.test, data.before_test_histories, seen)
         return _loader(dataset, self.eval_batch_size, False, self.seed, False)

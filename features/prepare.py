@@ -54,7 +54,7 @@ class PreparedData:
     user_vocab: Vocabulary
     item_vocab: Vocabulary
     train: np.ndarray  # (n, 2) [user, item] index pairs, each user's in time order
-    known: np.ndarray  # (n', 2) train + val pairs: everything before the test period
+    before_test: np.ndarray  # (n', 2) train + val pairs: everything before the test period
     val: HeldOut
     test: HeldOut
     item_counts: np.ndarray  # (I,) training interactions per item (popularity, logQ)
@@ -64,9 +64,7 @@ class PreparedData:
     history_length: int
     num_year_buckets: int
     train_histories: np.ndarray  # (U, N) last N train items per user, padded with num_items
-    known_histories: (
-        np.ndarray
-    )  # (U, N) last N train + val items: the serving features at test time
+    before_test_histories: np.ndarray  # (U, N) last N train + val items: serving's at test time
     items_df: pl.DataFrame  # index-ordered item metadata: item_id, title, genres, year
 
     @property
@@ -87,11 +85,15 @@ class PreparedData:
         refit on it is exported and evaluated exactly like the one selected on validation."""
         return replace(
             self,
-            train=self.known,
+            train=self.before_test,
             val=HeldOut.empty(),
-            item_counts=np.bincount(self.known[:, 1], minlength=self.num_items).astype(np.int64),
-            train_histories=self.known_histories,
+            item_counts=self.item_counts_before_test(),
+            train_histories=self.before_test_histories,
         )
+
+    def item_counts_before_test(self) -> np.ndarray:
+        """(I,) train + val interactions per item: the popularity a model served at test knows."""
+        return np.bincount(self.before_test[:, 1], minlength=self.num_items).astype(np.int64)
 
     def feature_sizes(self) -> dict[str, int]:
         """Sizes the towers are built with (see `towers.FeatureSpec`)."""
@@ -185,8 +187,10 @@ def prepare(
         encoded = encoded.sort(USER, maintain_order=True)
     by_split = {name: encoded.filter(pl.col(schema.SPLIT) == name) for name in schema.SPLIT_NAMES}
     train = _pairs(by_split["train"])
-    val_known = by_split["val"].filter(pl.col(ITEM).is_not_null())
-    known = _pairs(pl.concat([by_split["train"], val_known]).sort(USER, maintain_order=True))
+    val_in_vocab = by_split["val"].filter(pl.col(ITEM).is_not_null())
+    before_test = _pairs(
+        pl.concat([by_split["train"], val_in_vocab]).sort(USER, maintain_order=True)
+    )
     num_users, num_items = len(user_vocab), len(item_vocab)
     for name in ("val", "test"):
         unknown = by_split[name][ITEM].null_count()
@@ -212,7 +216,7 @@ def prepare(
         user_vocab=user_vocab,
         item_vocab=item_vocab,
         train=train,
-        known=known,
+        before_test=before_test,
         val=_held_out(by_split["val"]),
         test=_held_out(by_split["test"]),
         item_counts=np.bincount(train[:, 1], minlength=num_items).astype(np.int64),
@@ -222,7 +226,7 @@ def prepare(
         history_length=history_length,
         num_year_buckets=num_year_buckets,
         train_histories=histories(train, num_users, history_length, pad=num_items),
-        known_histories=histories(known, num_users, history_length, pad=num_items),
+        before_test_histories=histories(before_test, num_users, history_length, pad=num_items),
         items_df=items_df,
     )
 

@@ -13,10 +13,15 @@ from features import schema
 from features.arrays import csr_by_user
 from features.prepare import PreparedData
 
-GENRE_IDS = "genre_ids"
-YEAR_BUCKET = "year_bucket"
-HISTORY = "history"
-SEEN = "seen"
+# The bundle tables' own columns (beside the source's item_id, title, genres, year, user_id);
+# serve/ reads them by these names.
+GENRE_IDS = "genre_ids"  # items: genre indices of the item tower's vocabulary
+YEAR_BUCKET = "year_bucket"  # items: release-year bucket of the item tower
+ACTIVE = "active"  # items: in the index now (a removed item keeps its row, inactive)
+HISTORY = "history"  # users: recent item indices, oldest first
+SEEN = "seen"  # users: every item index the user interacted with
+ITEM_COLUMNS = (schema.ITEM_ID, GENRE_IDS, YEAR_BUCKET, ACTIVE)  # what serving needs
+USER_COLUMNS = (schema.USER_ID, HISTORY, SEEN)
 
 
 def _csr_lists(indptr: np.ndarray, values: np.ndarray) -> pl.Series:
@@ -44,14 +49,14 @@ def item_table(data: PreparedData) -> pl.DataFrame:
 
 def user_table(data: PreparedData) -> pl.DataFrame:
     """Index-ordered: user_id, history (recent item indices, oldest first), seen (item indices)."""
-    indptr, items = csr_by_user(data.known, data.num_users)
+    indptr, items = csr_by_user(data.before_test, data.num_users)
     seen = pl.Series(
         [items[indptr[u] : indptr[u + 1]] for u in range(data.num_users)], dtype=pl.List(pl.Int64)
     )
     return pl.DataFrame(
         {
             schema.USER_ID: data.user_vocab.frame["raw_id"],
-            HISTORY: _lists(data.known_histories, data.num_items),
+            HISTORY: _lists(data.before_test_histories, data.num_items),
             SEEN: seen,
         }
     )

@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from serve.errors import BundleError, UnknownIdError
+from serve.errors import BundleError, RequestError, UnknownIdError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -88,11 +88,11 @@ def _read_table(path: str):
     readers = {".parquet": pl.read_parquet, ".csv": pl.read_csv, ".json": pl.read_json}
     reader = readers.get(Path(path).suffix)
     if reader is None:
-        raise ValueError(f"--upsert {path}: expected a .parquet, .csv or .json file")
+        raise RequestError("--upsert", path, "must be a .parquet, .csv or .json file")
     try:
         return reader(path)
     except (OSError, pl.exceptions.PolarsError) as err:
-        raise ValueError(f"--upsert {path}: cannot read it ({err})") from None
+        raise RequestError("--upsert", path, f"cannot be read ({err})") from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,8 +5,9 @@
       v000001/  v000002/ ...     one complete version each:
         manifest.json            format version, similarity, dimension, counts, model config,
                                  index settings and operating-point sweep, versions, checksums
-        user_tower.safetensors   user tower weights (user vectors are computed per request)
-        item_tower.safetensors   item tower weights (to encode new or changed items)
+        user_tower.safetensors   user towers' weights, one per member ("0.user_embedding.weight")
+        item_tower.safetensors   item towers' weights (to encode new or changed items), and the
+                                 popularity prior's per-item coordinate ("prior.item_prior")
         item_vectors.safetensors every catalogue row's vector, row = FAISS id
         items.parquet            item_id, title, genres, year, genre_ids, year_bucket, active
         users.parquet            user_id, history, seen (row = index)
@@ -43,10 +44,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from features.arrays import padded_rows
+from features.serving import ACTIVE, GENRE_IDS, HISTORY, ITEM_COLUMNS, USER_COLUMNS, YEAR_BUCKET
 from serve.errors import BundleError
 from serve.index import (
-    METRIC_NAMES,
-    METRICS,
+    FAISS_METRIC_NAMES,
+    FAISS_METRICS,
     IndexConfig,
     build_index,
     fixed_settings,
@@ -56,12 +58,13 @@ from serve.index import (
     write_index,
 )
 from serve.sweep import exact_neighbours, plot, sweep
+from towers.scoring import Scorer
 from towers.similarity import Similarity
 from towers.towers import FeatureSpec, ItemTower, TowerConfig, UserTower
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # 2: versioned directories, ID-mapped index, `active` items, sweep in manifest
+FORMAT_VERSION = 3  # 3: members' towers and the scoring settings (towers.scoring.Scorer)
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
 USER_TOWER = "user_tower.safetensors"
@@ -72,8 +75,8 @@ USERS = "users.parquet"
 INDEX = "index.faiss"
 PLOT = "operating_points.png"
 FILES = (USER_TOWER, ITEM_TOWER, ITEM_VECTORS, ITEMS, USERS, INDEX)
-ACTIVE = "active"
 VERSION_NAME = re.compile(r"^v(\d{6})$")
+PRIOR_KEY = "prior.item_prior"  # in ITEM_TOWER: the popularity prior's centred log p per item
 KEEP_VERSIONS = 3  # older versions are deleted after a switch (readers load whole files at once)
 
 
@@ -93,9 +96,14 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+def _states(towers: list[torch.nn.Module]) -> dict[str, torch.Tensor]:
+    """The members' tower weights in one flat dict, keys prefixed by the member's number."""
     # safetensors refuses tensors that share storage: give each its own contiguous copy.
-    return {name: t.detach().cpu().contiguous().clone() for name, t in module.state_dict().items()}
+    return {
+        f"{m}.{name}": t.detach().cpu().contiguous().clone()
+        for m, tower in enumerate(towers)
+        for name, t in tower.state_dict().items()
+    }
 
 
 def padded(lists: pl.Series, pad: int, width: int | None = None) -> np.ndarray:
@@ -114,55 +122,40 @@ def padded(lists: pl.Series, pad: int, width: int | None = None) -> np.ndarray:
 
 @torch.inference_mode()
 def encode_items(
-    item_tower: ItemTower,
-    items_df: pl.DataFrame,
-    rows: np.ndarray | None = None,
-    chunk: int = 65536,
+    scorer: Scorer, items_df: pl.DataFrame, rows: np.ndarray | None = None, chunk: int = 65536
 ) -> np.ndarray:
-    """Item vectors (I, D) float32 for the rows of an items table; `rows` are their item indices
-    (default 0..I-1).
+    """Served item vectors (I, D) float32 for the rows of an items table; `rows` are their item
+    indices (default 0..I-1).
 
-    Rows past the tower's id vocabulary (items added after training) get no id embedding: their
-    vector comes from their features alone (genres, year); they are read as the padding index,
-    which a popularity prior counts as never seen."""
-    item_tower.eval()
-    genres = torch.from_numpy(padded(items_df["genre_ids"], item_tower.genre_pad))
-    year = torch.from_numpy(items_df["year_bucket"].to_numpy().astype(np.int64))
+    Rows past the towers' id vocabulary (items added after training) have no id embedding: their
+    vector comes from their features alone (genres, year), and a popularity prior counts them as
+    never seen."""
+    scorer.eval()
+    genres = torch.from_numpy(padded(items_df[GENRE_IDS], scorer.spec.num_genres))
+    year = torch.from_numpy(items_df[YEAR_BUCKET].to_numpy().astype(np.int64))
     ids = torch.arange(items_df.height) if rows is None else torch.as_tensor(rows, dtype=torch.long)
-    known = item_tower.spec.num_items
-    parts = []
-    for s in range(0, items_df.height, chunk):
-        part = ids[s : s + chunk]
-        if int(part.max()) < known:
-            parts.append(item_tower(part, genres[s : s + chunk], year[s : s + chunk]).float())
-            continue
-        mask = (part < known).to(torch.float32)[:, None]  # (B, 1): 0 drops the id embedding
-        hook = item_tower.item_embedding.register_forward_hook(
-            lambda _m, _i, out, mask=mask: out * mask
-        )
-        try:
-            parts.append(
-                item_tower(
-                    part.clamp(max=known), genres[s : s + chunk], year[s : s + chunk]
-                ).float()
-            )
-        finally:
-            hook.remove()
+    has_id = ids < scorer.spec.num_items
+    parts = [
+        scorer.encode_items(
+            ids[s : s + chunk], genres[s : s + chunk], year[s : s + chunk], has_id[s : s + chunk]
+        ).float()
+        for s in range(0, items_df.height, chunk)
+    ]
     if not parts:
-        return np.zeros((0, item_tower.cfg.output_dim), dtype=np.float32)
+        return np.zeros((0, scorer.output_dim), dtype=np.float32)
     return torch.cat(parts).cpu().numpy()
 
 
 def sample_user_vectors(
-    user_tower: UserTower, users_df: pl.DataFrame, count: int, seed: int = 0
+    scorer: Scorer, users_df: pl.DataFrame, count: int, seed: int = 0
 ) -> np.ndarray:
-    """User vectors (count', D) of a fixed random sample of users: the sweep's queries."""
+    """Served vectors (count', D) of a fixed random sample of users: the sweep's queries."""
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(users_df.height, size=min(count, users_df.height), replace=False))
-    spec = user_tower.spec
-    histories = padded(users_df["history"][rows], spec.num_items, spec.history_length)
+    spec = scorer.spec
+    histories = padded(users_df[HISTORY][rows], spec.num_items, spec.history_length)
     with torch.inference_mode():
-        return user_tower(torch.from_numpy(rows), torch.from_numpy(histories)).float().numpy()
+        return scorer.encode_users(torch.from_numpy(rows), torch.from_numpy(histories)).numpy()
 
 
 # -- the index and its operating point -----------------------------------------------------------
@@ -180,7 +173,7 @@ def index_section(
     index = build_index(vectors[ids], similarity, factory, ids=ids)
     section = {
         "factory": factory,
-        "metric": METRIC_NAMES[index.metric_type],
+        "metric": FAISS_METRIC_NAMES[index.metric_type],
         "config": config.to_dict(),
         "search_params": fixed_settings(index, config.search_params),
         "sweep": None,
@@ -286,8 +279,7 @@ def _prune(root: Path, keep: int) -> None:
 def write_files(
     directory: Path,
     *,
-    user_tower: UserTower,
-    item_tower: ItemTower,
+    scorer: Scorer,
     vectors: np.ndarray,
     items_df: pl.DataFrame,
     users_df: pl.DataFrame,
@@ -296,9 +288,11 @@ def write_files(
     extra: Mapping | None = None,
 ) -> None:
     """Every file of one version, and its manifest last (with the other files' checksums)."""
-    similarity = Similarity.parse(user_tower.cfg.similarity)
-    save_file(_state(user_tower), directory / USER_TOWER)
-    save_file(_state(item_tower), directory / ITEM_TOWER)
+    save_file(_states([user for user, _ in scorer.members]), directory / USER_TOWER)
+    item_states = _states([item for _, item in scorer.members])
+    if scorer.item_prior is not None:
+        item_states[PRIOR_KEY] = scorer.item_prior.contiguous().clone()
+    save_file(item_states, directory / ITEM_TOWER)
     save_file(
         {"vectors": torch.from_numpy(np.ascontiguousarray(vectors))}, directory / ITEM_VECTORS
     )
@@ -308,12 +302,16 @@ def write_files(
     files = [*FILES, *([PLOT] if (directory / PLOT).is_file() else [])]
     manifest = {
         "format_version": FORMAT_VERSION,
-        "similarity": similarity.value,
+        "similarity": scorer.similarity.value,
         "embedding_dim": int(vectors.shape[1]),
         "num_items": int(items_df.height),
         "num_active_items": int(index.ntotal),
         "num_users": int(users_df.height),
-        "model": {"spec": user_tower.spec.to_dict(), "towers": user_tower.cfg.to_dict()},
+        "model": {
+            "spec": scorer.spec.to_dict(),
+            "members": [user.cfg.to_dict() for user, _ in scorer.members],
+            "scoring": scorer.to_dict(),
+        },
         "index": index_manifest,
         **dict(extra or {}),
         "versions": _versions(),
@@ -324,8 +322,7 @@ def write_files(
 
 def export_bundle(
     path: str | Path,
-    user_tower: UserTower,
-    item_tower: ItemTower,
+    scorer: Scorer,
     items_df: pl.DataFrame,
     users_df: pl.DataFrame,
     index_factory: str | None = None,
@@ -336,29 +333,23 @@ def export_bundle(
     `index_config` (conf/index/*.yaml) wins over the bare `index_factory` string. Returns `path`."""
     path = Path(path)
     config = IndexConfig.parse(index_config if index_config is not None else index_factory)
-    similarity = Similarity.parse(user_tower.cfg.similarity)
-    if Similarity.parse(item_tower.cfg.similarity) is not similarity:
-        raise BundleError(
-            f"the towers disagree on similarity: user {user_tower.cfg.similarity!r}, item {item_tower.cfg.similarity!r}"
-        )
-    spec = user_tower.spec
+    similarity, spec = scorer.similarity, scorer.spec
     if items_df.height != spec.num_items or users_df.height != spec.num_users:
         raise BundleError(
             f"tables do not match the towers: {items_df.height} items / {users_df.height} users, "
             f"towers built for {spec.num_items} / {spec.num_users}"
         )
-    vectors = encode_items(item_tower, items_df)
+    vectors = encode_items(scorer, items_df)
     if ACTIVE not in items_df.columns:
         items_df = items_df.with_columns(pl.lit(True).alias(ACTIVE))
     ids = np.flatnonzero(items_df[ACTIVE].to_numpy())
-    queries = sample_user_vectors(user_tower, users_df, config.sweep_queries)
+    queries = sample_user_vectors(scorer, users_df, config.sweep_queries)
 
     def fill(directory: Path) -> None:
         index, section = index_section(vectors, ids, similarity, config, queries, directory / PLOT)
         write_files(
             directory,
-            user_tower=user_tower,
-            item_tower=item_tower,
+            scorer=scorer,
             vectors=vectors,
             items_df=items_df,
             users_df=users_df,
@@ -379,8 +370,7 @@ class Bundle:
     version: str | None  # e.g. "v000002"; None for a plain directory
     manifest: dict
     similarity: Similarity
-    user_tower: UserTower
-    item_tower: ItemTower
+    scorer: Scorer  # the members' towers and the scoring settings: encodes users and items
     item_vectors: np.ndarray  # (I, D) float32, row = FAISS id
     items: pl.DataFrame
     users: pl.DataFrame
@@ -421,15 +411,53 @@ def read_manifest(path: str | Path) -> dict:
     return manifest
 
 
-def _load_tower(cls, path: Path, spec: FeatureSpec, cfg: TowerConfig):
-    tower = cls(spec, cfg)
+def _load_scorer(path: Path, manifest: dict) -> Scorer:
+    """The members' towers from their safetensors files, scored as the manifest says."""
     try:
-        tower.load_state_dict(load_file(path))
-    except (RuntimeError, OSError, ValueError) as err:
+        spec = FeatureSpec(**manifest["model"]["spec"])
+        configs = [TowerConfig(**cfg) for cfg in manifest["model"]["members"]]
+        scoring = manifest["model"]["scoring"]
+    except (KeyError, TypeError, ValueError) as err:
+        raise BundleError(f"{path / MANIFEST}: bad model config ({err})") from None
+    user_states, item_states = _read_states(path / USER_TOWER), _read_states(path / ITEM_TOWER)
+    item_prior = item_states.pop(PRIOR_KEY, None)
+    members = [
+        (
+            _load_tower(UserTower(spec, cfg), path / USER_TOWER, user_states, m),
+            _load_tower(ItemTower(spec, cfg), path / ITEM_TOWER, item_states, m),
+        )
+        for m, cfg in enumerate(configs)
+    ]
+    try:
+        scorer = Scorer(members, scoring["weights"])
+        scorer.popularity_prior = float(scoring["popularity_prior"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise BundleError(f"{path / MANIFEST}: bad scoring settings ({err})") from None
+    if scorer.popularity_prior and (
+        item_prior is None or item_prior.shape != (spec.num_items + 1,)
+    ):
+        raise BundleError(f"{path / ITEM_TOWER}: no {PRIOR_KEY} of {spec.num_items + 1} values")
+    scorer.item_prior = item_prior if scorer.popularity_prior else None
+    return scorer.eval()
+
+
+def _read_states(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(path)
+    except (OSError, ValueError) as err:
+        raise BundleError(f"{path}: cannot read the weights ({err})") from None
+
+
+def _load_tower(tower, path: Path, states: dict[str, torch.Tensor], member: int):
+    prefix = f"{member}."
+    state = {k[len(prefix) :]: v for k, v in states.items() if k.startswith(prefix)}
+    try:
+        tower.load_state_dict(state)
+    except RuntimeError as err:
         raise BundleError(
-            f"{path}: weights do not fit the manifest's model config ({err})"
+            f"{path}: member {member}'s weights do not fit the manifest's model config ({err})"
         ) from None
-    return tower.eval()
+    return tower
 
 
 def read_bundle(path: str | Path, attempts: int = 5) -> Bundle:
@@ -453,71 +481,92 @@ def read_bundle(path: str | Path, attempts: int = 5) -> Bundle:
 def _read_version(root: Path) -> Bundle:
     path, version = resolve(root)
     manifest = read_manifest(path)
-    try:
-        similarity = Similarity.parse(manifest["similarity"])
-        spec = FeatureSpec(**manifest["model"]["spec"])
-        cfg = TowerConfig(**manifest["model"]["towers"])
-        num_items, num_active, num_users = (
-            int(manifest["num_items"]),
-            int(manifest["num_active_items"]),
-            int(manifest["num_users"]),
-        )
-        IndexConfig.parse(manifest["index"].get("config"))
-    except (KeyError, TypeError, ValueError, AttributeError) as err:
-        raise BundleError(f"{path / MANIFEST}: bad model or index config ({err})") from None
-    if Similarity.parse(cfg.similarity) is not similarity:
-        raise BundleError(
-            f"{path / MANIFEST}: similarity {similarity.value!r} but the towers were trained with {cfg.similarity!r}"
-        )
-    try:
-        index = read_index(path / INDEX)
-    except RuntimeError as err:
-        raise BundleError(
-            f"{path / INDEX}: FAISS cannot read it ({str(err).splitlines()[0]})"
-        ) from None
-    if index.metric_type != METRICS[similarity]:
-        raise BundleError(
-            f"{path / INDEX}: metric {METRIC_NAMES.get(index.metric_type, index.metric_type)} does not serve "
-            f"similarity {similarity.value!r} (needs inner_product)"
-        )
-    if not is_id_mapped(index):
-        raise BundleError(
-            f"{path / INDEX}: an index that does not map item ids (IndexIDMap2 or IVF)"
-        )
-    try:
-        vectors = load_file(path / ITEM_VECTORS)["vectors"].numpy()
-        items, users = pl.read_parquet(path / ITEMS), pl.read_parquet(path / USERS)
-    except (OSError, KeyError, pl.exceptions.PolarsError) as err:
-        raise BundleError(f"{path}: cannot read the item vectors or tables ({err})") from None
-    missing = [c for c in ("item_id", "genre_ids", "year_bucket", ACTIVE) if c not in items.columns]
-    missing += [f"users.{c}" for c in ("user_id", "history", "seen") if c not in users.columns]
-    if missing:
-        raise BundleError(f"{path}: the tables lack columns {missing}")
-    active = int(items[ACTIVE].sum())
-    if not (len(vectors) == items.height == num_items) or not (
-        index.ntotal == active == num_active
-    ):
-        raise BundleError(
-            f"{path}: item counts disagree (manifest {num_items} items / {num_active} active, items.parquet "
-            f"{items.height} / {active} active, item_vectors {len(vectors)}, index {index.ntotal})"
-        )
-    if users.height != num_users:
-        raise BundleError(
-            f"{path}: users.parquet has {users.height} rows, manifest says {num_users}"
-        )
+    similarity = _declared_similarity(path, manifest)
+    index = _read_checked_index(path, similarity)
+    vectors, items, users = _read_tables(path)
+    _check_counts(path, manifest, vectors, items, users, index)
     return Bundle(
         path=path,
         root=root,
         version=version,
         manifest=manifest,
         similarity=similarity,
-        user_tower=_load_tower(UserTower, path / USER_TOWER, spec, cfg),
-        item_tower=_load_tower(ItemTower, path / ITEM_TOWER, spec, cfg),
+        scorer=_load_scorer(path, manifest),
         item_vectors=vectors,
         items=items,
         users=users,
         index=index,
     )
+
+
+def _declared_similarity(path: Path, manifest: dict) -> Similarity:
+    """The manifest's similarity, which every member must have been trained with."""
+    try:
+        similarity = Similarity.parse(manifest["similarity"])
+        trained = {Similarity.parse(cfg["similarity"]) for cfg in manifest["model"]["members"]}
+        IndexConfig.parse(manifest["index"].get("config"))
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise BundleError(f"{path / MANIFEST}: bad model or index config ({err})") from None
+    if trained != {similarity}:
+        raise BundleError(
+            f"{path / MANIFEST}: similarity {similarity.value!r} but the towers were trained with "
+            + ", ".join(repr(s.value) for s in sorted(trained))
+        )
+    return similarity
+
+
+def _read_checked_index(path: Path, similarity: Similarity) -> faiss.Index:
+    try:
+        index = read_index(path / INDEX)
+    except RuntimeError as err:
+        raise BundleError(
+            f"{path / INDEX}: FAISS cannot read it ({str(err).splitlines()[0]})"
+        ) from None
+    if index.metric_type != FAISS_METRICS[similarity]:
+        raise BundleError(
+            f"{path / INDEX}: metric {FAISS_METRIC_NAMES.get(index.metric_type, index.metric_type)} "
+            f"does not serve similarity {similarity.value!r} (needs inner_product)"
+        )
+    if not is_id_mapped(index):
+        raise BundleError(
+            f"{path / INDEX}: an index that does not map item ids (IndexIDMap2 or IVF)"
+        )
+    return index
+
+
+def _read_tables(path: Path) -> tuple[np.ndarray, pl.DataFrame, pl.DataFrame]:
+    try:
+        vectors = load_file(path / ITEM_VECTORS)["vectors"].numpy()
+        items, users = pl.read_parquet(path / ITEMS), pl.read_parquet(path / USERS)
+    except (OSError, KeyError, pl.exceptions.PolarsError) as err:
+        raise BundleError(f"{path}: cannot read the item vectors or tables ({err})") from None
+    missing = [c for c in ITEM_COLUMNS if c not in items.columns]
+    missing += [f"users.{c}" for c in USER_COLUMNS if c not in users.columns]
+    if missing:
+        raise BundleError(f"{path}: the tables lack columns {missing}")
+    return vectors, items, users
+
+
+def _check_counts(path, manifest, vectors, items, users, index) -> None:
+    try:
+        num_items, num_active, num_users = (
+            int(manifest[key]) for key in ("num_items", "num_active_items", "num_users")
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise BundleError(f"{path / MANIFEST}: bad counts ({err})") from None
+    active = int(items[ACTIVE].sum())
+    if not (len(vectors) == items.height == num_items) or not (
+        index.ntotal == active == num_active
+    ):
+        raise BundleError(
+            f"{path}: item counts disagree (manifest {num_items} items / {num_active} active, "
+            f"items.parquet {items.height} / {active} active, item_vectors {len(vectors)}, "
+            f"index {index.ntotal})"
+        )
+    if users.height != num_users:
+        raise BundleError(
+            f"{path}: users.parquet has {users.height} rows, manifest says {num_users}"
+        )
 
 
 def current_version(path: str | Path) -> str | None:

@@ -12,7 +12,10 @@
     POST /admin/reload       load the bundle version CURRENT names now, if it is new
     GET  /docs, /openapi.json
 
-Invalid requests get 422 naming the field, unknown user or item ids 404; any other error is a
+Errors are answered by their type (`error_response`), never by their message: a body that does
+not fit the request model or a `RequestError` from the recommender is a 422 naming the field
+(`{"detail": [{"loc": ["body", field], "msg": ..., "type": ...}], "message": ...}`), an
+`UnknownIdError` a 404 naming the id and its field, no bundle yet a 503; any other error is a
 500 for that request only. Plain `/recommend` requests (a user id, k, exclude_seen) take a fast
 lane past FastAPI's routing and response layers (`FastLane`); everything else, and every request
 the lane cannot answer, goes through the FastAPI app, which owns all error responses.
@@ -29,8 +32,9 @@ import gc
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import orjson
 from fastapi import FastAPI, Request
@@ -47,7 +51,7 @@ from prometheus_client import (
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from serve.bundle import current_version
-from serve.errors import BundleError, UnknownIdError
+from serve.errors import BundleError, RequestError, UnknownIdError
 from serve.recommender import Recommendations, Recommender
 
 log = logging.getLogger(__name__)
@@ -215,9 +219,10 @@ class FastLane:
     exclude list or filters) without FastAPI's routing, exception and response layers, which
     cost about a third of the server's CPU per request (py-spy, 32 clients, 100k items).
 
-    The lane only ever answers 200s. A request it cannot answer (invalid body, no bundle yet, an
-    unknown user, any error) is handed to the FastAPI app with its body replayed, so every error
-    response has one implementation; the body is parsed by the same pydantic model either way."""
+    The lane parses with the route's own `_parse` and only ever answers 200s. A request it
+    cannot answer (invalid body, no bundle yet, an unknown user, any error) is handed to the
+    FastAPI app with its body replayed, whose handlers (`error_response`) answer every error:
+    the lane and the route cannot disagree on one."""
 
     def __init__(self, app, service: Service, batcher: Batcher):
         self.app, self.service, self.batcher = app, service, batcher
@@ -225,15 +230,11 @@ class FastLane:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"] != "/recommend" or scope["method"] != "POST":
             return await self.app(scope, receive, send)
-        raw, more = b"", True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away
-                return
-            raw += message.get("body", b"")
-            more = message.get("more_body", False)
+        raw = await _read_body(receive)
+        if raw is None:  # the client went away
+            return
         try:
-            body = RecommendRequest.model_validate_json(raw)
+            body = _parse(RecommendRequest, raw)
             recommender = self.service.recommender
             if recommender is None or not body.plain:
                 raise LookupError("not for the fast lane")
@@ -252,6 +253,18 @@ class FastLane:
             }
         )
         await send({"type": "http.response.body", "body": payload})
+
+
+async def _read_body(receive) -> bytes | None:
+    """The whole body of an ASGI request, or None when the client disconnects first."""
+    raw, more = b"", True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        raw += message.get("body", b"")
+        more = message.get("more_body", False)
+    return raw
 
 
 def _replay(raw: bytes, receive):
@@ -319,7 +332,8 @@ def _request_body(model: type[BaseModel]) -> dict:
 
 def _parse(model: type[BaseModel], raw: bytes) -> BaseModel:
     """`raw` JSON validated as `model` by pydantic-core directly (FastAPI's dependency solving
-    costs more than the recommendation on the hot path); errors are 422s naming the field."""
+    costs more than the recommendation on the hot path); the one parser of the routes and the
+    fast lane. Errors are `RequestValidationError`s located in the body (422s naming the field)."""
     try:
         return model.model_validate_json(raw)
     except ValidationError as err:
@@ -349,92 +363,76 @@ def _json(payload, status_code: int = 200) -> Response:
     return Response(orjson.dumps(payload), status_code=status_code, media_type="application/json")
 
 
-def create_app(
-    bundle: str | Path,
-    cold_start: str = "history",
-    device: str | None = None,
-    watch_seconds: float | None = None,
-    cache_user_vectors: bool | None = None,
-) -> FastAPI:
-    """The app over the bundle at `bundle` (loaded at startup; /readyz says when)."""
-    service = Service(bundle, cold_start, device, cache_user_vectors)
-    metrics = Metrics()
-    batcher = Batcher()
+# -- errors: the answer is chosen by the exception's type, never by its message ----------------
+def _unprocessable(errors: list[dict]) -> Response:
+    """422 with FastAPI's body: one `{"loc": ["body", field, ...], "msg", "type"}` per error."""
+    fields = ", ".join(".".join(str(p) for p in e["loc"][1:]) or "body" for e in errors)
+    return _json({"detail": errors, "message": f"invalid request: {fields}"}, 422)
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI):
-        await asyncio.to_thread(service.reload, True)
-        metrics.items.set(service.recommender.num_active)
-        watcher = asyncio.create_task(_watch(watch_seconds)) if watch_seconds else None
-        yield
-        if watcher is not None:
-            watcher.cancel()
 
-    async def _watch(seconds: float):
-        while True:
-            await asyncio.sleep(seconds)
-            with contextlib.suppress(Exception):
-                await _reload()
-
-    async def _reload() -> dict:
-        try:
-            result = await asyncio.to_thread(service.reload)
-        except (BundleError, OSError, ValueError) as err:
-            metrics.reloads.labels("failed").inc()
-            log.error("reload failed, still serving %s: %s", service.recommender.version, err)
-            raise
-        if result["reloaded"]:
-            metrics.reloads.labels("ok").inc()
-            metrics.items.set(service.recommender.num_active)
-            log.info("reloaded bundle %s (was %s)", result["version"], result["previous"])
-        return result
-
-    app = FastAPI(
-        title="twotower",
-        summary="Two-tower retrieval: the nearest items to a user in the shared space.",
-        lifespan=lifespan,
-    )
-    app.state.service = service
-    # Starlette nests the last added outermost: metrics count and time the fast lane's answers.
-    app.add_middleware(FastLane, service=service, batcher=batcher)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
-
-    @app.exception_handler(UnknownIdError)
-    async def unknown_id(_request: Request, err: UnknownIdError):
-        return JSONResponse(
-            {"detail": str(err), "kind": err.kind, "id": err.raw_id}, status_code=404
-        )
-
-    @app.exception_handler(ValueError)
-    async def bad_value(_request: Request, err: ValueError):
-        # Recommender's ValueErrors start with the field they are about ("filters: ...").
-        field = str(err).split(":", 1)[0].split(" ", 1)[0]
-        return JSONResponse(
-            {"detail": [{"loc": ["body", field], "msg": str(err), "type": "value_error"}]},
-            status_code=422,
-        )
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(_request: Request, err: RequestValidationError):
-        errors = [
+def _invalid_body(err: RequestValidationError) -> Response:
+    return _unprocessable(
+        [
             {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
             for e in err.errors()
         ]
-        fields = ", ".join(".".join(str(p) for p in e["loc"][1:]) or "body" for e in errors)
-        return JSONResponse(
-            {"detail": errors, "message": f"invalid request: {fields}"}, status_code=422
-        )
+    )
 
-    def ready() -> Recommender:
-        recommender = service.recommender
-        if recommender is None:
-            raise BundleError("no bundle loaded yet")
-        return recommender
+
+def _invalid_value(err: RequestError) -> Response:
+    return _unprocessable([{"loc": ["body", err.field], "msg": str(err), "type": "value_error"}])
+
+
+def _unknown_id(err: UnknownIdError) -> Response:
+    body = {"detail": str(err), "kind": err.kind, "id": err.raw_id, "field": err.field}
+    return _json(body, 404)
+
+
+def _not_ready(err: BundleError) -> Response:
+    return _json({"detail": str(err)}, 503)
+
+
+ERROR_ANSWERS: dict[type[Exception], Callable[[Any], Response]] = {
+    RequestValidationError: _invalid_body,  # the body does not fit the request model
+    RequestError: _invalid_value,  # the recommender rejects a field's value
+    UnknownIdError: _unknown_id,
+    BundleError: _not_ready,  # no bundle loaded yet
+}
+
+
+def error_response(err: Exception) -> Response | None:
+    """The HTTP answer to an error raised while answering a request, by the nearest of its
+    types in `ERROR_ANSWERS`; None for any other error (which is a 500)."""
+    for cls in type(err).__mro__:
+        answer = ERROR_ANSWERS.get(cls)
+        if answer is not None:
+            return answer(err)
+    return None
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    async def handle(_request: Request, err: Exception) -> Response:
+        return error_response(err)
+
+    for cls in ERROR_ANSWERS:
+        app.add_exception_handler(cls, handle)
+
+
+# -- routes ----------------------------------------------------------------------------------
+def _ready(service: Service) -> Recommender:
+    recommender = service.recommender
+    if recommender is None:
+        raise BundleError("no bundle loaded yet")
+    return recommender
+
+
+def _add_recommend_routes(app: FastAPI, service: Service, batcher: Batcher) -> None:
+    """POST /recommend and /recommend/batch: parse the body, ask the recommender, answer."""
 
     @app.post("/recommend", openapi_extra=_request_body(RecommendRequest))
     async def recommend(request: Request):
         body = _parse(RecommendRequest, await request.body())
-        recommender = ready()
+        recommender = _ready(service)
         if body.plain:
             recs = await batcher.submit(recommender, body.user_id, body.k, body.exclude_seen)
         else:
@@ -451,7 +449,7 @@ def create_app(
     @app.post("/recommend/batch", openapi_extra=_request_body(BatchRecommendRequest))
     async def recommend_batch(request: Request):
         body = _parse(BatchRecommendRequest, await request.body())
-        recommender = ready()
+        recommender = _ready(service)
         results = recommender.recommend_many(
             body.user_ids,
             body.k,
@@ -470,14 +468,20 @@ def create_app(
             }
         )
 
+
+def _add_similar_items_route(app: FastAPI, service: Service) -> None:
     @app.post("/similar-items", openapi_extra=_request_body(SimilarItemsRequest))
     async def similar_items(request: Request):
         body = _parse(SimilarItemsRequest, await request.body())
-        recommender = ready()
+        recommender = _ready(service)
         recs = recommender.similar_items(body.item_id, body.k, filters=body.filters)
         return _json(
             {"item_id": body.item_id, "version": recommender.version, "items": _items(recs)}
         )
+
+
+def _add_ops_routes(app: FastAPI, service: Service, metrics: Metrics) -> None:
+    """GET /healthz, /readyz, /metrics and POST /admin/reload."""
 
     @app.get("/healthz")
     async def healthz():
@@ -501,17 +505,79 @@ def create_app(
     @app.post("/admin/reload")
     async def reload():
         try:
-            return await _reload()
+            return await _reload(service, metrics)
         except (BundleError, OSError, ValueError) as err:
             served = None if service.recommender is None else service.recommender.version
             return JSONResponse(
                 {"detail": f"reload failed: {err}", "version": served}, status_code=409
             )
 
-    @app.exception_handler(BundleError)
-    async def not_ready(_request: Request, err: BundleError):
-        return JSONResponse({"detail": str(err)}, status_code=503)
 
+# -- loading and reloading -------------------------------------------------------------------
+async def _reload(service: Service, metrics: Metrics) -> dict:
+    """`service.reload()` off the event loop, counted and logged; a failure keeps the old one."""
+    try:
+        result = await asyncio.to_thread(service.reload)
+    except (BundleError, OSError, ValueError) as err:
+        metrics.reloads.labels("failed").inc()
+        log.error("reload failed, still serving %s: %s", service.recommender.version, err)
+        raise
+    if result["reloaded"]:
+        metrics.reloads.labels("ok").inc()
+        metrics.items.set(service.recommender.num_active)
+        log.info("reloaded bundle %s (was %s)", result["version"], result["previous"])
+    return result
+
+
+async def _watch(service: Service, metrics: Metrics, seconds: float) -> None:
+    """Reload whenever CURRENT names a new version, checking every `seconds`."""
+    while True:
+        await asyncio.sleep(seconds)
+        with contextlib.suppress(Exception):
+            await _reload(service, metrics)
+
+
+def _lifespan(service: Service, metrics: Metrics, watch_seconds: float | None):
+    """The app's lifespan: load the bundle at startup; with `watch_seconds`, watch CURRENT."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        await asyncio.to_thread(service.reload, True)
+        metrics.items.set(service.recommender.num_active)
+        watcher = None
+        if watch_seconds:
+            watcher = asyncio.create_task(_watch(service, metrics, watch_seconds))
+        yield
+        if watcher is not None:
+            watcher.cancel()
+
+    return lifespan
+
+
+def create_app(
+    bundle: str | Path,
+    cold_start: str = "history",
+    device: str | None = None,
+    watch_seconds: float | None = None,
+    cache_user_vectors: bool | None = None,
+) -> FastAPI:
+    """The app over the bundle at `bundle` (loaded at startup; /readyz says when)."""
+    service = Service(bundle, cold_start, device, cache_user_vectors)
+    metrics = Metrics()
+    app = FastAPI(
+        title="twotower",
+        summary="Two-tower retrieval: the nearest items to a user in the shared space.",
+        lifespan=_lifespan(service, metrics, watch_seconds),
+    )
+    app.state.service = service
+    batcher = Batcher()
+    # Starlette nests the last added outermost: metrics count and time the fast lane's answers.
+    app.add_middleware(FastLane, service=service, batcher=batcher)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    _add_error_handlers(app)
+    _add_recommend_routes(app, service, batcher)
+    _add_similar_items_route(app, service)
+    _add_ops_routes(app, service, metrics)
     return app
 
 

@@ -34,11 +34,11 @@ from towers.similarity import Similarity
 
 log = logging.getLogger(__name__)
 
-METRICS = {
+FAISS_METRICS = {
     Similarity.DOT: faiss.METRIC_INNER_PRODUCT,
     Similarity.COSINE: faiss.METRIC_INNER_PRODUCT,
 }
-METRIC_NAMES = {faiss.METRIC_INNER_PRODUCT: "inner_product", faiss.METRIC_L2: "l2"}
+FAISS_METRIC_NAMES = {faiss.METRIC_INNER_PRODUCT: "inner_product", faiss.METRIC_L2: "l2"}
 DEVICES = ("auto", "cpu", "gpu")
 # The one search knob of each ANN family, and the values the operating-point sweep tries.
 NPROBE, EF_SEARCH = "nprobe", "efSearch"
@@ -166,7 +166,7 @@ def build_index(
         raise ValueError(
             f"build_index: expected a non-empty (N, D) array, got shape {vectors.shape}"
         )
-    metric = METRICS[Similarity.parse(similarity)]
+    metric = FAISS_METRICS[Similarity.parse(similarity)]
     try:
         inner = faiss.index_factory(vectors.shape[1], factory, metric)
     except RuntimeError as err:
@@ -293,9 +293,7 @@ def _refine_parameters(index, k_factor: float, values, selector) -> faiss.Search
     )
 
 
-def remove_ids(
-    index: faiss.Index, ids: np.ndarray, vectors: np.ndarray, similarity: Similarity
-) -> faiss.Index:
+def remove_ids(index: faiss.Index, ids: np.ndarray, vectors: np.ndarray) -> faiss.Index:
     """`index` without `ids`. Index types that cannot remove (HNSW) are rebuilt from what is left.
 
     `vectors` (rows = ids) must hold every id still in the index."""

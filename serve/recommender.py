@@ -36,7 +36,7 @@ import torch
 
 from features.vocab import Vocabulary
 from serve.bundle import ACTIVE, Bundle, padded, read_bundle
-from serve.errors import UnknownItemError, UnknownUserError, check_k
+from serve.errors import RequestError, UnknownItemError, UnknownUserError, check_k
 from serve.index import (
     is_refined,
     on_gpu,
@@ -45,7 +45,6 @@ from serve.index import (
     set_search_threads,
     to_device,
 )
-from towers.towers import PRIOR_DIMS
 
 # Where each result list came from.
 MODEL, HISTORY, POPULARITY = "model", "history", "popularity"
@@ -114,7 +113,7 @@ class Recommender:
         cache_user_vectors: bool | None = None,
     ):
         if cold_start not in COLD_START:
-            raise ValueError(f"cold_start must be one of {COLD_START}, got {cold_start!r}")
+            raise RequestError("cold_start", cold_start, f"must be one of {COLD_START}")
         self.bundle = bundle
         self.cold_start = cold_start
         self.index = bundle.index  # the CPU index (what is saved)
@@ -127,8 +126,8 @@ class Recommender:
         )
         self.item_vectors = np.ascontiguousarray(bundle.item_vectors, dtype=np.float32)
 
-        spec = bundle.user_tower.spec
-        self.user_tower = bundle.user_tower
+        spec = bundle.scorer.spec
+        self.scorer = bundle.scorer
         self.history_length = spec.history_length
         self.history_pad = spec.num_items  # rows past the tower's vocabulary cannot be in a history
         self.user_vocab = Vocabulary.from_ids(bundle.users["user_id"])
@@ -229,17 +228,17 @@ class Recommender:
             raise UnknownItemError(item_id, self.num_active)
         return index
 
-    def item_rows(self, item_ids: Sequence[object] | None, field: str = "item ids") -> np.ndarray:
+    def item_rows(self, item_ids: Sequence[object] | None, field: str = "item_ids") -> np.ndarray:
         """Rows of raw item ids; removed items are dropped, unknown ones are an error."""
         if not item_ids:
             return _EMPTY
         if isinstance(item_ids, str | bytes) or not isinstance(item_ids, Sequence | np.ndarray):
-            raise ValueError(f"{field} must be a list of item ids, got {item_ids!r}")
+            raise RequestError(field, item_ids, "must be a list of item ids")
         rows = []
         for item_id in item_ids:
             row = self._items.index_of(item_id)
             if row is None:
-                raise UnknownItemError(item_id, self.num_active)
+                raise UnknownItemError(item_id, self.num_active, field)
             rows.append(row)
         return np.asarray(rows, dtype=np.int64)
 
@@ -253,7 +252,7 @@ class Recommender:
         if not filters:
             return None
         if not isinstance(filters, Mapping):
-            raise ValueError(f"filters must be an object of column: value(s), got {filters!r}")
+            raise RequestError("filters", filters, "must be an object of column: value(s)")
         key = tuple(
             sorted(
                 (str(c), tuple(v) if isinstance(v, list | tuple) else (v,))
@@ -268,9 +267,7 @@ class Recommender:
         conditions = []
         for column, values in key:
             if column not in allowed:
-                raise ValueError(
-                    f"filters: unknown column {column!r}; filterable columns: {allowed}"
-                )
+                raise RequestError("filters", column, f"must name filterable columns {allowed}")
             dtype = items.schema[column]
             expr = pl.col(column)
             if isinstance(dtype, pl.List):
@@ -282,8 +279,8 @@ class Recommender:
         try:
             mask = items.select(pl.all_horizontal(conditions)).to_series().to_numpy().astype(bool)
         except (pl.exceptions.PolarsError, TypeError) as err:
-            raise ValueError(
-                f"filters: {dict(filters)!r} cannot be applied to the item table ({err})"
+            raise RequestError(
+                "filters", dict(filters), f"cannot be applied to the item table ({err})"
             ) from None
         result = _Filter(mask & self.active)
         with self._filters_lock:
@@ -295,23 +292,16 @@ class Recommender:
     # -- vectors ----------------------------------------------------------------------------
     @torch.inference_mode()
     def encode_users(
-        self, users: np.ndarray, histories: torch.Tensor | None = None, known=None
+        self, users: np.ndarray, histories: torch.Tensor | None = None, has_id=None
     ) -> np.ndarray:
         """User vectors (U, D) float32: each user's stored features, or `histories` (U, L) given.
 
-        `known` (U,) bool marks rows with a user-id embedding; the others (users the bundle does
+        `has_id` (U,) bool marks rows with a user-id embedding; the others (users the bundle does
         not know) are encoded from their history alone."""
         users_t = torch.as_tensor(users, dtype=torch.long)
         histories = self.histories[users_t] if histories is None else histories
-        embedding = self.user_tower.user_embedding
-        if known is None or bool(np.all(known)) or embedding is None:
-            return self.user_tower(users_t, histories).float().numpy()
-        mask = torch.from_numpy(np.asarray(known, dtype=np.float32))[:, None]  # (U, 1)
-        hook = embedding.register_forward_hook(lambda _m, _i, out: out * mask)
-        try:
-            return self.user_tower(users_t, histories).float().numpy()
-        finally:
-            hook.remove()
+        has_id = None if has_id is None else torch.as_tensor(np.asarray(has_id, dtype=bool))
+        return self.scorer.encode_users(users_t, histories, has_id).float().numpy()
 
     def known_user_vectors(self, users: np.ndarray) -> np.ndarray:
         """Vectors (U, D) of known users from their stored features: the cache, or the tower."""
@@ -579,7 +569,9 @@ class Recommender:
             if user is not None:
                 return [self._recommend_known(user, k, exclude_seen)]
         if histories is not None and len(histories) != len(user_ids):
-            raise ValueError(f"histories: {len(histories)} given for {len(user_ids)} users")
+            raise RequestError(
+                "histories", histories, f"must hold one per user ({len(user_ids)} users)"
+            )
         item_filter = self.item_filter(filters)
         excluded = self.item_rows(exclude, "exclude")
         rows, given, sources, known = [], [], [], []
@@ -652,9 +644,6 @@ class Recommender:
         item_filter = self.item_filter(filters)
         rows = np.array([self.item_index(i) for i in item_ids], dtype=np.int64)
         queries = self.item_vectors[rows]
-        cfg = self.user_tower.cfg
-        if cfg.popularity_prior:  # an item asks as a user would: the user's prior coordinates
-            queries = queries.copy()
-            queries[:, -PRIOR_DIMS:] = cfg.user_prior
+        queries = self.scorer.item_queries(queries)  # an item asks as a user would
         scores, items = self.search(queries, k, [np.array([r]) for r in rows], item_filter)
         return [self._results(s, i) for s, i in zip(scores, items, strict=True)]

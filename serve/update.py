@@ -34,7 +34,7 @@ from serve.bundle import (
     write_files,
     write_version,
 )
-from serve.errors import BundleError, UnknownItemError
+from serve.errors import BundleError, RequestError, UnknownItemError
 from serve.index import remove_ids
 
 log = logging.getLogger(__name__)
@@ -75,11 +75,13 @@ def _feature_rows(upsert: pl.DataFrame, items: pl.DataFrame, report: UpdateRepor
     """`upsert` in the bundle's item-table schema (genre names → ids, year → bucket)."""
     unknown_cols = set(upsert.columns) - set(UPSERT_COLUMNS)
     if "item_id" not in upsert.columns or unknown_cols:
-        raise ValueError(
-            f"upsert: needs an item_id column and only {list(UPSERT_COLUMNS)}; got {upsert.columns}"
+        raise RequestError(
+            "upsert", upsert.columns, f"must have an item_id column and only {list(UPSERT_COLUMNS)}"
         )
     if upsert["item_id"].null_count() or upsert["item_id"].n_unique() != upsert.height:
-        raise ValueError("upsert: item_id must be non-null and unique")
+        ids = upsert["item_id"]
+        bad = ids.filter(ids.is_null() | ids.is_duplicated()).to_list()
+        raise RequestError("upsert", bad, "item_id must be non-null and unique")
     genres_of = _genre_lookup(items)
     buckets_of = _year_lookup(items)
     has_genres = "genre_ids" in items.columns and "genres" in items.columns
@@ -104,9 +106,11 @@ def _feature_rows(upsert: pl.DataFrame, items: pl.DataFrame, report: UpdateRepor
             elif year in buckets_of:
                 bucket = buckets_of[year]
             else:
-                raise ValueError(
-                    f"upsert: item {item_id!r} has year {year}, which no catalogue item has; "
-                    "give its year_bucket column explicitly"
+                raise RequestError(
+                    "upsert",
+                    year,
+                    f"item {item_id!r}: year must be one a catalogue item has "
+                    "(or give its year_bucket column)",
                 )
         buckets.append(int(bucket))
     if report.unknown_genres:
@@ -131,8 +135,10 @@ def _feature_rows(upsert: pl.DataFrame, items: pl.DataFrame, report: UpdateRepor
     try:
         return frame.cast(dict(items.schema))
     except pl.exceptions.PolarsError as err:
-        raise ValueError(
-            f"upsert: columns do not fit the bundle's item table {dict(items.schema)} ({err})"
+        raise RequestError(
+            "upsert",
+            dict(upsert.schema),
+            f"columns must fit the bundle's item table {dict(items.schema)} ({err})",
         ) from None
 
 
@@ -161,7 +167,7 @@ def update_items(
     for raw in remove:
         row = vocab.index_of(raw)
         if row is None:
-            raise UnknownItemError(raw, int(items[ACTIVE].sum()))
+            raise UnknownItemError(raw, int(items[ACTIVE].sum()), "remove")
         if items[ACTIVE][row]:
             remove_rows.append(row)
             report.removed.append(items["item_id"][row])
@@ -175,7 +181,7 @@ def update_items(
         for raw in new_rows["item_id"].to_list():
             row = vocab.index_of(raw)
             if row is not None and row in remove_rows:
-                raise ValueError(f"item {raw!r} is both upserted and removed")
+                raise RequestError("remove", raw, "names an item that is both upserted and removed")
             rows.append(row)
         existing = np.array([r for r in rows if r is not None], dtype=np.int64)
         num_fresh = sum(r is None for r in rows)
@@ -195,7 +201,7 @@ def update_items(
             .sort("_row")
             .drop("_row")
         )
-        new_vectors = encode_items(bundle.item_tower, new_rows, rows=target)
+        new_vectors = encode_items(bundle.scorer, new_rows, rows=target)
         vectors = np.concatenate([vectors, np.zeros((num_fresh, vectors.shape[1]), np.float32)])
         vectors[target] = new_vectors
         active = np.concatenate([active, np.zeros(num_fresh, dtype=bool)])
@@ -210,7 +216,7 @@ def update_items(
 
     out_of_index = np.concatenate([in_index, np.asarray(remove_rows, dtype=np.int64)])
     if len(out_of_index):
-        index = remove_ids(index, out_of_index, vectors, bundle.similarity)
+        index = remove_ids(index, out_of_index, vectors)
     if new_rows is not None:
         index.add_with_ids(np.ascontiguousarray(vectors[target], dtype=np.float32), target)
 
@@ -230,8 +236,7 @@ def update_items(
             (directory / PLOT).write_bytes((bundle.path / PLOT).read_bytes())
         write_files(
             directory,
-            user_tower=bundle.user_tower,
-            item_tower=bundle.item_tower,
+            scorer=bundle.scorer,
             vectors=vectors,
             items_df=items,
             users_df=bundle.users,

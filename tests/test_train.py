@@ -52,12 +52,12 @@ def _weights(path):
     return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
 
-def _exported_item_table(bundle_dir):
+def _exported_item_table(bundle_dir, member: int = 0):
     from safetensors.torch import load_file
 
     from serve.bundle import ITEM_TOWER
 
-    return load_file(resolve(bundle_dir)[0] / ITEM_TOWER)["item_embedding.weight"]
+    return load_file(resolve(bundle_dir)[0] / ITEM_TOWER)[f"{member}.item_embedding.weight"]
 
 
 def test_the_refit_model_is_the_one_exported(trained_run):
@@ -99,14 +99,13 @@ def test_ensemble_serves_the_selection_and_refit_models_as_one(tmp_path):
     refit = _weights(tmp_path / "checkpoints" / "refit-2-seed43" / "last.ckpt")
     selected = _weights(tmp_path / "checkpoints" / "best.ckpt")
     name = "item_tower.item_embedding.weight"
-    torch.testing.assert_close(
-        _exported_item_table(tmp_path / "bundle"), torch.cat([selected[name], refit[name]], dim=1)
-    )
+    torch.testing.assert_close(_exported_item_table(tmp_path / "bundle", 0), selected[name])
+    torch.testing.assert_close(_exported_item_table(tmp_path / "bundle", 1), refit[name])
     manifest = json.loads((resolve(tmp_path / "bundle")[0] / MANIFEST).read_text())
     dim = selected[name].shape[1]
     assert manifest["embedding_dim"] == 2 * dim
-    assert manifest["model"]["towers"]["groups"] == 2
-    assert manifest["model"]["towers"]["group_weights"] == [0.3, 0.7]  # selection, refit
+    assert manifest["model"]["scoring"]["members"] == 2
+    assert manifest["model"]["scoring"]["weights"] == [0.3, 0.7]  # selection, refit
     recommender = Recommender.load(tmp_path / "bundle")
     user = recommender.user_vocab.raw_ids(np.array([0]))[0]
     scores = [r.score for r in recommender.recommend(user, k=5)]
@@ -115,27 +114,26 @@ def test_ensemble_serves_the_selection_and_refit_models_as_one(tmp_path):
 
 
 def test_a_popularity_prior_is_served_with_the_known_interactions_counts(tmp_path):
-    """model.towers.popularity_prior: the selection model validates with it (its own training
-    counts), the served ensemble adds it once, counted over train + validation."""
-    overrides = ["ensemble=true", "trainer.max_epochs=2", "model.towers.popularity_prior=0.01"]
+    """model.popularity_prior: the selection model validates with it (its own training counts),
+    the served ensemble adds it once, counted over train + validation."""
+    overrides = ["ensemble=true", "trainer.max_epochs=2", "model.popularity_prior=0.01"]
     cfg = compose_config(tmp_path, overrides)
     metrics = train_module.train(cfg)
     selected = _weights(tmp_path / "checkpoints" / "best.ckpt")
-    refit = _weights(tmp_path / "checkpoints" / "refit-2-seed43" / "last.ckpt")
     data = instantiate_data(cfg)
-    known = np.bincount(data.known[:, 1], minlength=data.num_items) + 1.0
+    known = np.bincount(data.before_test[:, 1], minlength=data.num_items) + 1.0
     train_counts = np.bincount(data.train[:, 1], minlength=data.num_items) + 1.0
-    for weights, counts in ((selected, train_counts), (refit, known)):
-        np.testing.assert_allclose(
-            weights["item_tower.log_popularity"][:-1].numpy(),
-            np.log(counts) - np.log(counts).mean(),
-            rtol=1e-5,
-            atol=1e-6,
-        )
+    validated = train_module._build_model(cfg, data).scorer.item_prior  # what validation ranks by
+    np.testing.assert_allclose(
+        validated[:-1].numpy(),
+        np.log(train_counts) - np.log(train_counts).mean(),
+        rtol=1e-5,
+        atol=1e-6,
+    )
     manifest = json.loads((resolve(tmp_path / "bundle")[0] / MANIFEST).read_text())
     dim = selected["item_tower.item_embedding.weight"].shape[1]
     assert manifest["embedding_dim"] == 2 * dim + 2
-    assert manifest["model"]["towers"]["popularity_prior"] == 0.01
+    assert manifest["model"]["scoring"]["popularity_prior"] == 0.01
     recommender = Recommender.load(tmp_path / "bundle")
     log_p = np.log(known) - np.log(known).mean()
     np.testing.assert_allclose(recommender.item_vectors[:, -2] * 10.0, log_p, rtol=1e-5, atol=1e-6)
@@ -171,7 +169,7 @@ def test_offline_top_k_equals_what_the_recommender_returns(bundle_dir):
     # Independent path: torch exact ranking over the exported item vectors.
     histories = recommender.histories[users]
     with torch.no_grad():
-        user_vectors = bundle.user_tower(torch.from_numpy(users), histories)
+        user_vectors = bundle.scorer.encode_users(torch.from_numpy(users), histories)
     seen = torch.full((len(users), 200), -1, dtype=torch.long)
     for u in users:
         s = recommender.seen(u)

@@ -6,6 +6,7 @@ plain towers without importing the training stack."""
 from towers.losses import CosineContrastiveLoss, SampledSoftmaxLoss
 from towers.metrics import KS, METRICS, RankingMetrics, metric_name
 from towers.ranking import exact_top_k
+from towers.scoring import Scorer
 from towers.similarity import Similarity
 from towers.towers import FeatureSpec, ItemTower, TowerConfig, UserTower
 
@@ -31,6 +32,7 @@ __all__ = [
     "OptimConfig",
     "RankingMetrics",
     "SampledSoftmaxLoss",
+    "Scorer",
     "Similarity",
     "TowerConfig",
     "TwoTowerModule",

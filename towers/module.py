@@ -19,6 +19,7 @@ from towers.losses import CosineContrastiveLoss, SampledSoftmaxLoss
 from towers.metrics import KS, RankingMetrics
 from towers.optim import RowAdam
 from towers.ranking import exact_top_k
+from towers.scoring import Scorer, log_popularity
 from towers.similarity import Similarity
 from towers.towers import FeatureSpec, ItemTower, TowerConfig, UserTower
 
@@ -34,18 +35,22 @@ class ItemCatalogue:
 
 @dataclass
 class NegativeConfig:
+    """Which candidates the loss contrasts each positive with. Defaults: the shipped recipe."""
+
     in_batch: bool = True  # the other examples' positives in the batch are negatives
-    num_negatives: int = 0  # extra negatives shared by the whole batch
+    num_negatives: int = 1024  # extra negatives shared by the whole batch
     distribution: str = "uniform"  # "uniform" over the catalogue or "popularity" (training counts)
 
 
 @dataclass
 class OptimConfig:
+    """Optimisers and learning-rate schedule. Defaults: the shipped recipe."""
+
     lr: float = 0.01  # learning rate of the embedding tables
-    dense_lr: float | None = None  # learning rate of everything else (projections, MLPs); None = lr
+    dense_lr: float | None = 0.001  # everything else (projections, MLPs); None = lr
     weight_decay: float = 0.0  # AdamW decay of dense parameters
     embedding_l2: float = 0.0  # L2 penalty on the embedding rows a batch touches
-    schedule: str = "constant"  # "constant", or "linear" / "cosine" decay to zero over the run
+    schedule: str = "linear"  # "constant", or "linear" / "cosine" decay to zero over the run
     warmup_steps: int = 0  # linear warm-up steps
 
 
@@ -61,8 +66,11 @@ class TwoTowerModule(L.LightningModule):
         loss: SampledSoftmaxLoss | CosineContrastiveLoss | None = None,
         negatives: NegativeConfig | None = None,
         optim: OptimConfig | None = None,
+        popularity_prior: float = 0.0,
         ks: tuple[int, ...] = KS,
     ):
+        """`popularity_prior`: beta of the served score's + beta log p(item) (towers.scoring),
+        from the training counts here; validation ranks with it, the loss never sees it."""
         super().__init__()
         self._epoch_loss: torch.Tensor | None = None  # training loss summed over the epoch
         self._epoch_steps = 0
@@ -89,6 +97,7 @@ class TwoTowerModule(L.LightningModule):
                 "towers": towers.to_dict(),
                 "negatives": asdict(negatives),
                 "optim": asdict(optim),
+                "popularity_prior": popularity_prior,
             }
         )
         self.automatic_optimization = False  # one optimiser each: id tables, dense tables, the rest
@@ -98,13 +107,19 @@ class TwoTowerModule(L.LightningModule):
             # Tied in training; export writes each tower's own copy. The pooled history makes the
             # tied table's gradient dense, so it is updated as one (see _row_wise).
             self.user_tower.history_embedding = self.item_tower.item_embedding
-        if towers.popularity_prior:
-            self.item_tower.set_popularity(catalogue.counts)
+        self.popularity_prior = popularity_prior
+        # What validation ranks by: the towers plus the prior (from the training counts).
+        self.scorer = Scorer(
+            [(self.user_tower, self.item_tower)],
+            popularity_prior=popularity_prior,
+            item_counts=catalogue.counts,
+        )
         self.loss = loss or SampledSoftmaxLoss()
         self.register_buffer("item_genres", catalogue.genres.long(), persistent=False)
         self.register_buffer("item_year", catalogue.year.long(), persistent=False)
-        probability = (catalogue.counts.double() + 1.0) / (catalogue.counts.double() + 1.0).sum()
-        self.register_buffer("item_log_p", probability.log().float(), persistent=False)
+        self.register_buffer(
+            "log_popularity", log_popularity(catalogue.counts).float(), persistent=False
+        )
         self.metrics = RankingMetrics(ks)
         self._catalogue_vectors: torch.Tensor | None = None
         # Set by configure_optimizers (under Lightning or a plain loop).
@@ -123,9 +138,14 @@ class TwoTowerModule(L.LightningModule):
 
     @torch.no_grad()
     def encode_catalogue(self, chunk: int = 65536) -> torch.Tensor:
-        """Vectors of every item, (I, D)."""
+        """Served vectors of every item (I, D'): what validation ranks (towers.scoring)."""
         items = torch.arange(self.spec.num_items, device=self.item_year.device)
-        return torch.cat([self.encode_items(part) for part in items.split(chunk)])
+        return torch.cat(
+            [
+                self.scorer.encode_items(part, self.item_genres[part], self.item_year[part])
+                for part in items.split(chunk)
+            ]
+        )
 
     # -- training ---------------------------------------------------------------------------
     def _sample_negatives(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,8 +154,8 @@ class TwoTowerModule(L.LightningModule):
             ids = torch.randint(0, self.spec.num_items, (m,), device=device)
             log_q = torch.full((m,), math.log(m / self.spec.num_items), device=device)
         else:
-            ids = torch.multinomial(self.item_log_p.exp(), m, replacement=True)
-            log_q = math.log(m) + self.item_log_p[ids]
+            ids = torch.multinomial(self.log_popularity.exp(), m, replacement=True)
+            log_q = math.log(m) + self.log_popularity[ids]
         return ids, log_q
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -148,16 +168,15 @@ class TwoTowerModule(L.LightningModule):
         self._catch_up_rows(batch, negatives)
         user_vectors = self.encode_users(batch["user"], batch["history"])  # (B, D)
         item_vectors = self.item_tower(items, batch["item_genres"], batch["item_year"])  # (B, D)
-        item_log_q = math.log(len(items)) + self.item_log_p[items]  # (B,)
         extra = {}
         if negatives is not None:
-            extra = {
-                "negative_vectors": self.encode_items(negatives),  # (M, D)
-                "negatives": negatives,
-                "negative_log_q": negative_log_q,
-            }
+            extra = {"negative_vectors": self.encode_items(negatives), "negatives": negatives}
+        if self.loss.corrects_sampling_bias:
+            extra["item_log_q"] = math.log(len(items)) + self.log_popularity[items]  # (B,)
+            if negatives is not None:
+                extra["negative_log_q"] = negative_log_q  # (M,)
         loss = self.loss(
-            user_vectors, item_vectors, items, item_log_q, **extra, in_batch=self.negatives.in_batch
+            user_vectors, item_vectors, items, **extra, in_batch=self.negatives.in_batch
         )
         if self.optim.embedding_l2 > 0:
             loss = loss + self.optim.embedding_l2 * self._touched_l2(batch)
@@ -279,7 +298,7 @@ class TwoTowerModule(L.LightningModule):
         self._catalogue_vectors = self.encode_catalogue()
 
     def _rank(self, batch: dict[str, torch.Tensor]) -> None:
-        user_vectors = self.encode_users(batch["user"], batch["history"])  # (U, D)
+        user_vectors = self.scorer.encode_users(batch["user"], batch["history"])  # (U, D')
         _, top = exact_top_k(
             user_vectors, self._catalogue_vectors, self.metrics.max_k, batch["seen"]
         )

@@ -52,17 +52,17 @@ def test_vocabularies_popularity_and_histories_come_from_training_only():
     # Histories: last 3 train items, oldest first, padded with num_items (4).
     np.testing.assert_array_equal(data.train_histories, [[1, 2, 3], [0, 1, 4]])
     # Serving-time histories add validation (item 3 for user 20; item 5 is unknown so skipped).
-    np.testing.assert_array_equal(data.known_histories, [[1, 2, 3], [0, 1, 2]])
+    np.testing.assert_array_equal(data.before_test_histories, [[1, 2, 3], [0, 1, 2]])
 
 
 def test_the_refit_view_trains_on_validation_too_and_keeps_test():
     data = prepare(_tiny(), TemporalSplit(val_ratio=0.15, test_ratio=0.15), history_length=3)
     refit = data.with_validation_merged()
-    np.testing.assert_array_equal(refit.train, data.known)
+    np.testing.assert_array_equal(refit.train, data.before_test)
     assert len(refit.train) == len(data.train) + 1  # user 20's validation item (3); 5 is unknown
     assert len(refit.val) == 0 and refit.val.num_interactions == 0
     np.testing.assert_array_equal(refit.item_counts, [2, 2, 2, 1])
-    np.testing.assert_array_equal(refit.train_histories, data.known_histories)
+    np.testing.assert_array_equal(refit.train_histories, data.before_test_histories)
     assert refit.test is data.test and refit.item_vocab is data.item_vocab
     np.testing.assert_array_equal(data.item_counts, [2, 2, 1, 1])  # the original is untouched
 

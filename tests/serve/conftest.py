@@ -8,7 +8,6 @@ import shutil
 import socket
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -18,8 +17,7 @@ import uvicorn
 
 from serve import Recommender, export_bundle, read_bundle
 from serve.http import create_app
-from towers import ItemTower, UserTower
-from towers.ensemble import concatenate
+from towers import Scorer
 
 REFINE = "IVF{nlist},PQ{half_dim}x4fs,RFlat"  # conf/index/ivfpq_refine.yaml's factory
 
@@ -32,14 +30,7 @@ def recommender(bundle_dir) -> Recommender:
 def reexport(bundle_dir: Path, path: Path, index_config: dict) -> Path:
     """The trained towers and tables of `bundle_dir`, exported again with another index."""
     bundle = read_bundle(bundle_dir)
-    return export_bundle(
-        path,
-        bundle.user_tower,
-        bundle.item_tower,
-        bundle.items,
-        bundle.users,
-        index_config=index_config,
-    )
+    return export_bundle(path, bundle.scorer, bundle.items, bundle.users, index_config=index_config)
 
 
 def _ann_bundle(bundle_dir: Path, tmp_path_factory, name: str, factory: str) -> Path:
@@ -128,18 +119,18 @@ def refine_copy(refine_bundle, tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def ensemble_bundle(bundle_dir, tmp_path_factory) -> Path:
-    """The session model served beside a perturbed copy of itself (towers.ensemble): vectors
+    """The session model served beside a perturbed copy of itself (towers.scoring): vectors
     twice as long, cosine per half."""
     bundle = read_bundle(bundle_dir)
-    user, item = copy.deepcopy(bundle.user_tower), copy.deepcopy(bundle.item_tower)
+    (model,) = bundle.scorer.members
+    user, item = copy.deepcopy(model)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for table in (user.user_embedding, user.history_embedding, item.item_embedding):
             rows = table.weight[: table.padding_idx]  # the padding row stays zero
             rows.add_(0.1 * torch.randn(rows.shape, generator=generator))
-    merged = concatenate([(bundle.user_tower, bundle.item_tower), (user, item)])
     path = tmp_path_factory.mktemp("ensemble") / "bundle"
-    return export_bundle(path, *merged, bundle.items, bundle.users)
+    return export_bundle(path, Scorer([model, (user, item)]), bundle.items, bundle.users)
 
 
 @pytest.fixture
@@ -152,16 +143,13 @@ PRIOR = 0.05  # prior_bundle's popularity prior
 
 @pytest.fixture(scope="session")
 def prior_bundle(bundle_dir, tmp_path_factory) -> Path:
-    """The session model served with a popularity prior (`TowerConfig.popularity_prior`), item
-    popularity counts 0..6 by item index."""
+    """The session model served with a popularity prior (towers.scoring), item popularity
+    counts 0..6 by item index."""
     bundle = read_bundle(bundle_dir)
-    spec, cfg = bundle.user_tower.spec, replace(bundle.user_tower.cfg, popularity_prior=PRIOR)
-    user, item = UserTower(spec, cfg), ItemTower(spec, cfg)
-    user.load_state_dict(bundle.user_tower.state_dict())
-    item.load_state_dict({**bundle.item_tower.state_dict(), "log_popularity": item.log_popularity})
-    item.set_popularity(torch.arange(spec.num_items) % 7)
+    counts = torch.arange(bundle.scorer.spec.num_items) % 7
+    scorer = Scorer(bundle.scorer.members, popularity_prior=PRIOR, item_counts=counts)
     path = tmp_path_factory.mktemp("prior") / "bundle"
-    return export_bundle(path, user.eval(), item.eval(), bundle.items, bundle.users)
+    return export_bundle(path, scorer, bundle.items, bundle.users)
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""serve/http.py over a real socket: every status case, metrics, and reload under load."""
+"""serve/http.py over a real socket (and in process over a stand-in recommender): every status
+case, errors answered by type alike in the fast lane and the routes, metrics, reload under load."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import polars as pl
 import pytest
 
 from serve import read_bundle, update_items
+from serve.errors import RequestError, UnknownItemError
 from serve.http import create_app
 from tests.serve.conftest import Server
 
@@ -115,12 +117,119 @@ def test_unknown_ids_get_404(server):
     with server.client() as client:
         user = client.post("/recommend", json={"user_id": "ghost", "k": 3})
         assert user.status_code == 404 and "unknown user id 'ghost'" in user.json()["detail"]
+        assert user.json()["field"] == "user_id" and user.json()["id"] == "ghost"
         item = client.post("/similar-items", json={"item_id": -5, "k": 3})
         assert item.status_code == 404 and item.json()["kind"] == "item"
+        assert item.json()["field"] == "item_id" and item.json()["id"] == -5
         history = client.post("/recommend", json={"user_id": "ghost", "history": ["nope"]})
         assert history.status_code == 404
+        assert history.json() | {"detail": None} == {
+            "detail": None,
+            "kind": "item",
+            "id": "nope",
+            "field": "history",
+        }
         batch = client.post("/recommend/batch", json={"user_ids": ["ghost"]})
         assert batch.status_code == 404
+
+
+def test_request_error_from_the_recommender_is_a_422_naming_its_field(server, recommender, ids):
+    """The recommender's own checks (here: a filter on a column the items lack, an exclude list
+    with an unknown item) reach the client as the field and message the error carries."""
+    users, _ = ids
+    with pytest.raises(RequestError) as raised:
+        recommender.recommend(users[0], 5, filters={"colour": "red"})
+    with server.client() as client:
+        response = client.post(
+            "/recommend", json={"user_id": users[0], "filters": {"colour": "red"}}
+        )
+        unknown = client.post("/recommend", json={"user_id": users[0], "exclude": ["no-such"]})
+    assert response.status_code == 422
+    assert response.json() == {
+        "detail": [{"loc": ["body", "filters"], "msg": str(raised.value), "type": "value_error"}],
+        "message": "invalid request: filters",
+    }
+    assert unknown.status_code == 404
+    assert unknown.json()["field"] == "exclude" and unknown.json()["id"] == "no-such"
+
+
+class _Raising:
+    """A stand-in recommender whose every call raises `err`."""
+
+    version = "stub"
+
+    def __init__(self, err: Exception):
+        self.err = err
+
+    def recommend(self, *args, **kwargs):
+        raise self.err
+
+    recommend_many = similar_items = recommend
+
+
+@pytest.mark.parametrize(
+    ("err", "status", "body"),
+    [
+        (
+            RequestError("exclude", ["x"], "is not what the stub wants"),
+            422,
+            {
+                "detail": [
+                    {
+                        "loc": ["body", "exclude"],
+                        "msg": "exclude is not what the stub wants, got ['x']",
+                        "type": "value_error",
+                    }
+                ],
+                "message": "invalid request: exclude",
+            },
+        ),
+        (
+            UnknownItemError("x", 12, "history"),
+            404,
+            {
+                "detail": "unknown item id 'x': not one of the bundle's 12 items",
+                "kind": "item",
+                "id": "x",
+                "field": "history",
+            },
+        ),
+        # An untyped ValueError is a fault of the server, whatever its message says.
+        (ValueError("filters: looks like a field"), 500, "Internal Server Error"),
+    ],
+)
+def test_errors_are_answered_by_type_alike_in_the_lane_and_the_route(tmp_path, err, status, body):
+    """The status and body come from the error's type and attributes; a plain request (the fast
+    lane's) and one with options (the FastAPI route's) are answered identically."""
+    import asyncio
+
+    app = create_app(tmp_path / "never-loaded")
+    # In process and without the lifespan (nothing is loaded): the stub is the recommender.
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+
+    async def ask():
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+            not_ready = await client.post("/recommend", json={"user_id": 1})
+            app.state.service.recommender = _Raising(err)
+            lane = await client.post("/recommend", json={"user_id": 1, "k": 3})
+            route = await client.post("/recommend", json={"user_id": 1, "k": 3, "exclude": []})
+            return not_ready, lane, route
+
+    not_ready, lane, route = asyncio.run(ask())
+    assert not_ready.status_code == 503 and not_ready.json() == {"detail": "no bundle loaded yet"}
+    for response in (lane, route):
+        assert response.status_code == status
+        assert (response.json() if status != 500 else response.text) == body
+
+
+def test_fast_lane_and_route_give_the_same_error_answers_over_http(server, ids):
+    users, _ = ids
+    with server.client() as client:
+        for plain in ({"user_id": "ghost", "k": 3}, {"user_id": users[0], "k": 0}):
+            lane = client.post("/recommend", json=plain)
+            route = client.post("/recommend", json={**plain, "exclude": []})
+            assert lane.status_code == route.status_code and lane.status_code in (404, 422)
+            assert lane.json() == route.json()
 
 
 def test_health_ready_docs_and_metrics(server, ids):

@@ -156,7 +156,7 @@ def test_sweep_that_cannot_reach_the_target_says_so():
 def test_remove_ids_takes_items_out(factory):
     x = unit_vectors(400)
     index = build_index(x, "cosine", factory)
-    index = remove_ids(index, np.array([0, 5, 7]), x, "cosine")
+    index = remove_ids(index, np.array([0, 5, 7]), x)
     assert index.ntotal == 397
     params = search_parameters(index, {NPROBE: 4, EF_SEARCH: 64})
     _, found = index.search(x[[0, 5, 7, 9]], 5, params=params)

@@ -13,7 +13,7 @@ from serve import Recommender, UnknownItemError, UnknownUserError
 from serve.recommender import HISTORY, MODEL, POPULARITY
 from tests.serve.conftest import PRIOR, REFINE, reexport
 from towers.ranking import exact_top_k
-from towers.towers import PRIOR_SCALE
+from towers.scoring import PRIOR_SCALE
 
 
 def user_ids(recommender: Recommender) -> list:
@@ -142,9 +142,9 @@ def test_reranked_index_recommends_what_exact_search_does(refine_bundle, bundle_
 
 
 def test_unknown_filter_column_and_bad_values_are_named(recommender):
-    with pytest.raises(ValueError, match="unknown column 'colour'"):
+    with pytest.raises(ValueError, match=r"filters must name filterable columns .*, got 'colour'"):
         recommender.recommend(user_ids(recommender)[0], 5, filters={"colour": "red"})
-    with pytest.raises(ValueError, match="filters"):
+    with pytest.raises(ValueError, match="filters must be an object"):
         recommender.recommend(user_ids(recommender)[0], 5, filters=["genres"])
 
 
@@ -156,7 +156,7 @@ def test_user_unseen_in_training_from_a_history(recommender):
     # The user tower ran on that history, with no user-id embedding.
     rows = recommender.item_rows(history)
     vector = recommender.encode_users(
-        np.array([0]), recommender.history_tensor([rows]), known=np.array([False])
+        np.array([0]), recommender.history_tensor([rows]), has_id=np.array([False])
     )
     assert [r.item_id for r in results] == exact(recommender, vector[0], 10, rows)
     with pytest.raises(UnknownUserError, match="unknown user id 'new-user'"):
@@ -190,7 +190,8 @@ def test_recommend_many_is_one_tower_call_and_one_search(bundle_dir, monkeypatch
     users = user_ids(recommender)[:40]
     one_by_one = [[r.item_id for r in recommender.recommend(u, 10)] for u in users]
     calls = {"tower": 0, "search": 0}
-    tower_forward, search = recommender.user_tower.forward, recommender.searcher.search
+    ((user_tower, _),) = recommender.scorer.members
+    tower_forward, search = user_tower.forward, recommender.searcher.search
 
     def counted_forward(*args, **kwargs):
         calls["tower"] += 1
@@ -200,7 +201,7 @@ def test_recommend_many_is_one_tower_call_and_one_search(bundle_dir, monkeypatch
         calls["search"] += 1
         return search(*args, **kwargs)
 
-    monkeypatch.setattr(recommender.user_tower, "forward", counted_forward)
+    monkeypatch.setattr(user_tower, "forward", counted_forward)
     monkeypatch.setattr(recommender.searcher, "search", counted_search)
     batched = recommender.recommend_many(users, 10)
     assert calls == {"tower": 1, "search": 1}
@@ -290,7 +291,7 @@ def test_a_popularity_prior_is_served_as_one_more_coordinate(prior_bundle, bundl
     assert prior.bundle.manifest["embedding_dim"] == plain.bundle.manifest["embedding_dim"] + 2
     counts = np.arange(len(item_ids(prior))) % 7 + 1.0
     log_p = np.log(counts) - np.log(counts).mean()  # centred: every score shifted alike
-    np.testing.assert_allclose(prior.bundle.item_tower.log_popularity[:-1], log_p, rtol=1e-5)
+    np.testing.assert_allclose(prior.bundle.scorer.item_prior[:-1], log_p, rtol=1e-5)
     users = np.arange(40)
     vectors = plain.encode_users(users)
     np.testing.assert_allclose(prior.item_vectors[:, :-2], plain.item_vectors)

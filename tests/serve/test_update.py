@@ -9,7 +9,7 @@ import torch
 
 from serve import BundleError, Recommender, UnknownItemError, read_bundle, update_items
 from serve.bundle import CURRENT
-from towers.towers import PRIOR_SCALE
+from towers.scoring import PRIOR_SCALE
 
 
 def item_row(bundle, item_id) -> int:
@@ -51,11 +51,10 @@ def test_add_replace_remove(request, fixture):
     )  # +1 new, -1 removed
     # Vectors come from the item tower on the given features: the replaced item keeps its id
     # embedding, the new one has none (features alone).
-    tower = before.item_tower
     genre_ids = torch.tensor([items["genre_ids"][2].to_list()])
     year = torch.tensor([items["year_bucket"][2]])
     with torch.inference_mode():
-        expected = tower(torch.tensor([0]), genre_ids, year).numpy()[0]
+        expected = before.scorer.encode_items(torch.tensor([0]), genre_ids, year).numpy()[0]
     np.testing.assert_allclose(after.item_vectors[0], expected, rtol=1e-5, atol=1e-6)
     new_row = item_row(after.bundle, 999_001)
     assert new_row == items.height  # appended: no other row moved
@@ -92,7 +91,7 @@ def test_update_errors_are_named(bundle_copy):
     item = read_bundle(bundle_copy).items["item_id"][0]
     with pytest.raises(ValueError, match="both upserted and removed"):
         update_items(bundle_copy, upsert=pl.DataFrame({"item_id": [item]}), remove=[item])
-    with pytest.raises(ValueError, match="year 1234"):
+    with pytest.raises(ValueError, match=r"upsert item 5: year must be .*, got 1234"):
         update_items(bundle_copy, upsert=pl.DataFrame({"item_id": [5], "year": [1234]}))
     with pytest.raises(ValueError, match="colour"):
         update_items(bundle_copy, upsert=pl.DataFrame({"item_id": [5], "colour": ["red"]}))
@@ -122,7 +121,7 @@ def test_an_item_added_under_a_popularity_prior_counts_as_never_seen(prior_copy)
     )
     update_items(prior_copy, upsert=upsert)
     after = Recommender.load(prior_copy)
-    log_p = before.item_tower.log_popularity
+    log_p = before.scorer.item_prior
     coordinate = after.item_vectors[:, -2] * PRIOR_SCALE
     assert coordinate[3] == pytest.approx(float(log_p[3]))  # kept its popularity
     new = item_row(after.bundle, 999_002)

@@ -19,7 +19,7 @@ def _module(**kwargs) -> TwoTowerModule:
         year=torch.randint(0, 3, (10,)),
         counts=torch.arange(10),
     )
-    return TwoTowerModule(SPEC, catalogue, TowerConfig(embedding_dim=8), **kwargs)
+    return TwoTowerModule(SPEC, catalogue, TowerConfig(embedding_dim=8, sparse=True), **kwargs)
 
 
 def _params(optimizer) -> set[int]:
@@ -61,7 +61,8 @@ def test_popularity_negatives_are_drawn_by_training_counts_with_their_log_q():
     ids, log_q = model._sample_negatives(torch.device("cpu"))
     counts = torch.bincount(ids, minlength=10).float()
     assert counts[9] > 5 * counts[1]  # item 9 has count 9, item 1 count 1 (+1 smoothing)
-    expected = torch.log(torch.tensor(5000.0)) + model.item_log_p[ids]
+    share = (torch.arange(10) + 1.0) / (torch.arange(10) + 1.0).sum()  # +1 smoothing
+    expected = torch.log(torch.tensor(5000.0)) + share.log()[ids]
     torch.testing.assert_close(log_q, expected)
     uniform = _module(negatives=NegativeConfig(num_negatives=4))
     _, log_q = uniform._sample_negatives(torch.device("cpu"))
@@ -94,7 +95,7 @@ def test_shared_item_embeddings_are_one_table_in_training():
     model = TwoTowerModule(
         SPEC,
         catalogue,
-        TowerConfig(embedding_dim=8, share_item_embeddings=True, history_projection=True),
+        TowerConfig(embedding_dim=8, share_item_embeddings=True, sparse=True),
     )
     assert model.user_tower.history_embedding is model.item_tower.item_embedding
     assert model.user_tower.history_projection is not None

@@ -62,63 +62,23 @@ def test_dropout_rates_outside_zero_to_one_are_named(field):
         TowerConfig(**{field: 1.5})
 
 
-def test_grouped_cosine_scores_are_the_mean_of_the_blocks_cosines():
-    a, b = torch.randn(3, 8), torch.randn(5, 8)
-    cosine = Similarity.COSINE
-    grouped = cosine.prepare(a, groups=2) @ cosine.prepare(b, groups=2).T
-    per_block = [
-        cosine.prepare(a[:, s]) @ cosine.prepare(b[:, s]).T for s in (slice(0, 4), slice(4, 8))
-    ]
-    torch.testing.assert_close(grouped, (per_block[0] + per_block[1]) / 2)
-    torch.testing.assert_close(cosine.prepare(a, groups=2).norm(dim=1), torch.ones(3))
-    torch.testing.assert_close(Similarity.DOT.prepare(a, groups=2), a)
-
-
-def test_groups_must_divide_the_dimension():
-    with pytest.raises(
-        ValueError, match=r"TowerConfig\.groups: expected a divisor of embedding_dim 8, got 3"
-    ):
-        TowerConfig(embedding_dim=8, groups=3)
-
-
-@pytest.mark.parametrize("similarity", ["cosine", "dot"])
-def test_popularity_prior_adds_beta_log_p_to_the_served_score_only(similarity):
-    cfg = TowerConfig(embedding_dim=4, similarity=similarity, popularity_prior=0.05)
-    plain = TowerConfig(embedding_dim=4, similarity=similarity)
+def test_an_id_the_table_does_not_know_is_served_from_the_other_inputs():
+    """has_id=False zeroes the id embedding (the index, even one past the table, is not read):
+    the vector is what the tower gives with the id embedding at zero, from the other inputs."""
     torch.manual_seed(0)
-    user, item = UserTower(SPEC, cfg), ItemTower(SPEC, cfg)
-    torch.manual_seed(0)
-    plain_user, plain_item = UserTower(SPEC, plain), ItemTower(SPEC, plain)
-    counts = torch.tensor([5, 0, 1, 2, 0, 3, 9])
-    item.set_popularity(counts)
-    log_p = ((counts + 1.0) / (counts + 1.0).sum()).log()
-    centred = log_p - log_p.mean()  # a shift of every score: the ranking of + beta log p
-    users, histories = torch.tensor([0, 4]), torch.tensor([[1, 2, 7], [7, 7, 7]])
-    items, genres, years = torch.arange(7), torch.full((7, 2), 3), torch.zeros(7, dtype=torch.long)
-    assert cfg.output_dim == 6 and plain.output_dim == 4
-    # In training the towers are the plain towers: the loss sees the similarity alone.
-    torch.testing.assert_close(user(users, histories), plain_user(users, histories))
-    torch.testing.assert_close(item(items, genres, years), plain_item(items, genres, years))
-    for tower in (user, item, plain_user, plain_item):
-        tower.eval()
+    cfg = TowerConfig(embedding_dim=4, similarity="dot", history_gate=0.5)
+    user = UserTower(SPEC, cfg)
+    users, histories = torch.tensor([1, 99]), torch.tensor([[2, 3, 7], [4, 7, 7]])
+    has_id = torch.tensor([True, False])
+    served = user(users, histories, has_id)
     with torch.no_grad():
-        served = user(users, histories) @ item(items, genres, years).T
-        expected = plain_user(users, histories) @ plain_item(items, genres, years).T
-    torch.testing.assert_close(served, expected + 0.05 * centred)
-    # The padding index stands for an item never seen in training: count 0.
-    unseen = (1.0 / (counts + 1.0).sum()).log() - log_p.mean()
-    torch.testing.assert_close(item.log_popularity[-1], unseen)
-    # Saved and loaded with the tower's weights.
-    loaded = ItemTower(SPEC, cfg)
-    loaded.load_state_dict(item.state_dict())
-    torch.testing.assert_close(loaded.log_popularity, item.log_popularity)
-
-
-def test_popularity_prior_errors_are_named():
-    with pytest.raises(ValueError, match=r"TowerConfig.popularity_prior: expected a finite"):
-        TowerConfig(popularity_prior=float("nan"))
-    item = ItemTower(SPEC, TowerConfig(embedding_dim=4, popularity_prior=0.1))
-    with pytest.raises(ValueError, match=r"expected 7 counts, got shape \(6,\)"):
-        item.set_popularity(torch.zeros(6))
-    with pytest.raises(ValueError, match="this tower has no popularity prior"):
-        ItemTower(SPEC, TowerConfig(embedding_dim=4)).set_popularity(torch.zeros(7))
+        pooled = user.history_projection(user.history_embedding.weight[[4]].mean(0))
+    torch.testing.assert_close(served[1], 0.5 * pooled)  # the history's half of the gate alone
+    torch.testing.assert_close(served[0], user(users[:1], histories[:1])[0])
+    item = ItemTower(SPEC, cfg)
+    genres, years = torch.tensor([[0, 3], [1, 2]]), torch.tensor([1, 2])
+    new = item(torch.tensor([0, 12]), genres, years, torch.tensor([True, False]))
+    with torch.no_grad():
+        features = item.genre_embedding.weight[[1, 2]].mean(0) + item.year_embedding.weight[2]
+    torch.testing.assert_close(new[1], features)
+    torch.testing.assert_close(new[0], item(torch.tensor([0]), genres[:1], years[:1])[0])

@@ -1,0 +1,141 @@
+"""The served score (towers.scoring): ensembles and the popularity prior, checked against the
+members' own scores computed apart."""
+
+import numpy as np
+import pytest
+import torch
+
+from towers import FeatureSpec, ItemTower, Scorer, TowerConfig, UserTower
+from towers.scoring import PRIOR_DIMS, log_popularity
+
+SPEC = FeatureSpec(num_users=6, num_items=9, num_genres=3, num_year_buckets=4, history_length=4)
+USERS = torch.tensor([0, 3, 5])
+HISTORIES = torch.tensor([[1, 2, 9, 9], [4, 5, 6, 8], [9, 9, 9, 9]])  # the last user: no history
+ITEMS = torch.arange(9)
+GENRES = torch.tensor([[0, 3], [1, 2], [3, 3]] * 3)
+YEARS = torch.tensor([0, 1, 2] * 3)
+COUNTS = torch.tensor([3, 0, 1, 7, 2, 2, 0, 1, 5])
+
+
+def member(cfg: TowerConfig, seed: int) -> tuple[UserTower, ItemTower]:
+    torch.manual_seed(seed)
+    return UserTower(SPEC, cfg).eval(), ItemTower(SPEC, cfg).eval()
+
+
+def scores(user: UserTower, item: ItemTower) -> torch.Tensor:
+    with torch.no_grad():
+        return user(USERS, HISTORIES) @ item(ITEMS, GENRES, YEARS).T
+
+
+def served(scorer: Scorer) -> torch.Tensor:
+    with torch.no_grad():
+        return scorer.encode_users(USERS, HISTORIES) @ scorer.encode_items(ITEMS, GENRES, YEARS).T
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        TowerConfig(embedding_dim=4),
+        TowerConfig(embedding_dim=4, history_gate=None, history_projection=False),
+        TowerConfig(embedding_dim=4, mlp_layers=1),  # members need not be mergeable tables
+    ],
+)
+def test_an_ensemble_of_cosine_members_scores_the_mean_of_their_cosines(cfg):
+    members = [member(cfg, seed) for seed in (1, 2, 3)]
+    scorer = Scorer(members)
+    assert scorer.output_dim == 12
+    torch.testing.assert_close(served(scorer), sum(scores(*m) for m in members) / 3)
+    with torch.no_grad():  # still unit vectors: one cosine index serves them
+        norms = scorer.encode_users(USERS, HISTORIES).norm(dim=1)
+    torch.testing.assert_close(norms, torch.ones(3))
+
+
+@pytest.mark.parametrize("similarity", ["cosine", "dot"])
+def test_weighted_members_score_the_weighted_mean(similarity):
+    cfg = TowerConfig(embedding_dim=4, similarity=similarity)
+    members = [member(cfg, seed) for seed in (1, 2)]
+    scorer = Scorer(members, weights=[3.0, 1.0])  # relative: 0.75 / 0.25
+    count = 1 if similarity == "cosine" else 2  # dot: equal weights give the plain sum
+    expected = count * (0.75 * scores(*members[0]) + 0.25 * scores(*members[1]))
+    torch.testing.assert_close(served(scorer), expected)
+    if similarity == "dot":
+        torch.testing.assert_close(
+            served(Scorer(members)), scores(*members[0]) + scores(*members[1])
+        )
+
+
+def test_one_member_without_a_prior_serves_the_towers_unchanged():
+    user, item = member(TowerConfig(embedding_dim=4), 1)
+    scorer = Scorer([(user, item)])
+    with torch.no_grad():
+        torch.testing.assert_close(scorer.encode_users(USERS, HISTORIES), user(USERS, HISTORIES))
+    vectors = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+    assert scorer.item_queries(vectors) is vectors
+
+
+@pytest.mark.parametrize("similarity", ["cosine", "dot"])
+def test_the_prior_adds_beta_times_the_centred_log_popularity(similarity):
+    cfg = TowerConfig(embedding_dim=4, similarity=similarity)
+    members = [member(cfg, 1)]
+    scorer = Scorer(members, popularity_prior=0.05, item_counts=COUNTS)
+    assert scorer.output_dim == 4 + PRIOR_DIMS
+    log_p = ((COUNTS + 1.0) / (COUNTS + 1.0).sum()).log()  # written out apart from the code
+    centred = log_p - log_p.mean()
+    torch.testing.assert_close(served(scorer), scores(*members[0]) + 0.05 * centred)
+    # An item without an id row (added after training) reads the never-seen entry: count 0.
+    unseen = (1.0 / (COUNTS + 1.0).sum()).log() - log_p.mean()
+    with torch.no_grad():
+        new = scorer.encode_items(torch.tensor([20]), GENRES[:1], YEARS[:1], torch.tensor([False]))
+    torch.testing.assert_close(new[0, -2], (unseen / 10.0).float())
+    assert new[0, -1] == 0.0
+
+
+def test_an_ensemble_with_a_prior_adds_it_once_and_items_query_as_users():
+    cfg = TowerConfig(embedding_dim=4)
+    members = [member(cfg, seed) for seed in (1, 2)]
+    scorer = Scorer(members, weights=[0.3, 0.7], popularity_prior=0.1, item_counts=COUNTS)
+    assert scorer.output_dim == 10
+    alone = Scorer(members[:1], popularity_prior=0.1, item_counts=COUNTS)
+    prior = served(alone) - scores(*members[0])  # the prior's part of one member's score
+    expected = 0.3 * scores(*members[0]) + 0.7 * scores(*members[1]) + prior
+    torch.testing.assert_close(served(scorer), expected)
+    with torch.no_grad():
+        items = scorer.encode_items(ITEMS, GENRES, YEARS).numpy()
+        users = scorer.encode_users(USERS, HISTORIES).numpy()
+    queries = scorer.item_queries(items)
+    np.testing.assert_array_equal(
+        queries[:, -PRIOR_DIMS:], np.repeat(users[:1, -PRIOR_DIMS:], 9, 0)
+    )
+    np.testing.assert_array_equal(queries[:, :-PRIOR_DIMS], items[:, :-PRIOR_DIMS])
+
+
+def test_log_popularity_is_the_smoothed_share():
+    counts = torch.tensor([0, 1, 3])
+    torch.testing.assert_close(
+        log_popularity(counts), torch.tensor([1 / 7, 2 / 7, 4 / 7], dtype=torch.float64).log()
+    )
+
+
+def test_bad_members_weights_and_priors_are_named():
+    cfg = TowerConfig(embedding_dim=4)
+    pair = [member(cfg, 1), member(cfg, 2)]
+    with pytest.raises(ValueError, match="no members"):
+        Scorer([])
+    with pytest.raises(ValueError, match="3 weights for 2 members"):
+        Scorer(pair, weights=[1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match=r"expected positive weights, got \[1.0, 0.0\]"):
+        Scorer(pair, weights=[1.0, 0.0])
+    bigger = FeatureSpec(
+        num_users=7, num_items=9, num_genres=3, num_year_buckets=4, history_length=4
+    )
+    with pytest.raises(ValueError, match="member 1's user tower is built for other data"):
+        Scorer([pair[0], (UserTower(bigger, cfg), ItemTower(bigger, cfg))])
+    dot = member(TowerConfig(embedding_dim=4, similarity="dot"), 3)
+    with pytest.raises(ValueError, match="member 1's user tower uses similarity 'dot'"):
+        Scorer([pair[0], dot])
+    with pytest.raises(ValueError, match="popularity_prior: expected a finite number"):
+        Scorer(pair, popularity_prior=float("nan"))
+    with pytest.raises(ValueError, match="needs the items' interaction counts"):
+        Scorer(pair, popularity_prior=0.1)
+    with pytest.raises(ValueError, match=r"expected 9 counts, got shape \(6,\)"):
+        Scorer(pair, popularity_prior=0.1, item_counts=torch.zeros(6))
