@@ -32,8 +32,8 @@ from features import InteractionDataModule
 from features.arrays import csr_by_user
 from features.prepare import PreparedData
 from features.serving import item_table, user_table
-from serve.bundle import export_bundle
 from serve.evaluate import evaluate_popularity, evaluate_recommender
+from serve.export import export_bundle
 from serve.recommender import Recommender
 from towers import FeatureSpec, ItemCatalogue, Scorer, TwoTowerModule
 from towers.metrics import METRICS, metric_name
@@ -176,6 +176,82 @@ def _refit(
     return model.cpu().eval(), seconds
 
 
+class ResumeConfigError(ValueError):
+    """A rerun into a run directory whose checkpoints were trained with other settings."""
+
+    def __init__(self, path: Path, differences: dict[str, tuple[object, object]]):
+        self.path, self.differences = path, differences
+        lines = [f"  {key}: {old!r} then, {new!r} now" for key, (old, new) in differences.items()]
+        super().__init__(
+            f"{path}: the checkpoints here were trained with other settings:\n"
+            + "\n".join(lines)
+            + "\nresume=force continues them anyway; resume=false starts over (the old "
+            "checkpoints are set aside); or choose another paths.output_dir"
+        )
+
+
+# Keys that do not change what a run trains: where files go, how it resumes, the index built at
+# export, progress output. Every other key must match for a run to continue its checkpoints.
+NOT_TRAINING = (
+    "paths",
+    "resume",
+    "threads",
+    "index",
+    "logger",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "trainer.default_root_dir",
+    "callbacks.model_checkpoint.dirpath",
+)
+RUN_SETTINGS = "run_settings.json"  # in checkpoints/: the settings the checkpoints were made with
+
+
+def _check_resume(cfg: DictConfig, output_dir: Path) -> None:
+    """`resume`: true continues the checkpoints of the same settings and refuses others
+    (`ResumeConfigError`); "force" continues them whatever the settings; false sets any earlier
+    checkpoints and training log aside in replaced-<time>/ and starts over."""
+    mode = cfg.get("resume")
+    if mode not in (True, False, "force"):
+        raise ValueError(f"resume: expected true, false or force, got {mode!r}")
+    checkpoints, settings = output_dir / "checkpoints", _training_settings(cfg)
+    if mode is False and checkpoints.exists():
+        aside = output_dir / time.strftime("replaced-%Y%m%d-%H%M%S")
+        aside.mkdir()
+        for name in ("checkpoints", "metrics.csv"):
+            if (output_dir / name).exists():
+                os.replace(output_dir / name, aside / name)
+        log.info("resume=false: the earlier checkpoints are set aside in %s", aside)
+    stored = checkpoints / RUN_SETTINGS
+    if (checkpoints / "last.ckpt").is_file() and stored.is_file():
+        before = json.loads(stored.read_text())
+        differences = {
+            key: (before.get(key), settings.get(key))
+            for key in sorted(before.keys() | settings.keys())
+            if before.get(key) != settings.get(key)
+        }
+        if differences and mode != "force":
+            raise ResumeConfigError(stored, differences)
+    checkpoints.mkdir(exist_ok=True)
+    _write_json(stored, settings)
+
+
+def _training_settings(cfg: DictConfig) -> dict[str, object]:
+    """The resolved config as flat dotted keys, without the NOT_TRAINING ones."""
+    flat: dict[str, object] = {}
+
+    def walk(node: object, prefix: str) -> None:
+        if prefix.rstrip(".") in NOT_TRAINING:
+            return
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            flat[prefix.rstrip(".")] = node
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return flat
+
+
 def _start_run(cfg: DictConfig) -> Path:
     """The run directory with the resolved config in it; threads and seeds set; the settings
     that would fail only after training checked first."""
@@ -186,6 +262,7 @@ def _start_run(cfg: DictConfig) -> Path:
         )
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    _check_resume(cfg, output_dir)
     (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))

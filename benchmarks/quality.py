@@ -38,7 +38,6 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -126,7 +125,7 @@ def user_item_matrix(pairs: np.ndarray, num_users: int, num_items: int) -> sp.cs
 # -- models ------------------------------------------------------------------------------------
 def run_popularity(data: PreparedData) -> dict:
     seen = csr_by_user(data.before_test, data.num_users)
-    counts = np.bincount(data.before_test[:, 1], minlength=data.num_items)
+    counts = data.item_counts_before_test()  # train + validation, as train.py's baseline
     started = time.perf_counter()
     metrics = evaluate_popularity(counts, seen, data.test, KS, stage="test")
     return {"metrics": metrics, "train_seconds": 0.0, "eval_seconds": time.perf_counter() - started}
@@ -198,7 +197,7 @@ def run_als(data: PreparedData, grid: dict, seed: int, threads: int) -> dict:
 
 
 def run_twotower(overrides: list[str], output_dir: Path) -> dict:
-    cfg = _compose(
+    cfg = train_module.compose(
         [
             *overrides,
             f"paths.output_dir={output_dir}",
@@ -225,11 +224,6 @@ def run_twotower(overrides: list[str], output_dir: Path) -> dict:
 
 
 # -- plumbing ----------------------------------------------------------------------------------
-def _compose(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
-
-
 def dataset_overrides(dataset: Dataset) -> list[str]:
     if (
         dataset.experiment
@@ -331,7 +325,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name in args.datasets:
         dataset = DATASETS[name]
         overrides = [*dataset_overrides(dataset), *args.override]
-        cfg = _compose([*overrides, "paths.output_dir=/tmp/unused"])
+        cfg = train_module.compose([*overrides, "paths.output_dir=/tmp/unused"])
         torch.manual_seed(cfg.seed)
         started = time.perf_counter()
         datamodule = instantiate(cfg.data)

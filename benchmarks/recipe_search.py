@@ -113,17 +113,15 @@ VARIANTS: dict[str, dict] = {
 # -- prepare (full stack) ---------------------------------------------------------------------------
 def prepare(experiment: str | None, out: Path, overrides: list[str]) -> None:
     import numpy as np
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
     from safetensors.numpy import save_file
 
-    import train as train_module  # noqa: F401  (registers the repo_root resolver)
+    import train
     from features.arrays import csr_by_user, padded_rows
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        chosen = [f"experiment={experiment}"] if experiment else []
-        cfg = compose(config_name="train", overrides=[*chosen, *overrides])
+    chosen = [f"experiment={experiment}"] if experiment else []
+    cfg = train.compose([*chosen, *overrides])
     datamodule = instantiate(cfg.data)
     datamodule.setup()
     data = datamodule.data
@@ -172,7 +170,7 @@ def apply_overrides(meta: dict, overrides: dict) -> dict:
     """The experiment's recipe with dotted overrides applied: {model, batch_size, max_epochs, seed,
     mask_target_in_history}."""
     recipe = {
-        "model": copy.deepcopy(meta["model"]),
+        "model": _current_model(copy.deepcopy(meta["model"])),
         "batch_size": meta["batch_size"],
         "max_epochs": meta["max_epochs"],
         "seed": meta["seed"],
@@ -192,6 +190,16 @@ def apply_overrides(meta: dict, overrides: dict) -> dict:
             raise KeyError(f"override {key!r}: no {leaf!r} in the model config")
         node[leaf] = copy.deepcopy(value)
     return recipe
+
+
+def _current_model(model: dict) -> dict:
+    """A model config as `towers.TwoTowerModule` takes it today. A split prepared before the
+    scoring layer (towers.scoring) has the popularity prior under `towers`; it is the module's
+    own argument now."""
+    towers = model.get("towers", {})
+    if "popularity_prior" in towers:
+        model["popularity_prior"] = towers.pop("popularity_prior")
+    return model
 
 
 def build(node):

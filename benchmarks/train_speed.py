@@ -45,22 +45,16 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
-import train as train_module  # noqa: F401  (registers the repo_root resolver the configs use)
+import train
 from features.prepare import PreparedData
 from towers import FeatureSpec, ItemCatalogue
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "train_speed.json"
 OVERHEAD_TARGET = 0.10  # Lightning's overhead over the bare loop, at most
-
-
-def compose_config(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
 
 
 def build_model(cfg, data: PreparedData, seed: int):
@@ -258,7 +252,7 @@ def main(argv: list[str] | None = None) -> dict:
             "data.batch_size=2048", "data.history_length=50",
         ]  # fmt: skip
     overrides = [*overrides, *args.override, "paths.output_dir=/tmp/unused"]
-    cfg = compose_config(overrides)
+    cfg = train.compose(overrides)
     datamodule = instantiate(cfg.data)
     datamodule.setup()
     data = datamodule.data

@@ -5,7 +5,8 @@ sees a polars frame.
 use the vocabulary and array helpers without importing the training stack."""
 
 from features.prepare import HeldOut, PreparedData, prepare
-from features.schema import SchemaError
+from features.schema import DataFileError, SchemaError
+from features.split import EmptySplitError
 from features.vocab import Vocabulary
 
 
@@ -18,6 +19,8 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "DataFileError",
+    "EmptySplitError",
     "HeldOut",
     "InteractionDataModule",
     "PreparedData",

@@ -13,7 +13,7 @@ import lightning as L
 import numpy as np
 import polars as pl
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, SequentialSampler
 
 from features.arrays import csr_by_user, padded_rows
 from features.prepare import HeldOut, PreparedData, prepare
@@ -81,14 +81,43 @@ class HeldOutBatches(Dataset):
         }
 
 
+class EpochShuffle(Sampler[int]):
+    """A permutation per epoch: the order torch's RandomSampler with a generator seeded once gives,
+    but fixed by (seed, epoch), so a run resumed at epoch e sees the batches an uninterrupted one
+    does (Lightning calls `set_epoch` before each epoch)."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed)
+        # The earlier epochs' draws, dropped: two permutations each, as torch's RandomSampler
+        # draws (the second for its empty remainder), so the order is the one it gives.
+        for _ in range(2 * self.epoch):
+            torch.randperm(self.size, generator=generator)
+        yield from torch.randperm(self.size, generator=generator).tolist()
+
+
+class _EpochBatches(BatchSampler):
+    """A BatchSampler that passes `set_epoch` on to its sampler."""
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+
 def _loader(
     dataset: Dataset, batch_size: int, shuffle: bool, seed: int, drop_last: bool
 ) -> DataLoader:
     if shuffle:
-        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
+        batches = _EpochBatches(EpochShuffle(len(dataset), seed), batch_size, drop_last)
     else:
-        sampler = SequentialSampler(dataset)
-    batches = BatchSampler(sampler, batch_size=batch_size, drop_last=drop_last)
+        batches = BatchSampler(SequentialSampler(dataset), batch_size, drop_last)
     return DataLoader(dataset, sampler=batches, batch_size=None, num_workers=0)
 
 
@@ -99,7 +128,7 @@ class InteractionDataModule(L.LightningDataModule):
         split: Callable[[pl.LazyFrame], pl.LazyFrame],
         history_length: int = 50,  # recent training items per user fed to the user tower
         mask_target_in_history: bool = True,  # drop a training pair's item from its user's history
-        batch_size: int = 1024,  # training examples per step (also the in-batch negatives)
+        batch_size: int = 512,  # training examples per step (also the in-batch negatives)
         eval_batch_size: int = 1024,  # users per chunk in full-catalogue evaluation
         seed: int = 0,  # shuffling order
     ):

@@ -17,13 +17,15 @@ import numpy as np
 import polars as pl
 
 from features import schema
+from features.arrays import csr_by_user, padded, padded_rows
 from features.sources.base import Source
-from features.vocab import Vocabulary
+from features.vocab import INDEX, RAW_ID, Vocabulary
 
 log = logging.getLogger(__name__)
 
 USER = "user"  # encoded (index) columns
 ITEM = "item"
+TRAIN, VAL, TEST = schema.SPLIT_NAMES
 
 
 @dataclass
@@ -113,21 +115,10 @@ def year_bucket(year: pl.Expr, start: int, width: int, num_buckets: int) -> pl.E
 
 
 def histories(pairs: np.ndarray, num_users: int, length: int, pad: int) -> np.ndarray:
-    """(U, length): each user's last `length` items in `pairs` (user-grouped, time-ordered)."""
-    out = np.full((num_users, length), pad, dtype=np.int64)
-    if len(pairs) == 0 or length == 0:
-        return out
-    users = pairs[:, 0]
-    order = np.argsort(users, kind="stable")
-    users, items = users[order], pairs[order, 1]
-    starts = np.searchsorted(users, np.arange(num_users), side="left")
-    ends = np.searchsorted(users, np.arange(num_users), side="right")
-    # Position of each pair counted from its user's end: keep the last `length`.
-    from_end = ends[users] - 1 - np.arange(len(users))
-    keep = from_end < length
-    slot = np.minimum(ends[users] - starts[users], length) - 1 - from_end
-    out[users[keep], slot[keep]] = items[keep]
-    return out
+    """(U, length): each user's last `length` items in `pairs` (time-ordered within each user),
+    oldest first, padded with `pad`."""
+    indptr, items = csr_by_user(pairs, num_users)
+    return padded_rows(indptr, items, np.arange(num_users), pad, width=length, keep_last=True)
 
 
 def _held_out(df: pl.DataFrame) -> HeldOut:
@@ -151,77 +142,28 @@ def prepare(
     year_width: int = 5,
     num_year_buckets: int = 28,
 ) -> PreparedData:
-    """Run the whole `features/` pipeline for one source."""
-    interactions_lf = schema.validate(
-        source.interactions(), schema.INTERACTIONS, source.name, schema.INTERACTIONS_OPTIONAL
-    )
-    # One interaction per (user, item): the earliest one when the data has time.
-    columns = interactions_lf.collect_schema().names()
-    if schema.TIMESTAMP in columns:
-        interactions_lf = interactions_lf.sort(schema.TIMESTAMP, maintain_order=True)
-    interactions_lf = interactions_lf.unique(
-        [schema.USER_ID, schema.ITEM_ID], keep="first", maintain_order=True
-    )
-    split_df = split(interactions_lf).collect()
-    bad = split_df.filter(~pl.col(schema.SPLIT).is_in(schema.SPLIT_NAMES))
-    if bad.height:
-        raise schema.SchemaError(
-            f"{source.name}: column 'split' has value {bad[schema.SPLIT][0]!r}; expected one of {schema.SPLIT_NAMES}"
-        )
-    train_raw = split_df.filter(pl.col(schema.SPLIT) == "train")
-    if train_raw.height == 0:
-        raise ValueError(f"{source.name}: the split left no training interactions")
-
-    user_vocab = Vocabulary.fit(train_raw[schema.USER_ID])
-    item_vocab = Vocabulary.fit(train_raw[schema.ITEM_ID])
-    encoded = (
-        item_vocab.encode(
-            user_vocab.encode(split_df.lazy(), schema.USER_ID, USER), schema.ITEM_ID, ITEM
-        )
-        .filter(pl.col(USER).is_not_null())  # users never seen in training cannot be ranked
-        .collect()
-    )
-    if schema.TIMESTAMP in columns:
-        encoded = encoded.sort([USER, schema.TIMESTAMP], maintain_order=True)
-    else:
-        encoded = encoded.sort(USER, maintain_order=True)
-    by_split = {name: encoded.filter(pl.col(schema.SPLIT) == name) for name in schema.SPLIT_NAMES}
-    train = _pairs(by_split["train"])
-    val_in_vocab = by_split["val"].filter(pl.col(ITEM).is_not_null())
-    before_test = _pairs(
-        pl.concat([by_split["train"], val_in_vocab]).sort(USER, maintain_order=True)
-    )
-    num_users, num_items = len(user_vocab), len(item_vocab)
-    for name in ("val", "test"):
-        unknown = by_split[name][ITEM].null_count()
-        if unknown:
-            log.info(
-                "%s: %d %s interactions have items absent from train (kept as misses)",
-                source.name,
-                unknown,
-                name,
-            )
-
+    """Run the whole `features/` pipeline for one source: the steps below, in order."""
+    interactions_lf = _interactions(source)
+    timed = schema.TIMESTAMP in interactions_lf.collect_schema().names()
+    split_df = _checked_split(split(interactions_lf).collect(), source.name)
+    user_vocab, item_vocab = _vocabularies(split_df)
+    by_split = _encoded_splits(split_df, user_vocab, item_vocab, timed)
+    _log_unknown_items(by_split, source.name)
+    train, before_test = _pairs(by_split[TRAIN]), _pairs(_before_test(by_split))
     items_df = _item_table(source, item_vocab)
     genre_names = sorted(set(items_df[schema.GENRES].explode().drop_nulls().to_list()))
-    item_genres = _genre_matrix(items_df, genre_names)
-    item_year = (
-        items_df.select(year_bucket(pl.col(schema.YEAR), year_start, year_width, num_year_buckets))
-        .to_series()
-        .to_numpy()
-    )
-
+    num_users, num_items = len(user_vocab), len(item_vocab)
     return PreparedData(
         name=source.name,
         user_vocab=user_vocab,
         item_vocab=item_vocab,
         train=train,
         before_test=before_test,
-        val=_held_out(by_split["val"]),
-        test=_held_out(by_split["test"]),
+        val=_held_out(by_split[VAL]),
+        test=_held_out(by_split[TEST]),
         item_counts=np.bincount(train[:, 1], minlength=num_items).astype(np.int64),
-        item_genres=item_genres,
-        item_year=item_year.astype(np.int64),
+        item_genres=_genre_matrix(items_df, genre_names),
+        item_year=_item_years(items_df, year_start, year_width, num_year_buckets),
         genre_names=genre_names,
         history_length=history_length,
         num_year_buckets=num_year_buckets,
@@ -231,9 +173,87 @@ def prepare(
     )
 
 
+def _interactions(source: Source) -> pl.LazyFrame:
+    """The source's validated interactions, one per (user, item): the earliest one when the data
+    has time."""
+    interactions_lf = schema.validate(
+        source.interactions(), schema.INTERACTIONS, source.name, schema.INTERACTIONS_OPTIONAL
+    )
+    if schema.TIMESTAMP in interactions_lf.collect_schema().names():
+        interactions_lf = interactions_lf.sort(schema.TIMESTAMP, maintain_order=True)
+    return interactions_lf.unique(
+        [schema.USER_ID, schema.ITEM_ID], keep="first", maintain_order=True
+    )
+
+
+def _checked_split(split_df: pl.DataFrame, name: str) -> pl.DataFrame:
+    """`split_df` after checking its split names and that it has training interactions."""
+    bad = split_df.filter(~pl.col(schema.SPLIT).is_in(schema.SPLIT_NAMES))
+    if bad.height:
+        raise schema.SchemaError(
+            f"{name}: column 'split' has value {bad[schema.SPLIT][0]!r}; "
+            f"expected one of {schema.SPLIT_NAMES}"
+        )
+    if not split_df.filter(pl.col(schema.SPLIT) == TRAIN).height:
+        raise ValueError(f"{name}: the split left no training interactions")
+    return split_df
+
+
+def _vocabularies(split_df: pl.DataFrame) -> tuple[Vocabulary, Vocabulary]:
+    """(users, items) vocabularies fitted on the training interactions only."""
+    train_raw = split_df.filter(pl.col(schema.SPLIT) == TRAIN)
+    return Vocabulary.fit(train_raw[schema.USER_ID]), Vocabulary.fit(train_raw[schema.ITEM_ID])
+
+
+def _encoded_splits(
+    split_df: pl.DataFrame, user_vocab: Vocabulary, item_vocab: Vocabulary, timed: bool
+) -> dict[str, pl.DataFrame]:
+    """Each split's interactions with `user` and `item` indices (item null when unknown to the
+    vocabulary), grouped by user and in time order within each user. Users never seen in
+    training cannot be ranked: their interactions are dropped."""
+    encoded = (
+        item_vocab.encode(
+            user_vocab.encode(split_df.lazy(), schema.USER_ID, USER), schema.ITEM_ID, ITEM
+        )
+        .filter(pl.col(USER).is_not_null())
+        .collect()
+        .sort([USER, schema.TIMESTAMP] if timed else USER, maintain_order=True)
+    )
+    return {name: encoded.filter(pl.col(schema.SPLIT) == name) for name in schema.SPLIT_NAMES}
+
+
+def _log_unknown_items(by_split: dict[str, pl.DataFrame], name: str) -> None:
+    for split_name in (VAL, TEST):
+        unknown = by_split[split_name][ITEM].null_count()
+        if unknown:
+            log.info(
+                "%s: %d %s interactions have items absent from train (kept as misses)",
+                name,
+                unknown,
+                split_name,
+            )
+
+
+def _before_test(by_split: dict[str, pl.DataFrame]) -> pl.DataFrame:
+    """Train + the validation interactions whose item is known: everything before the test
+    period that a model can use, grouped by user."""
+    val_in_vocab = by_split[VAL].filter(pl.col(ITEM).is_not_null())
+    return pl.concat([by_split[TRAIN], val_in_vocab]).sort(USER, maintain_order=True)
+
+
+def _item_years(
+    items_df: pl.DataFrame, year_start: int, year_width: int, num_year_buckets: int
+) -> np.ndarray:
+    """(I,) year bucket per item (see `year_bucket`)."""
+    years = items_df.select(
+        year_bucket(pl.col(schema.YEAR), year_start, year_width, num_year_buckets)
+    )
+    return years.to_series().to_numpy().astype(np.int64)
+
+
 def _item_table(source: Source, item_vocab: Vocabulary) -> pl.DataFrame:
     """Index-ordered metadata for every catalogue item; missing fields become nulls / []."""
-    catalogue = item_vocab.frame.rename({"raw_id": schema.ITEM_ID}).lazy()
+    catalogue = item_vocab.frame.rename({RAW_ID: schema.ITEM_ID}).lazy()
     items = source.items()
     if items is None:
         items = pl.DataFrame(schema={schema.ITEM_ID: item_vocab.dtype})
@@ -251,7 +271,7 @@ def _item_table(source: Source, item_vocab: Vocabulary) -> pl.DataFrame:
     ).unique(schema.ITEM_ID, keep="first", maintain_order=True)
     return (
         catalogue.join(items_lf, on=schema.ITEM_ID, how="left", maintain_order="left")
-        .sort("index")
+        .sort(INDEX)
         .select(
             schema.ITEM_ID,
             pl.col(schema.TITLE).cast(pl.String),
@@ -264,11 +284,8 @@ def _item_table(source: Source, item_vocab: Vocabulary) -> pl.DataFrame:
 
 def _genre_matrix(items_df: pl.DataFrame, genre_names: list[str]) -> np.ndarray:
     """(I, G_max) genre indices per item, padded with len(genre_names); G_max >= 1."""
-    pad = len(genre_names)
-    lookup = {g: i for i, g in enumerate(genre_names)}
-    genres = items_df[schema.GENRES].to_list()
-    width = max([len(g) for g in genres] + [1])
-    out = np.full((len(genres), width), pad, dtype=np.int64)
-    for row, names in enumerate(genres):
-        out[row, : len(names)] = [lookup[g] for g in names]
-    return out
+    lookup = {name: i for i, name in enumerate(genre_names)}
+    genre_ids = items_df[schema.GENRES].list.eval(
+        pl.element().replace_strict(lookup, return_dtype=pl.Int64)
+    )
+    return padded(genre_ids, pad=len(genre_names))

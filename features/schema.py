@@ -3,11 +3,15 @@
 A source may produce ids as integers or strings; everything else has one type. `validate`
 raises a `SchemaError` that names the source, each missing or mistyped column, and the
 columns that were actually found, so a user can fix their file without reading our code.
+
+A source that reads a file raises `DataFileError` (a `SchemaError`) when the file cannot be read
+or a column holds bad values: it carries the file's `path`, the file's `column` (None when the
+file as a whole is bad) and a short sample of the bad `values`, and its message names all three.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import polars as pl
 
@@ -30,11 +34,55 @@ ITEMS_OPTIONAL = {TITLE: "str", GENRES: "str_list", YEAR: "int"}
 SPLIT_NAMES = ("train", "val", "test")
 
 
+SAMPLE_SIZE = 5  # bad values quoted in a DataFileError
+
+
 class SchemaError(ValueError):
     """A frame does not have the columns or types a stage needs."""
 
 
-def _kind_ok(kind: str, dtype: pl.DataType) -> bool:
+class DataFileError(SchemaError):
+    """A data file cannot be read, or one of its columns holds bad values.
+
+    `path`: the file; `column`: the file's column name, None when the file as a whole is bad
+    (empty, not text, unreadable); `values`: up to `SAMPLE_SIZE` distinct bad values as read
+    (None or "NaN" for missing ones, whose row numbers the message gives). `what` names the
+    dataset file in the message ("u.data (movielens-100k ratings): ...").
+    """
+
+    def __init__(
+        self,
+        path: object,
+        column: str | None,
+        problem: str,
+        values: Sequence[object] = (),
+        what: str | None = None,
+    ) -> None:
+        self.path = str(path)
+        self.column = column
+        self.values = tuple(values)[:SAMPLE_SIZE]
+        self.problem = problem
+        self.what = what
+        where = self.path if what is None else f"{self.path} ({what})"
+        if column is not None and repr(column) not in problem:
+            problem = f"column {column!r}: {problem}"
+        message = f"{where}: {problem}"
+        shown = [_shown(v) for v in self.values]
+        if shown and not all(text in problem for text in shown):
+            message += f"; sample: {', '.join(shown)}"
+        super().__init__(message)
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.column, self.problem, self.values, self.what))
+
+
+def _shown(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def kind_ok(kind: str, dtype: pl.DataType) -> bool:
+    """Whether `dtype` is of the column kind `kind` (see the kinds above)."""
     if kind == "id":
         return dtype.is_integer() or dtype == pl.String
     if kind == "int":
@@ -63,10 +111,10 @@ def validate(
     for name, kind in required.items():
         if name not in schema:
             problems.append(f"missing column {name!r} (expected {kind})")
-        elif not _kind_ok(kind, schema[name]):
+        elif not kind_ok(kind, schema[name]):
             problems.append(f"column {name!r} has type {schema[name]}, expected {kind}")
     for name, kind in (optional or {}).items():
-        if name in schema and not _kind_ok(kind, schema[name]):
+        if name in schema and not kind_ok(kind, schema[name]):
             problems.append(f"column {name!r} has type {schema[name]}, expected {kind}")
     if problems:
         found = ", ".join(f"{n}: {t}" for n, t in schema.items())

@@ -6,6 +6,11 @@
 - `RandomSplit`: random 8:1:1 per interaction, RecBole's `RS` split: by default each user's
   interactions are shuffled and cut by ratio (RecBole's `group_by: user`), so every user with
   enough interactions has some in each part; `by_user=False` cuts the whole shuffled frame once.
+
+Too little data for a part: when validation or test would be empty although its ratio asks for
+some (or, for `ShippedSplit`, the source shipped no test interactions), the split raises an
+`EmptySplitError` that says how much data there is and what the part needs, before any training
+starts. A ratio of 0 asks for no part, and gets none without an error.
 """
 
 from __future__ import annotations
@@ -18,6 +23,45 @@ import polars as pl
 from features import schema
 
 _SPLIT = schema.SPLIT
+_PART_NAMES = {"val": "validation", "test": "test"}
+
+
+class EmptySplitError(ValueError):
+    """A split left validation or test empty although it was asked for: too little data.
+
+    `part` is "val" or "test"; `num_interactions` and `num_users` describe the split's input."""
+
+    def __init__(self, part: str, num_interactions: int, num_users: int, need: str) -> None:
+        self.part, self.num_interactions, self.num_users = part, num_interactions, num_users
+        self.need = need
+        super().__init__(
+            f"data.split: {_PART_NAMES[part]} split is empty: {num_interactions} interactions "
+            f"from {num_users} users; {need}"
+        )
+
+    def __reduce__(self):
+        return (type(self), (self.part, self.num_interactions, self.num_users, self.need))
+
+
+def _per_user_note(df: pl.DataFrame, column: str = schema.USER_ID) -> str:
+    most = df.group_by(column).len()["len"].max() if df.height else 0
+    return f"the most any user has is {most}"
+
+
+def _check_parts(
+    split_df: pl.DataFrame,
+    asked: dict[str, bool],
+    need: dict[str, str],
+) -> pl.DataFrame:
+    """`split_df`, or an EmptySplitError for the first part in `asked` (val, test) that was
+    asked for and is empty. `need[part]` says what the part needs (with the data's numbers)."""
+    counts = dict(split_df[_SPLIT].value_counts().iter_rows()) if split_df.height else {}
+    for part in ("val", "test"):
+        if asked.get(part) and not counts.get(part):
+            raise EmptySplitError(
+                part, split_df.height, split_df[schema.USER_ID].n_unique(), need[part]
+            )
+    return split_df
 
 
 def _holdout_count(n: pl.Expr, ratio: float) -> pl.Expr:
@@ -52,14 +96,28 @@ class TemporalSplit:
         )
         n_test = _holdout_count(n, self.test_ratio)
         n_val = pl.min_horizontal(_holdout_count(n, self.val_ratio), n - n_test - 1).clip(0)
-        return lf.drop(_SPLIT, strict=False).with_columns(
-            pl.when(from_end < n_test)
-            .then(pl.lit("test"))
-            .when(from_end < n_test + n_val)
-            .then(pl.lit("val"))
-            .otherwise(pl.lit("train"))
-            .alias(_SPLIT)
+        split_df = (
+            lf.drop(_SPLIT, strict=False)
+            .with_columns(
+                pl.when(from_end < n_test)
+                .then(pl.lit("test"))
+                .when(from_end < n_test + n_val)
+                .then(pl.lit("val"))
+                .otherwise(pl.lit("train"))
+                .alias(_SPLIT)
+            )
+            .collect()
         )
+        missing_time = split_df[schema.TIMESTAMP].null_count()
+        if missing_time:
+            raise schema.SchemaError(
+                f"TemporalSplit: {missing_time} of {split_df.height} interactions have no "
+                f"{schema.TIMESTAMP!r}; their order in time is unknown"
+            )
+        note = _per_user_note(split_df)
+        need = f"it holds out only from users with at least 3 interactions; {note}"
+        asked = {"val": self.val_ratio > 0, "test": self.test_ratio > 0}
+        return _check_parts(split_df, asked, {"val": need, "test": need}).lazy()
 
 
 @dataclass
@@ -80,12 +138,23 @@ class ShippedSplit:
         n_train = is_train.sum().over(schema.USER_ID)
         rank = pl.col("_key").rank("ordinal").over([schema.USER_ID, _SPLIT]) - 1
         n_val = pl.min_horizontal(_holdout_count(n_train, self.val_ratio), n_train - 1).clip(0)
-        return keyed.with_columns(
-            pl.when(is_train & (rank < n_val))
-            .then(pl.lit("val"))
-            .otherwise(pl.col(_SPLIT))
-            .alias(_SPLIT)
-        ).drop("_key")
+        split_df = (
+            keyed.with_columns(
+                pl.when(is_train & (rank < n_val))
+                .then(pl.lit("val"))
+                .otherwise(pl.col(_SPLIT))
+                .alias(_SPLIT)
+            )
+            .drop("_key")
+            .collect()
+        )
+        train_df = split_df.filter(pl.col(_SPLIT) != "test")
+        need = {
+            "val": "validation is carved only from users with at least 3 shipped train "
+            "interactions; " + _per_user_note(train_df),
+            "test": "the source shipped no test interactions (rows with split 'test')",
+        }
+        return _check_parts(split_df, {"val": self.val_ratio > 0, "test": True}, need).lazy()
 
 
 def _ratio_counts(n: pl.Expr, val_ratio: float, test_ratio: float) -> tuple[pl.Expr, pl.Expr]:
@@ -124,7 +193,7 @@ class RandomSplit:
         ) - 1
         n_val, n_test = _ratio_counts(n, self.val_ratio, self.test_ratio)
         n_train = n - n_val - n_test
-        return (
+        split_df = (
             _random_key(lf.drop(_SPLIT, strict=False), self.seed)
             .with_columns(
                 pl.when(rank < n_train)
@@ -135,4 +204,18 @@ class RandomSplit:
                 .alias(_SPLIT)
             )
             .drop("_key")
+            .collect()
         )
+        if self.by_user:
+            note = _per_user_note(split_df)
+            need = {
+                "val": f"it holds out validation only from users with at least 3 interactions; {note}",
+                "test": f"it holds out test only from users with at least 2 interactions; {note}",
+            }
+        else:
+            need = {
+                "val": "the whole frame needs at least 3 interactions",
+                "test": "the whole frame needs at least 2 interactions",
+            }
+        asked = {"val": self.val_ratio > 0, "test": self.test_ratio > 0}
+        return _check_parts(split_df, asked, need).lazy()

@@ -1,12 +1,12 @@
 """Raw ids ↔ contiguous indices, fitted on training interactions only.
 
-Indices are assigned in sorted raw-id order, so fitting is deterministic. The vocabulary is
-saved as Parquet (`raw_id`, `index`) with the model and reused by serving."""
+Indices are assigned in sorted raw-id order, so fitting is deterministic. The vocabulary is not
+saved on its own: a bundle's tables are index-ordered (row i of items.parquet is item index i,
+likewise users.parquet), so serving rebuilds it from their id columns with `from_ids`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -67,18 +67,3 @@ class Vocabulary:
             self._lookup = dict(zip(self.frame[RAW_ID].to_list(), range(len(self)), strict=True))
         key = self.coerce(raw_id)
         return None if key is None else self._lookup.get(key)
-
-    def write_parquet(self, path: str | Path) -> None:
-        self.frame.write_parquet(path)
-
-    @classmethod
-    def read_parquet(cls, path: str | Path) -> Vocabulary:
-        frame = pl.read_parquet(path)
-        if list(frame.columns) != [RAW_ID, INDEX] or not np.array_equal(
-            frame[INDEX].to_numpy(), np.arange(frame.height)
-        ):
-            raise ValueError(
-                f"{path}: not a vocabulary (expected columns {RAW_ID}, {INDEX} with index 0..n-1; "
-                f"found {frame.columns})"
-            )
-        return cls(frame)

@@ -2,11 +2,13 @@
 
 Never imports the LightningModule: it loads plain tower modules from the bundle."""
 
-from serve.bundle import FORMAT_VERSION, Bundle, export_bundle, read_bundle
+from serve.bundle import FORMAT_VERSION, Bundle
 from serve.errors import BundleError, UnknownIdError, UnknownItemError, UnknownUserError
+from serve.export import export_bundle
 from serve.index import IndexConfig, build_index
 from serve.recommender import Recommendation, Recommendations, Recommender
 from serve.update import UpdateReport, update_items
+from serve.versions import read_bundle
 
 __all__ = [
     "FORMAT_VERSION",

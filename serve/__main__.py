@@ -4,8 +4,10 @@
     python -m serve similar --bundle PATH --item ID --k 10        items near an item, as JSON
     python -m serve http --bundle PATH --host 127.0.0.1 --port 8000   the HTTP service
     python -m serve update --bundle PATH --upsert new.parquet --remove ID   a new bundle version
+    python -m serve verify --bundle PATH [--version v000002]   every file against its checksum
 
-Errors (unknown ids, bad k, a broken bundle) print one line to stderr and exit with status 2."""
+Errors (unknown ids, bad k, a broken bundle) print one line to stderr and exit with status 2;
+`verify` prints its JSON summary, and a line to stderr for each bad file (then exits with 2)."""
 
 from __future__ import annotations
 
@@ -42,7 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--k", type=int, default=10)
     http = commands.add_parser("http", help="serve the bundle over HTTP (uvicorn)")
     http.add_argument("--bundle", required=True)
-    http.add_argument("--host", default="127.0.0.1")
+    http.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: this machine only)"
+    )
     http.add_argument("--port", type=int, default=8000)
     http.add_argument(
         "--cold-start",
@@ -68,6 +72,25 @@ def _parser() -> argparse.ArgumentParser:
         help="encode every known user once at load instead of at each request "
         "(auto: when that table is at most 512 MiB)",
     )
+    for flag, default, what in (
+        ("--max-k", 1000, "results a request may ask for"),
+        ("--max-history", 1000, "item ids in a history given with a request"),
+        ("--max-exclude", 10_000, "item ids in a request's exclude list"),
+        ("--max-batch", 1024, "users in one /recommend/batch request"),
+        ("--max-body-bytes", 1 << 20, "bytes of a request body (past it: 413)"),
+    ):
+        http.add_argument(flag, type=int, metavar="N", help=f"most {what} (default {default})")
+    http.add_argument(
+        "--admin-token",
+        default=None,
+        help="bearer token that /admin/* requires (default: the TWOTOWER_ADMIN_TOKEN environment "
+        "variable, which stays out of the process list; neither: the admin routes are off)",
+    )
+    ver = commands.add_parser(
+        "verify", help="check every file of a bundle version against its manifest's sha256"
+    )
+    ver.add_argument("--bundle", required=True)
+    ver.add_argument("--version", help="the version to check (v000002); default: CURRENT's")
     upd = commands.add_parser(
         "update", help="add, replace or remove items: writes a new bundle version"
     )
@@ -101,7 +124,13 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "http":
         from serve.http import serve
+        from serve.http_messages import Limits
 
+        try:
+            limits = Limits.from_options(vars(args))  # --max-k → max_k, ...; absent: default
+        except RequestError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         serve(
             args.bundle,
             args.host,
@@ -111,8 +140,22 @@ def main(argv: list[str] | None = None) -> int:
             args.watch,
             args.log_level,
             {"auto": None, "on": True, "off": False}[args.cache_user_vectors],
+            limits,
+            args.admin_token,
         )
         return 0
+    if args.command == "verify":
+        from serve.versions import verify_version
+
+        try:
+            summary = verify_version(args.bundle, args.version)
+        except BundleError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(json.dumps(summary, indent=2))
+        for problem in summary["bad"].values():
+            print(f"error: {problem}", file=sys.stderr)
+        return 0 if summary["ok"] else 2
     if args.command == "update":
         from serve.update import update_items
 

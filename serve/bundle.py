@@ -1,24 +1,25 @@
-"""The exported bundle: versioned directories that hold everything serving needs, and no pickle.
+"""The bundle format: the files of one bundle version, how they are written, and how they are
+read back and checked. No pickle anywhere.
 
-    bundle/                      the path handed to export_bundle / Recommender.load
-      CURRENT                    the name of the version being served ("v000002\\n")
-      v000001/  v000002/ ...     one complete version each:
-        manifest.json            format version, similarity, dimension, counts, model config,
-                                 index settings and operating-point sweep, versions, checksums
-        user_tower.safetensors   user towers' weights, one per member ("0.user_embedding.weight")
-        item_tower.safetensors   item towers' weights (to encode new or changed items), and the
+    v000002/                     one version (serve/versions.py: the root that holds them)
+      manifest.json              format version, similarity, dimension, counts, model config,
+                                 index settings and operating-point sweep, package versions,
+                                 every other file's size and sha256 (written last):
+                                 "files": {"index.faiss": {"sha256": "9f2c...", "bytes": 25600090}}
+      user_tower.safetensors     user towers' weights, one per member ("0.user_embedding.weight")
+      item_tower.safetensors     item towers' weights (to encode new or changed items), and the
                                  popularity prior's per-item coordinate ("prior.item_prior")
-        item_vectors.safetensors every catalogue row's vector, row = FAISS id
-        items.parquet            item_id, title, genres, year, genre_ids, year_bucket, active
-        users.parquet            user_id, history, seen (row = index)
-        index.faiss              FAISS index over the active rows, id = row (FAISS's own format)
-        operating_points.png     recall vs latency of the sweep (ANN indexes only)
+      item_vectors.safetensors   every catalogue row's vector, row = FAISS id
+      items.parquet              item_id, title, genres, year, genre_ids, year_bucket, active
+      users.parquet              user_id, history, seen (row = index)
+      index.faiss                FAISS index over the active rows, id = row (FAISS's own format)
+      operating_points.png       recall vs latency of the sweep (ANN indexes only)
 
-Every write makes a whole new version in a temporary directory, renames it into place, then
-replaces CURRENT with `os.replace`: a reader sees the old version or the new one, never half of
-either. A version directory on its own is also a bundle (what `read_bundle` reads when there is
-no CURRENT). Rows of the items table are never renumbered: a removed item keeps its row with
-`active` false, and is no longer in the index.
+Rows of the items table are never renumbered: a removed item keeps its row with `active` false,
+and is no longer in the index. Reading a version checks every file the manifest lists against its
+size and sha256 first (`VERIFY`: "full", or "size" alone, or "off"), so a truncated, replaced or
+corrupted file is a `BundleError` naming it, never a bundle that loads and serves wrong results. Writing a whole version (and switching to it) is
+`serve.versions.write_version`; encoding a catalogue into one is `serve.export.export_bundle`.
 """
 
 from __future__ import annotations
@@ -26,13 +27,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import logging
 import os
 import platform
-import re
-import shutil
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -43,30 +41,15 @@ import polars as pl
 import torch
 from safetensors.torch import load_file, save_file
 
-from features.arrays import padded_rows
-from features.serving import ACTIVE, GENRE_IDS, HISTORY, ITEM_COLUMNS, USER_COLUMNS, YEAR_BUCKET
-from serve.errors import BundleError
-from serve.index import (
-    FAISS_METRIC_NAMES,
-    FAISS_METRICS,
-    IndexConfig,
-    build_index,
-    fixed_settings,
-    is_id_mapped,
-    read_index,
-    search_knob,
-    write_index,
-)
-from serve.sweep import exact_neighbours, plot, sweep
+from features.serving import ACTIVE, ITEM_COLUMNS, USER_COLUMNS
+from serve.errors import BundleError, RequestError
+from serve.index import FAISS_METRIC_NAMES, FAISS_METRICS, IndexConfig, is_id_mapped, to_cpu
 from towers.scoring import Scorer
 from towers.similarity import Similarity
 from towers.towers import FeatureSpec, ItemTower, TowerConfig, UserTower
 
-log = logging.getLogger(__name__)
-
 FORMAT_VERSION = 3  # 3: members' towers and the scoring settings (towers.scoring.Scorer)
 MANIFEST = "manifest.json"
-CURRENT = "CURRENT"
 USER_TOWER = "user_tower.safetensors"
 ITEM_TOWER = "item_tower.safetensors"
 ITEM_VECTORS = "item_vectors.safetensors"
@@ -75,12 +58,15 @@ USERS = "users.parquet"
 INDEX = "index.faiss"
 PLOT = "operating_points.png"
 FILES = (USER_TOWER, ITEM_TOWER, ITEM_VECTORS, ITEMS, USERS, INDEX)
-VERSION_NAME = re.compile(r"^v(\d{6})$")
 PRIOR_KEY = "prior.item_prior"  # in ITEM_TOWER: the popularity prior's centred log p per item
-KEEP_VERSIONS = 3  # older versions are deleted after a switch (readers load whole files at once)
+VECTORS_KEY = "vectors"  # in ITEM_VECTORS: the (I, D) float32 item vectors
+# How a read checks each file against the manifest: "full" its size and sha256, "size" its size
+# alone (catches truncation and most replacements, not a same-size change; for huge indexes),
+# "off" nothing.
+VERIFY = ("full", "size", "off")
 
 
-def _versions() -> dict[str, str]:
+def _package_versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for dist in ("twotower", "torch", "faiss-gpu", "faiss-cpu", "polars", "safetensors"):
         with contextlib.suppress(metadata.PackageNotFoundError):
@@ -92,8 +78,22 @@ def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+            digest.update(block)  # releases the GIL: files hash in parallel threads
     return digest.hexdigest()
+
+
+def _in_threads(fn, args: list) -> list:
+    """[fn(a) for a in args], on up to one thread per core (hashing releases the GIL)."""
+    workers = min(len(args), os.cpu_count() or 1)
+    if workers <= 1:
+        return [fn(a) for a in args]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(fn, args))
+
+
+def _file_entry(path: Path) -> dict:
+    """A file's entry in the manifest's "files": its sha256 and its size in bytes."""
+    return {"sha256": _sha256(path), "bytes": path.stat().st_size}
 
 
 def _states(towers: list[torch.nn.Module]) -> dict[str, torch.Tensor]:
@@ -104,176 +104,6 @@ def _states(towers: list[torch.nn.Module]) -> dict[str, torch.Tensor]:
         for m, tower in enumerate(towers)
         for name, t in tower.state_dict().items()
     }
-
-
-def padded(lists: pl.Series, pad: int, width: int | None = None) -> np.ndarray:
-    """A list[int] column as a (rows, width) int64 array padded with `pad` (longer lists cut)."""
-    if isinstance(lists.dtype, pl.Array):
-        lists = lists.cast(pl.List(lists.dtype.inner))
-    lengths = lists.list.len().fill_null(0).to_numpy().astype(np.int64)
-    indptr = np.concatenate([[0], np.cumsum(lengths)])
-    flat = lists.explode().drop_nulls().to_numpy().astype(np.int64)
-    out = padded_rows(indptr, flat, np.arange(len(lists)), pad)
-    if width is None:
-        return out
-    out = out[:, :width]
-    return np.pad(out, ((0, 0), (0, width - out.shape[1])), constant_values=pad)
-
-
-@torch.inference_mode()
-def encode_items(
-    scorer: Scorer, items_df: pl.DataFrame, rows: np.ndarray | None = None, chunk: int = 65536
-) -> np.ndarray:
-    """Served item vectors (I, D) float32 for the rows of an items table; `rows` are their item
-    indices (default 0..I-1).
-
-    Rows past the towers' id vocabulary (items added after training) have no id embedding: their
-    vector comes from their features alone (genres, year), and a popularity prior counts them as
-    never seen."""
-    scorer.eval()
-    genres = torch.from_numpy(padded(items_df[GENRE_IDS], scorer.spec.num_genres))
-    year = torch.from_numpy(items_df[YEAR_BUCKET].to_numpy().astype(np.int64))
-    ids = torch.arange(items_df.height) if rows is None else torch.as_tensor(rows, dtype=torch.long)
-    has_id = ids < scorer.spec.num_items
-    parts = [
-        scorer.encode_items(
-            ids[s : s + chunk], genres[s : s + chunk], year[s : s + chunk], has_id[s : s + chunk]
-        ).float()
-        for s in range(0, items_df.height, chunk)
-    ]
-    if not parts:
-        return np.zeros((0, scorer.output_dim), dtype=np.float32)
-    return torch.cat(parts).cpu().numpy()
-
-
-def sample_user_vectors(
-    scorer: Scorer, users_df: pl.DataFrame, count: int, seed: int = 0
-) -> np.ndarray:
-    """Served vectors (count', D) of a fixed random sample of users: the sweep's queries."""
-    rng = np.random.default_rng(seed)
-    rows = np.sort(rng.choice(users_df.height, size=min(count, users_df.height), replace=False))
-    spec = scorer.spec
-    histories = padded(users_df[HISTORY][rows], spec.num_items, spec.history_length)
-    with torch.inference_mode():
-        return scorer.encode_users(torch.from_numpy(rows), torch.from_numpy(histories)).numpy()
-
-
-# -- the index and its operating point -----------------------------------------------------------
-def index_section(
-    vectors: np.ndarray,
-    ids: np.ndarray,
-    similarity: Similarity,
-    config: IndexConfig,
-    queries: np.ndarray,
-    plot_path: Path | None,
-) -> tuple[faiss.Index, dict]:
-    """Build the index over `vectors` (rows `ids`), sweep it when it is approximate, and return it
-    with its manifest section. The plot is written to `plot_path` when there is a sweep."""
-    factory = config.factory_for(len(ids), vectors.shape[1])
-    index = build_index(vectors[ids], similarity, factory, ids=ids)
-    section = {
-        "factory": factory,
-        "metric": FAISS_METRIC_NAMES[index.metric_type],
-        "config": config.to_dict(),
-        "search_params": fixed_settings(index, config.search_params),
-        "sweep": None,
-    }
-    knob = search_knob(index)
-    if knob is not None and knob not in config.search_params and len(queries):
-        k = min(config.sweep_k, len(ids))
-        truth = exact_neighbours(vectors[ids], queries, k, ids=ids)
-        result = sweep(index, queries, truth, config.target_recall, fixed=section["search_params"])
-        section["search_params"] |= result.search_params
-        section["sweep"] = result.to_dict()
-        if plot_path is not None:
-            plot(result, plot_path, title=f"{factory}: recall@{k} vs latency, {len(ids)} items")
-            section["sweep"]["plot"] = plot_path.name
-    return index, section
-
-
-# -- versioned directories -----------------------------------------------------------------------
-def _version_names(root: Path) -> list[str]:
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and VERSION_NAME.match(p.name))
-
-
-def resolve(path: str | Path) -> tuple[Path, str | None]:
-    """(directory of the version to read, its name): CURRENT's version, or `path` itself."""
-    path = Path(path)
-    pointer = path / CURRENT
-    if not pointer.is_file():
-        return path, None
-    name = pointer.read_text().strip()
-    if not VERSION_NAME.match(name):
-        raise BundleError(f"{pointer}: names {name!r}, not a version directory (v000001, ...)")
-    if not (path / name).is_dir():
-        raise BundleError(f"{pointer}: names version {name!r} but {path / name} does not exist")
-    return path / name, name
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def write_version(
-    root: str | Path, fill: Callable[[Path], None], keep: int = KEEP_VERSIONS
-) -> Path:
-    """A new version of the bundle at `root`: `fill(directory)` writes its files into a temporary
-    directory, which is renamed to the next version name; then CURRENT switches to it.
-
-    `root` may not exist yet (the first version), or may be a plain (unversioned) bundle, which
-    is replaced whole once the new versioned bundle is ready."""
-    root = Path(root)
-    if root.exists() and not root.is_dir():
-        raise BundleError(f"{root}: exists and is not a directory")
-    plain = root.is_dir() and (root / MANIFEST).is_file() and not (root / CURRENT).exists()
-    if root.is_dir() and not plain and not (root / CURRENT).exists() and any(root.iterdir()):
-        raise BundleError(f"{root}: not empty and not a bundle; refusing to write a bundle into it")
-    target = root
-    if plain:  # build a whole versioned bundle beside it, then swap
-        root.parent.mkdir(parents=True, exist_ok=True)
-        target = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-    target.mkdir(parents=True, exist_ok=True)
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp = Path(tempfile.mkdtemp(prefix=".version.", dir=target))
-    try:
-        fill(tmp)
-        for file in tmp.iterdir():  # mkdtemp and safetensors create owner-only files
-            file.chmod(0o666 & ~umask)
-        tmp.chmod(0o777 & ~umask)
-        while True:  # another writer may take a name first: then take the next one
-            names = _version_names(target)
-            number = int(VERSION_NAME.match(names[-1]).group(1)) + 1 if names else 1
-            version = target / f"v{number:06d}"
-            try:
-                os.rename(tmp, version)
-                break
-            except OSError:
-                if not version.exists():
-                    raise
-        _write_atomic(target / CURRENT, version.name + "\n")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if plain:
-            shutil.rmtree(target, ignore_errors=True)
-        raise
-    if plain:
-        old = root.with_name(f".{root.name}.old-{os.getpid()}")
-        os.replace(root, old)
-        os.replace(target, root)
-        shutil.rmtree(old, ignore_errors=True)
-        version = root / version.name
-    _prune(root, keep)
-    return version
-
-
-def _prune(root: Path, keep: int) -> None:
-    current = (root / CURRENT).read_text().strip()
-    names = [n for n in _version_names(root) if n != current]
-    for name in names[: max(len(names) - (keep - 1), 0)]:
-        shutil.rmtree(root / name, ignore_errors=True)
 
 
 def write_files(
@@ -294,11 +124,11 @@ def write_files(
         item_states[PRIOR_KEY] = scorer.item_prior.contiguous().clone()
     save_file(item_states, directory / ITEM_TOWER)
     save_file(
-        {"vectors": torch.from_numpy(np.ascontiguousarray(vectors))}, directory / ITEM_VECTORS
+        {VECTORS_KEY: torch.from_numpy(np.ascontiguousarray(vectors))}, directory / ITEM_VECTORS
     )
     items_df.write_parquet(directory / ITEMS)
     users_df.write_parquet(directory / USERS)
-    write_index(index, directory / INDEX)
+    faiss.write_index(to_cpu(index), str(directory / INDEX))
     files = [*FILES, *([PLOT] if (directory / PLOT).is_file() else [])]
     manifest = {
         "format_version": FORMAT_VERSION,
@@ -314,51 +144,12 @@ def write_files(
         },
         "index": index_manifest,
         **dict(extra or {}),
-        "versions": _versions(),
-        "files": {name: _sha256(directory / name) for name in files},
+        "versions": _package_versions(),
+        "files": dict(
+            zip(files, _in_threads(_file_entry, [directory / n for n in files]), strict=True)
+        ),
     }
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-
-
-def export_bundle(
-    path: str | Path,
-    scorer: Scorer,
-    items_df: pl.DataFrame,
-    users_df: pl.DataFrame,
-    index_factory: str | None = None,
-    index_config: IndexConfig | Mapping | None = None,
-) -> Path:
-    """Encode the catalogue, build (and sweep) the index, write a new bundle version at `path`.
-
-    `index_config` (conf/index/*.yaml) wins over the bare `index_factory` string. Returns `path`."""
-    path = Path(path)
-    config = IndexConfig.parse(index_config if index_config is not None else index_factory)
-    similarity, spec = scorer.similarity, scorer.spec
-    if items_df.height != spec.num_items or users_df.height != spec.num_users:
-        raise BundleError(
-            f"tables do not match the towers: {items_df.height} items / {users_df.height} users, "
-            f"towers built for {spec.num_items} / {spec.num_users}"
-        )
-    vectors = encode_items(scorer, items_df)
-    if ACTIVE not in items_df.columns:
-        items_df = items_df.with_columns(pl.lit(True).alias(ACTIVE))
-    ids = np.flatnonzero(items_df[ACTIVE].to_numpy())
-    queries = sample_user_vectors(scorer, users_df, config.sweep_queries)
-
-    def fill(directory: Path) -> None:
-        index, section = index_section(vectors, ids, similarity, config, queries, directory / PLOT)
-        write_files(
-            directory,
-            scorer=scorer,
-            vectors=vectors,
-            items_df=items_df,
-            users_df=users_df,
-            index=index,
-            index_manifest=section,
-        )
-
-    write_version(path, fill)
-    return path
 
 
 @dataclass
@@ -367,7 +158,7 @@ class Bundle:
 
     path: Path  # the version directory read
     root: Path  # the path it was loaded from (the versioned root, or the same directory)
-    version: str | None  # e.g. "v000002"; None for a plain directory
+    version: str | None  # e.g. "v000002"; None for a plain directory (see serve.versions)
     manifest: dict
     similarity: Similarity
     scorer: Scorer  # the members' towers and the scoring settings: encodes users and items
@@ -385,30 +176,112 @@ class Bundle:
         return IndexConfig.parse(self.manifest["index"].get("config"))
 
 
-def read_manifest(path: str | Path) -> dict:
-    """The manifest of a version directory, after checking its format version and files."""
+def read_manifest(path: str | Path, *, require_files: bool = True) -> dict:
+    """The manifest of a version directory, after checking its format version and (unless
+    `require_files` is off) that every file of a version is there."""
     path = Path(path)
     if not path.is_dir():
-        raise BundleError(f"{path}: no bundle directory there")
+        raise BundleError(f"{path}: no bundle directory there", path=path)
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
-        raise BundleError(f"{path}: missing {MANIFEST}; is this a bundle directory?")
+        raise BundleError(
+            f"{path}: missing {MANIFEST}; is this a bundle directory?", path=manifest_path
+        )
     try:
         manifest = json.loads(manifest_path.read_text())
     except json.JSONDecodeError as err:
-        raise BundleError(f"{manifest_path}: not valid JSON ({err})") from None
+        raise BundleError(f"{manifest_path}: not valid JSON ({err})", path=manifest_path) from None
     if not isinstance(manifest, dict):
-        raise BundleError(f"{manifest_path}: not a JSON object")
+        raise BundleError(f"{manifest_path}: not a JSON object", path=manifest_path)
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         raise BundleError(
             f"{manifest_path}: bundle format version {version!r}; this twotower reads version {FORMAT_VERSION} "
-            "(re-export the bundle with this version)"
+            "(re-export the bundle with this version)",
+            path=manifest_path,
         )
     missing = [name for name in FILES if not (path / name).is_file()]
-    if missing:
-        raise BundleError(f"{path}: bundle is missing {', '.join(missing)}")
+    if missing and require_files:
+        raise BundleError(f"{path}: bundle is missing {', '.join(missing)}", path=path / missing[0])
     return manifest
+
+
+def check_verify(verify: object) -> str:
+    """`verify` if it is one of VERIFY, else a `RequestError` for field "verify"."""
+    if verify not in VERIFY:
+        raise RequestError("verify", verify, f"must be one of {list(VERIFY)}")
+    return verify
+
+
+def check_files(path: Path, manifest: dict, verify: str = "full") -> dict[str, BundleError | None]:
+    """Each file of the version directory `path` that its manifest lists (and each file of a
+    version it should list), checked as `verify` says: {file name: its `BundleError`, or None
+    when it is sound}, in the manifest's order. Files hash in parallel threads."""
+    if check_verify(verify) == "off":
+        return {}
+    entries = manifest.get("files")
+    if not isinstance(entries, dict):
+        return {
+            MANIFEST: BundleError(
+                f'{path / MANIFEST}: no "files" section of sizes and checksums',
+                path=path / MANIFEST,
+            )
+        }
+    unlisted = {
+        name: BundleError(
+            f"{path / MANIFEST}: lists no size and checksum for {name}", path=path / name
+        )
+        for name in FILES
+        if name not in entries
+    }
+    checked = _in_threads(lambda item: _check_file(path, *item, verify), list(entries.items()))
+    return dict(zip(entries, checked, strict=True)) | unlisted
+
+
+def _check_file(path: Path, name: str, entry: object, verify: str) -> BundleError | None:
+    """The problem with file `name` of version `path` against its manifest entry, or None."""
+    if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name:
+        return BundleError(f"{path / MANIFEST}: lists {name!r}, not a file name", path=path)
+    file = path / name
+    expected = entry if isinstance(entry, dict) else {}
+    digest, size = expected.get("sha256"), expected.get("bytes")
+    if not (isinstance(digest, str) and len(digest) == 64 and type(size) is int and size >= 0):
+        return BundleError(
+            f"{path / MANIFEST}: files entry of {name} is {entry!r}, not "
+            '{"sha256": <64 hex digits>, "bytes": <size>} (re-export the bundle)',
+            path=file,
+        )
+    try:
+        found_size = file.stat().st_size
+        if found_size != size:
+            return BundleError(
+                f"{file}: size mismatch: the manifest says {size} bytes, the file has "
+                f"{found_size} (truncated or replaced)",
+                path=file,
+                expected=size,
+                found=found_size,
+            )
+        found = _sha256(file) if verify == "full" else digest
+    except FileNotFoundError:
+        return BundleError(f"{file}: missing (the manifest lists it)", path=file)
+    except OSError as err:
+        return BundleError(f"{file}: cannot be read ({err})", path=file)
+    if found != digest:
+        return BundleError(
+            f"{file}: sha256 mismatch: the manifest says {digest}, the file has {found} "
+            "(changed or corrupted after export)",
+            path=file,
+            expected=digest,
+            found=found,
+        )
+    return None
+
+
+def verify_files(path: Path, manifest: dict, verify: str = "full") -> None:
+    """Raise the `BundleError` of the first bad file of version `path` (see `check_files`)."""
+    for problem in check_files(path, manifest, verify).values():
+        if problem is not None:
+            raise problem
 
 
 def _load_scorer(path: Path, manifest: dict) -> Scorer:
@@ -460,34 +333,21 @@ def _load_tower(tower, path: Path, states: dict[str, torch.Tensor], member: int)
     return tower
 
 
-def read_bundle(path: str | Path, attempts: int = 5) -> Bundle:
-    """The version CURRENT names under `path` (or `path` itself when it is a version directory).
-
-    A version pruned while it was being read (several switches happened meanwhile) is not an
-    error: the read starts over on the version CURRENT names now."""
-    root = Path(path)
-    if not root.is_dir():
-        raise BundleError(f"{root}: no bundle directory there")
-    for attempt in range(attempts):
-        version = current_version(root)
-        try:
-            return _read_version(root)
-        except (BundleError, OSError):
-            if version is None or attempt == attempts - 1 or current_version(root) == version:
-                raise
-    raise AssertionError("unreachable")
-
-
-def _read_version(root: Path) -> Bundle:
-    path, version = resolve(root)
+def read_version(
+    path: Path, root: Path | None = None, version: str | None = None, verify: str = "full"
+) -> Bundle:
+    """The bundle version in directory `path`, after every check of its files and manifest
+    (each file's size and sha256 against the manifest first, as `verify` says: VERIFY);
+    `root` and `version` say where it was found (`serve.versions.read_bundle`)."""
     manifest = read_manifest(path)
+    verify_files(path, manifest, verify)
     similarity = _declared_similarity(path, manifest)
     index = _read_checked_index(path, similarity)
     vectors, items, users = _read_tables(path)
     _check_counts(path, manifest, vectors, items, users, index)
     return Bundle(
         path=path,
-        root=root,
+        root=path if root is None else root,
         version=version,
         manifest=manifest,
         similarity=similarity,
@@ -517,7 +377,7 @@ def _declared_similarity(path: Path, manifest: dict) -> Similarity:
 
 def _read_checked_index(path: Path, similarity: Similarity) -> faiss.Index:
     try:
-        index = read_index(path / INDEX)
+        index = faiss.read_index(str(path / INDEX))
     except RuntimeError as err:
         raise BundleError(
             f"{path / INDEX}: FAISS cannot read it ({str(err).splitlines()[0]})"
@@ -536,7 +396,7 @@ def _read_checked_index(path: Path, similarity: Similarity) -> faiss.Index:
 
 def _read_tables(path: Path) -> tuple[np.ndarray, pl.DataFrame, pl.DataFrame]:
     try:
-        vectors = load_file(path / ITEM_VECTORS)["vectors"].numpy()
+        vectors = load_file(path / ITEM_VECTORS)[VECTORS_KEY].numpy()
         items, users = pl.read_parquet(path / ITEMS), pl.read_parquet(path / USERS)
     except (OSError, KeyError, pl.exceptions.PolarsError) as err:
         raise BundleError(f"{path}: cannot read the item vectors or tables ({err})") from None
@@ -567,12 +427,3 @@ def _check_counts(path, manifest, vectors, items, users, index) -> None:
         raise BundleError(
             f"{path}: users.parquet has {users.height} rows, manifest says {num_users}"
         )
-
-
-def current_version(path: str | Path) -> str | None:
-    """The version CURRENT names now (cheap: one small file read); None for a plain directory."""
-    pointer = Path(path) / CURRENT
-    try:
-        return pointer.read_text().strip()
-    except FileNotFoundError:
-        return None

@@ -20,7 +20,25 @@ _SHORT.maxstring = _SHORT.maxother = 80
 
 
 class BundleError(Exception):
-    """A bundle directory is missing a file, has another format version, or is inconsistent."""
+    """A bundle directory is missing a file, has another format version, or is inconsistent.
+
+    `.path` names the file or directory at fault when one is known (else None); a file whose
+    size or checksum disagrees with the manifest also carries `.expected` (the manifest's) and
+    `.found` (the file's): sha256 hex digests, or byte counts for a size mismatch."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: object = None,
+        expected: object = None,
+        found: object = None,
+    ):
+        super().__init__(message)
+        self.path, self.expected, self.found = path, expected, found
+
+    def __reduce__(self):  # pickles (e.g. across processes) with its attributes
+        return type(self), (self.args[0],), self.__dict__
 
 
 class RequestError(ValueError):
@@ -39,23 +57,24 @@ class RequestError(ValueError):
 class UnknownIdError(LookupError):
     """A user or item id that the bundle does not know, given as `field` of the request."""
 
-    def __init__(self, kind: str, raw_id: object, known: int, field: str | None = None):
+    def __init__(self, kind: str, raw_id: object, count: int, field: str | None = None):
+        """`count`: how many ids of this kind the bundle has (for the message)."""
         self.kind, self.raw_id = kind, raw_id
         self.field = field or f"{kind}_id"
-        super().__init__(f"unknown {kind} id {raw_id!r}: not one of the bundle's {known} {kind}s")
+        super().__init__(f"unknown {kind} id {raw_id!r}: not one of the bundle's {count} {kind}s")
 
     def __str__(self) -> str:  # LookupError would quote the message like a key
         return self.args[0]
 
 
 class UnknownUserError(UnknownIdError):
-    def __init__(self, raw_id: object, known: int, field: str = "user_id"):
-        super().__init__("user", raw_id, known, field)
+    def __init__(self, raw_id: object, count: int, field: str = "user_id"):
+        super().__init__("user", raw_id, count, field)
 
 
 class UnknownItemError(UnknownIdError):
-    def __init__(self, raw_id: object, known: int, field: str = "item_id"):
-        super().__init__("item", raw_id, known, field)
+    def __init__(self, raw_id: object, count: int, field: str = "item_id"):
+        super().__init__("item", raw_id, count, field)
 
 
 def check_k(k: object) -> int:

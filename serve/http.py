@@ -9,16 +9,22 @@
     GET  /healthz            the process answers
     GET  /readyz             a bundle is loaded (503 before)
     GET  /metrics            Prometheus text: request counts and latency histograms
-    POST /admin/reload       load the bundle version CURRENT names now, if it is new
+    POST /admin/reload       load the bundle version CURRENT names now, if it is new (with
+                             `Authorization: Bearer <admin token>`; no token configured: 404)
     GET  /docs, /openapi.json
 
 Errors are answered by their type (`error_response`), never by their message: a body that does
 not fit the request model or a `RequestError` from the recommender is a 422 naming the field
 (`{"detail": [{"loc": ["body", field], "msg": ..., "type": ...}], "message": ...}`), an
-`UnknownIdError` a 404 naming the id and its field, no bundle yet a 503; any other error is a
-500 for that request only. Plain `/recommend` requests (a user id, k, exclude_seen) take a fast
-lane past FastAPI's routing and response layers (`FastLane`); everything else, and every request
-the lane cannot answer, goes through the FastAPI app, which owns all error responses.
+`UnknownIdError` a 404 naming the id and its field, a body over `Limits.max_body_bytes` a 413
+(from its Content-Length, before it is read, or while it streams), no bundle yet a 503; any
+other error is a 500 for that request only. What a request may ask (k, the length of a history,
+an exclude list, a batch) is bounded by `Limits`; a value past one is a 422 naming the field,
+the value and the limit. The request models carry the limits, so the OpenAPI document says what
+the server accepts, and every answer's body is a model there. Plain `/recommend` requests (a user id, k, exclude_seen) take a fast
+lane past FastAPI's routing and response layers (`FastLane`, serve/http_lane.py); everything
+else, and every request the lane cannot answer, goes through the FastAPI app, which owns all
+error responses. Request bodies, answers and the error mapping are in serve/http_messages.py.
 Reloading builds the new `Recommender` on the side and then swaps one reference: a request holds
 the recommender it started with, so in-flight requests finish on the old version and none is
 dropped. With `watch_seconds`, the app also polls CURRENT and reloads by itself.
@@ -29,252 +35,49 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import hmac
 import logging
+import os
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
-import orjson
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI, Request, Security
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from serve.bundle import current_version
-from serve.errors import BundleError, RequestError, UnknownIdError
-from serve.recommender import Recommendations, Recommender
+from serve.errors import BundleError
+from serve.http_lane import Batcher, FastLane, Metrics, MetricsMiddleware, read_body
+from serve.http_messages import (
+    ERROR_ANSWERS,
+    Limits,
+    Unauthorized,
+    error_response,
+    items_payload,
+    json_response,
+    openapi_body,
+    parse,
+    recommend_payload,
+    request_models,
+)
+from serve.http_openapi import (
+    BatchAnswer,
+    Health,
+    Loading,
+    Ready,
+    RecommendAnswer,
+    ReloadAnswer,
+    ReloadFailed,
+    SimilarItemsAnswer,
+    answers,
+    install,
+)
+from serve.recommender import Recommender
+from serve.versions import current_version
 
 log = logging.getLogger(__name__)
-
-RawId = int | str
-FilterValue = int | float | str | bool | list[int | float | str | bool]
-K = Annotated[int, Field(ge=1, le=10_000, description="number of results")]
-MAX_BATCH = 4096
-LATENCY_BUCKETS = (
-    0.0005,
-    0.001,
-    0.002,
-    0.003,
-    0.005,
-    0.0075,
-    0.01,
-    0.02,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-)
-ROUTES = (
-    "/recommend",
-    "/recommend/batch",
-    "/similar-items",
-    "/healthz",
-    "/readyz",
-    "/metrics",
-    "/admin/reload",
-)
-
-
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class RecommendRequest(_Body):
-    user_id: RawId
-    k: K = 10
-    exclude_seen: bool = True
-    history: list[RawId] | None = Field(
-        None, description="raw item ids, oldest first (users unseen in training)"
-    )
-    exclude: list[RawId] | None = Field(None, description="raw item ids never to return")
-    filters: dict[str, FilterValue] | None = Field(
-        None, description='item attributes, e.g. {"genres": "Comedy"}'
-    )
-
-    @property
-    def plain(self) -> bool:
-        """A known user's id, k and exclude_seen only: what the Batcher coalesces."""
-        return self.history is None and self.exclude is None and not self.filters
-
-
-class BatchRecommendRequest(_Body):
-    user_ids: list[RawId] = Field(min_length=1, max_length=MAX_BATCH)
-    k: K = 10
-    exclude_seen: bool = True
-    histories: list[list[RawId] | None] | None = None
-    exclude: list[RawId] | None = None
-    filters: dict[str, FilterValue] | None = None
-
-
-class SimilarItemsRequest(_Body):
-    item_id: RawId
-    k: K = 10
-    filters: dict[str, FilterValue] | None = None
-
-
-class Metrics:
-    """Prometheus metrics of one app (its own registry, so several apps can live in a process)."""
-
-    def __init__(self):
-        self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "twotower_requests",
-            "HTTP requests by route and status",
-            ["route", "status"],
-            registry=self.registry,
-        )
-        self.latency = Histogram(
-            "twotower_request_latency_seconds",
-            "HTTP request latency by route",
-            ["route"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self.reloads = Counter(
-            "twotower_reloads", "bundle reloads by outcome", ["outcome"], registry=self.registry
-        )
-        self.items = Gauge(
-            "twotower_active_items", "items in the served index", registry=self.registry
-        )
-
-
-class MetricsMiddleware:
-    """Pure ASGI middleware: counts and times every request (cheaper than BaseHTTPMiddleware)."""
-
-    def __init__(self, app, metrics: Metrics):
-        self.app, self.metrics = app, metrics
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        route = scope["path"] if scope["path"] in ROUTES else "other"
-        status = [500]
-
-        async def send_status(message):
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        started = time.perf_counter()
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            self.metrics.latency.labels(route).observe(time.perf_counter() - started)
-            self.metrics.requests.labels(route, str(status[0])).inc()
-
-
-class Batcher:
-    """Coalesces plain /recommend requests that arrive together into one `recommend_many` call
-    (one tower call, one FAISS search). A batch is flushed on the event loop's next turn, so a
-    lone request waits for nothing; under load, every request parsed in the same turn shares
-    the batch. A request joins a batch only of its own recommender (reloads stay clean)."""
-
-    def __init__(self):
-        self.pending: dict[tuple, tuple[Recommender, list, list]] = {}
-
-    def submit(
-        self, recommender: Recommender, user_id, k: int, exclude_seen: bool
-    ) -> asyncio.Future:
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        key = (id(recommender), k, exclude_seen)
-        group = self.pending.get(key)
-        if group is None:
-            group = self.pending[key] = (recommender, [], [])
-            loop.call_soon(self._flush, key)
-        group[1].append(user_id)
-        group[2].append(future)
-        return future
-
-    def _flush(self, key: tuple) -> None:
-        recommender, user_ids, futures = self.pending.pop(key)
-        _, k, exclude_seen = key
-        try:
-            results = recommender.recommend_many(user_ids, k, exclude_seen)
-        except Exception:  # one bad id must not fail the others: answer each on its own
-            for user_id, future in zip(user_ids, futures, strict=True):
-                try:
-                    future.set_result(recommender.recommend(user_id, k, exclude_seen))
-                except Exception as err:
-                    future.set_exception(err)
-            return
-        for future, result in zip(futures, results, strict=True):
-            future.set_result(result)
-
-
-class FastLane:
-    """Pure ASGI: answers plain `POST /recommend` requests (known fields only; no history,
-    exclude list or filters) without FastAPI's routing, exception and response layers, which
-    cost about a third of the server's CPU per request (py-spy, 32 clients, 100k items).
-
-    The lane parses with the route's own `_parse` and only ever answers 200s. A request it
-    cannot answer (invalid body, no bundle yet, an unknown user, any error) is handed to the
-    FastAPI app with its body replayed, whose handlers (`error_response`) answer every error:
-    the lane and the route cannot disagree on one."""
-
-    def __init__(self, app, service: Service, batcher: Batcher):
-        self.app, self.service, self.batcher = app, service, batcher
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] != "/recommend" or scope["method"] != "POST":
-            return await self.app(scope, receive, send)
-        raw = await _read_body(receive)
-        if raw is None:  # the client went away
-            return
-        try:
-            body = _parse(RecommendRequest, raw)
-            recommender = self.service.recommender
-            if recommender is None or not body.plain:
-                raise LookupError("not for the fast lane")
-            recs = await self.batcher.submit(recommender, body.user_id, body.k, body.exclude_seen)
-        except Exception:
-            return await self.app(scope, _replay(raw, receive), send)
-        payload = orjson.dumps(_recommend_payload(body.user_id, recommender, recs))
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(payload)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": payload})
-
-
-async def _read_body(receive) -> bytes | None:
-    """The whole body of an ASGI request, or None when the client disconnects first."""
-    raw, more = b"", True
-    while more:
-        message = await receive()
-        if message["type"] != "http.request":
-            return None
-        raw += message.get("body", b"")
-        more = message.get("more_body", False)
-    return raw
-
-
-def _replay(raw: bytes, receive):
-    """An ASGI `receive` that yields the already-read body once, then defers to `receive`."""
-    pending = [{"type": "http.request", "body": raw, "more_body": False}]
-
-    async def replay():
-        return pending.pop() if pending else await receive()
-
-    return replay
+ADMIN_TOKEN_ENV = "TWOTOWER_ADMIN_TOKEN"  # the admin token, when `serve` is given none
 
 
 class Service:
@@ -288,11 +91,9 @@ class Service:
         cache_user_vectors: bool | None = None,
     ):
         self.path = Path(bundle)
-        self.cold_start, self.device, self.cache_user_vectors = (
-            cold_start,
-            device,
-            cache_user_vectors,
-        )
+        self.cold_start = cold_start
+        self.device = device
+        self.cache_user_vectors = cache_user_vectors
         self.recommender: Recommender | None = None
         self._lock = threading.Lock()  # one reload at a time
 
@@ -320,96 +121,6 @@ class Service:
             return {"reloaded": True, "version": recommender.version, "previous": previous}
 
 
-def _request_body(model: type[BaseModel]) -> dict:
-    """The OpenAPI request body of an endpoint that parses `model` itself."""
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": model.model_json_schema()}},
-        }
-    }
-
-
-def _parse(model: type[BaseModel], raw: bytes) -> BaseModel:
-    """`raw` JSON validated as `model` by pydantic-core directly (FastAPI's dependency solving
-    costs more than the recommendation on the hot path); the one parser of the routes and the
-    fast lane. Errors are `RequestValidationError`s located in the body (422s naming the field)."""
-    try:
-        return model.model_validate_json(raw)
-    except ValidationError as err:
-        raise RequestValidationError(
-            [
-                {**e, "loc": ("body", *e.get("loc", ()))}
-                for e in err.errors(include_url=False, include_context=False)
-            ]
-        ) from None
-
-
-def _items(recs: Recommendations) -> list[dict]:
-    return [{"item_id": r.item_id, "score": r.score, "title": r.title} for r in recs]
-
-
-def _recommend_payload(user_id, recommender: Recommender, recs: Recommendations) -> dict:
-    return {
-        "user_id": user_id,
-        "source": recs.source,
-        "version": recommender.version,
-        "items": _items(recs),
-    }
-
-
-def _json(payload, status_code: int = 200) -> Response:
-    """A JSON response serialised by orjson (the same bytes the fast lane sends)."""
-    return Response(orjson.dumps(payload), status_code=status_code, media_type="application/json")
-
-
-# -- errors: the answer is chosen by the exception's type, never by its message ----------------
-def _unprocessable(errors: list[dict]) -> Response:
-    """422 with FastAPI's body: one `{"loc": ["body", field, ...], "msg", "type"}` per error."""
-    fields = ", ".join(".".join(str(p) for p in e["loc"][1:]) or "body" for e in errors)
-    return _json({"detail": errors, "message": f"invalid request: {fields}"}, 422)
-
-
-def _invalid_body(err: RequestValidationError) -> Response:
-    return _unprocessable(
-        [
-            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
-            for e in err.errors()
-        ]
-    )
-
-
-def _invalid_value(err: RequestError) -> Response:
-    return _unprocessable([{"loc": ["body", err.field], "msg": str(err), "type": "value_error"}])
-
-
-def _unknown_id(err: UnknownIdError) -> Response:
-    body = {"detail": str(err), "kind": err.kind, "id": err.raw_id, "field": err.field}
-    return _json(body, 404)
-
-
-def _not_ready(err: BundleError) -> Response:
-    return _json({"detail": str(err)}, 503)
-
-
-ERROR_ANSWERS: dict[type[Exception], Callable[[Any], Response]] = {
-    RequestValidationError: _invalid_body,  # the body does not fit the request model
-    RequestError: _invalid_value,  # the recommender rejects a field's value
-    UnknownIdError: _unknown_id,
-    BundleError: _not_ready,  # no bundle loaded yet
-}
-
-
-def error_response(err: Exception) -> Response | None:
-    """The HTTP answer to an error raised while answering a request, by the nearest of its
-    types in `ERROR_ANSWERS`; None for any other error (which is a 500)."""
-    for cls in type(err).__mro__:
-        answer = ERROR_ANSWERS.get(cls)
-        if answer is not None:
-            return answer(err)
-    return None
-
-
 def _add_error_handlers(app: FastAPI) -> None:
     async def handle(_request: Request, err: Exception) -> Response:
         return error_response(err)
@@ -419,19 +130,24 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 
 # -- routes ----------------------------------------------------------------------------------
-def _ready(service: Service) -> Recommender:
+def _ready(service: Service):
     recommender = service.recommender
     if recommender is None:
         raise BundleError("no bundle loaded yet")
     return recommender
 
 
-def _add_recommend_routes(app: FastAPI, service: Service, batcher: Batcher) -> None:
-    """POST /recommend and /recommend/batch: parse the body, ask the recommender, answer."""
+def _add_recommend_routes(app: FastAPI, service: Service, batcher: Batcher, limits: Limits):
+    """POST /recommend and /recommend/batch: read and parse the body, ask the recommender."""
+    models = request_models(limits)
 
-    @app.post("/recommend", openapi_extra=_request_body(RecommendRequest))
+    @app.post(
+        "/recommend",
+        openapi_extra=openapi_body(models.recommend),
+        responses=answers(RecommendAnswer, 404, 413, 422, 503),
+    )
     async def recommend(request: Request):
-        body = _parse(RecommendRequest, await request.body())
+        body = parse(models.recommend, await read_body(request, limits.max_body_bytes))
         recommender = _ready(service)
         if body.plain:
             recs = await batcher.submit(recommender, body.user_id, body.k, body.exclude_seen)
@@ -444,11 +160,15 @@ def _add_recommend_routes(app: FastAPI, service: Service, batcher: Batcher) -> N
                 exclude=body.exclude,
                 filters=body.filters,
             )
-        return _json(_recommend_payload(body.user_id, recommender, recs))
+        return json_response(recommend_payload(body.user_id, recommender, recs))
 
-    @app.post("/recommend/batch", openapi_extra=_request_body(BatchRecommendRequest))
+    @app.post(
+        "/recommend/batch",
+        openapi_extra=openapi_body(models.batch),
+        responses=answers(BatchAnswer, 404, 413, 422, 503),
+    )
     async def recommend_batch(request: Request):
-        body = _parse(BatchRecommendRequest, await request.body())
+        body = parse(models.batch, await read_body(request, limits.max_body_bytes))
         recommender = _ready(service)
         results = recommender.recommend_many(
             body.user_ids,
@@ -458,36 +178,42 @@ def _add_recommend_routes(app: FastAPI, service: Service, batcher: Batcher) -> N
             exclude=body.exclude,
             filters=body.filters,
         )
-        return _json(
+        return json_response(
             {
                 "version": recommender.version,
                 "results": [
-                    {"user_id": u, "source": recs.source, "items": _items(recs)}
+                    {"user_id": u, "source": recs.source, "items": items_payload(recs)}
                     for u, recs in zip(body.user_ids, results, strict=True)
                 ],
             }
         )
 
 
-def _add_similar_items_route(app: FastAPI, service: Service) -> None:
-    @app.post("/similar-items", openapi_extra=_request_body(SimilarItemsRequest))
+def _add_similar_items_route(app: FastAPI, service: Service, limits: Limits) -> None:
+    model = request_models(limits).similar
+
+    @app.post(
+        "/similar-items",
+        openapi_extra=openapi_body(model),
+        responses=answers(SimilarItemsAnswer, 404, 413, 422, 503),
+    )
     async def similar_items(request: Request):
-        body = _parse(SimilarItemsRequest, await request.body())
+        body = parse(model, await read_body(request, limits.max_body_bytes))
         recommender = _ready(service)
         recs = recommender.similar_items(body.item_id, body.k, filters=body.filters)
-        return _json(
-            {"item_id": body.item_id, "version": recommender.version, "items": _items(recs)}
+        return json_response(
+            {"item_id": body.item_id, "version": recommender.version, "items": items_payload(recs)}
         )
 
 
 def _add_ops_routes(app: FastAPI, service: Service, metrics: Metrics) -> None:
-    """GET /healthz, /readyz, /metrics and POST /admin/reload."""
+    """GET /healthz, /readyz, /metrics."""
 
-    @app.get("/healthz")
+    @app.get("/healthz", response_model=Health)
     async def healthz():
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", response_model=Ready, responses={503: {"model": Loading}})
     async def readyz():
         recommender = service.recommender
         if recommender is None:
@@ -498,11 +224,45 @@ def _add_ops_routes(app: FastAPI, service: Service, metrics: Metrics) -> None:
             "num_items": recommender.num_active,
         }
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def prometheus():
         return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/admin/reload")
+
+# `Authorization: Bearer <token>` of a request (None without one), and the scheme in OpenAPI.
+BearerCredentials = Annotated[
+    HTTPAuthorizationCredentials | None,
+    Security(HTTPBearer(auto_error=False, description="the admin token (--admin-token)")),
+]
+
+
+def _admin_guard(token: str):
+    """A dependency that lets a request pass only with `Authorization: Bearer <token>`, compared
+    in constant time; anything else is `Unauthorized` (401 with WWW-Authenticate)."""
+    expected = token.encode()
+
+    async def guard(credentials: BearerCredentials) -> None:
+        if credentials is None:
+            raise Unauthorized("admin routes need Authorization: Bearer <admin token>")
+        # Starlette decodes headers as latin-1: these are the bytes the client sent.
+        if not hmac.compare_digest(credentials.credentials.encode("latin-1"), expected):
+            raise Unauthorized("wrong admin token")
+
+    return guard
+
+
+def _add_admin_routes(app: FastAPI, service: Service, metrics: Metrics, token: str | None):
+    """POST /admin/reload, behind the admin token; without a token there are no admin routes
+    (404), so a reachable port is never enough to reload."""
+    if not token:
+        return
+
+    @app.post(
+        "/admin/reload",
+        dependencies=[Security(_admin_guard(token))],
+        response_model=ReloadAnswer,
+        responses={**answers(None, 401), 409: {"model": ReloadFailed}},
+    )
     async def reload():
         try:
             return await _reload(service, metrics)
@@ -560,8 +320,13 @@ def create_app(
     device: str | None = None,
     watch_seconds: float | None = None,
     cache_user_vectors: bool | None = None,
+    limits: Limits | None = None,
+    admin_token: str | None = None,
 ) -> FastAPI:
-    """The app over the bundle at `bundle` (loaded at startup; /readyz says when)."""
+    """The app over the bundle at `bundle` (loaded at startup; /readyz says when). `limits`:
+    what one request may ask (default `Limits()`); `admin_token`: the bearer token of /admin/*
+    (None: no admin routes)."""
+    limits = limits or Limits()
     service = Service(bundle, cold_start, device, cache_user_vectors)
     metrics = Metrics()
     app = FastAPI(
@@ -569,15 +334,17 @@ def create_app(
         summary="Two-tower retrieval: the nearest items to a user in the shared space.",
         lifespan=_lifespan(service, metrics, watch_seconds),
     )
-    app.state.service = service
+    app.state.service, app.state.limits = service, limits
     batcher = Batcher()
     # Starlette nests the last added outermost: metrics count and time the fast lane's answers.
-    app.add_middleware(FastLane, service=service, batcher=batcher)
+    app.add_middleware(FastLane, service=service, batcher=batcher, limits=limits)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     _add_error_handlers(app)
-    _add_recommend_routes(app, service, batcher)
-    _add_similar_items_route(app, service)
+    _add_recommend_routes(app, service, batcher, limits)
+    _add_similar_items_route(app, service, limits)
     _add_ops_routes(app, service, metrics)
+    _add_admin_routes(app, service, metrics, admin_token)
+    install(app, service)  # the OpenAPI document of the bundle served
     return app
 
 
@@ -590,9 +357,16 @@ def serve(
     watch_seconds: float | None = None,
     log_level: str = "info",
     cache_user_vectors: bool | None = None,
+    limits: Limits | None = None,
+    admin_token: str | None = None,
 ) -> None:
-    """Run the app with uvicorn until interrupted."""
+    """Run the app with uvicorn until interrupted. `admin_token` defaults to the environment's
+    TWOTOWER_ADMIN_TOKEN (neither: the admin routes are off)."""
     import uvicorn
 
-    app = create_app(bundle, cold_start, device, watch_seconds, cache_user_vectors)
+    admin_token = admin_token or os.environ.get(ADMIN_TOKEN_ENV) or None
+    app = create_app(
+        bundle, cold_start, device, watch_seconds, cache_user_vectors, limits, admin_token
+    )
+    log.info("admin routes %s", "on (bearer token)" if admin_token else "off (no admin token)")
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)

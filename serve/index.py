@@ -25,7 +25,6 @@ import logging
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import faiss
 import numpy as np
@@ -71,20 +70,15 @@ class IndexConfig:
     target_recall: float = 0.95  # the sweep picks the cheapest setting reaching this recall@sweep_k
     sweep_k: int = 100  # recall@k of the sweep (capped at the catalogue size)
     sweep_queries: int = 500  # query vectors the sweep measures with
-    search_params: dict[str, int] = field(
-        default_factory=dict
-    )  # fixed {nprobe: 32}; skips the sweep
+    # Fixed search settings ({nprobe: 32}); a configured knob skips the sweep.
+    search_params: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.device not in DEVICES:
             raise ValueError(f"index.device must be one of {DEVICES}, got {self.device!r}")
         if not 0.0 < float(self.target_recall) <= 1.0:
             raise ValueError(f"index.target_recall must be in (0, 1], got {self.target_recall!r}")
-        if isinstance(self.nlist, str) and self.nlist != "auto":
-            raise ValueError(
-                f"index.nlist must be a positive integer or 'auto', got {self.nlist!r}"
-            )
-        if not isinstance(self.nlist, str) and int(self.nlist) <= 0:
+        if self.nlist != "auto" and (isinstance(self.nlist, str) or int(self.nlist) <= 0):
             raise ValueError(
                 f"index.nlist must be a positive integer or 'auto', got {self.nlist!r}"
             )
@@ -360,9 +354,8 @@ class GpuIndex:
         scores, found = self.gpu.search(queries, k, params=params)
         if self.id_map is None:
             return scores, found
-        return scores, np.where(
-            found >= 0, self.id_map[np.maximum(found, 0)], -1
-        )  # positions → ids
+        ids = self.id_map[np.maximum(found, 0)]  # positions → ids
+        return scores, np.where(found >= 0, ids, -1)
 
 
 def to_device(index: faiss.Index, device: str) -> faiss.Index | GpuIndex:
@@ -387,14 +380,6 @@ def on_gpu(index) -> bool:
 def to_cpu(index) -> faiss.Index:
     """The CPU index to save (a GPU index keeps the CPU index it was copied from)."""
     return index.cpu if isinstance(index, GpuIndex) else index
-
-
-def write_index(index: faiss.Index, path: str | Path) -> None:
-    faiss.write_index(to_cpu(index), str(path))
-
-
-def read_index(path: str | Path) -> faiss.Index:
-    return faiss.read_index(str(path))
 
 
 def index_bytes(index: faiss.Index) -> int:

@@ -4,8 +4,8 @@ New or changed items are encoded by the bundle's own item tower from their featu
 release year); items unknown at training time have no id embedding, so their vector comes from
 their features alone. The index is updated in place of a copy (IVF and flat indexes remove and
 add by id; HNSW, which cannot remove, is rebuilt) and everything is written as a new bundle
-version, then switched to atomically (see serve.bundle). The search settings chosen at export
-are kept.
+version, then switched to atomically (see serve.versions). The search settings chosen at
+export are kept.
 
     update_items("runs/ml/bundle", upsert=pl.DataFrame({"item_id": [9001], "genres": [["Drama"]],
                  "year": [1999], "title": ["New"]}), remove=[42])
@@ -22,24 +22,20 @@ import faiss
 import numpy as np
 import polars as pl
 
+from features.schema import GENRES, ITEM_ID, TITLE, YEAR
+from features.serving import ACTIVE, GENRE_IDS, YEAR_BUCKET
 from features.vocab import Vocabulary
-from serve.bundle import (
-    ACTIVE,
-    CURRENT,
-    MANIFEST,
-    PLOT,
-    VERSION_NAME,
-    encode_items,
-    read_bundle,
-    write_files,
-    write_version,
-)
+from serve.bundle import MANIFEST, PLOT, Bundle, write_files
 from serve.errors import BundleError, RequestError, UnknownItemError
+from serve.export import encode_items
 from serve.index import remove_ids
+from serve.versions import CURRENT, VERSION_NAME, read_bundle, write_version
+from towers.scoring import Scorer
 
 log = logging.getLogger(__name__)
 
-UPSERT_COLUMNS = ("item_id", "title", "genres", "year", "year_bucket")
+UPSERT_COLUMNS = (ITEM_ID, TITLE, GENRES, YEAR, YEAR_BUCKET)
+_ROW = "_row"  # a temporary column: the row an item takes in the updated table
 
 
 @dataclass
@@ -49,97 +45,11 @@ class UpdateReport:
     added: list = field(default_factory=list)  # raw ids new to the catalogue (or re-added)
     replaced: list = field(default_factory=list)  # raw ids whose features and vector changed
     removed: list = field(default_factory=list)  # raw ids taken out of the index
-    unknown_genres: list = field(
-        default_factory=list
-    )  # genre names the item tower has no embedding for
+    # genre names the item tower has no embedding for
+    unknown_genres: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _genre_lookup(items: pl.DataFrame) -> dict[str, int]:
-    pairs = (
-        items.select(pl.col("genres").explode(), pl.col("genre_ids").explode())
-        .drop_nulls()
-        .unique()
-    )
-    return dict(zip(pairs["genres"].to_list(), pairs["genre_ids"].to_list(), strict=True))
-
-
-def _year_lookup(items: pl.DataFrame) -> dict[int, int]:
-    pairs = items.select("year", "year_bucket").drop_nulls().unique()
-    return dict(zip(pairs["year"].to_list(), pairs["year_bucket"].to_list(), strict=True))
-
-
-def _feature_rows(upsert: pl.DataFrame, items: pl.DataFrame, report: UpdateReport) -> pl.DataFrame:
-    """`upsert` in the bundle's item-table schema (genre names → ids, year → bucket)."""
-    unknown_cols = set(upsert.columns) - set(UPSERT_COLUMNS)
-    if "item_id" not in upsert.columns or unknown_cols:
-        raise RequestError(
-            "upsert", upsert.columns, f"must have an item_id column and only {list(UPSERT_COLUMNS)}"
-        )
-    if upsert["item_id"].null_count() or upsert["item_id"].n_unique() != upsert.height:
-        ids = upsert["item_id"]
-        bad = ids.filter(ids.is_null() | ids.is_duplicated()).to_list()
-        raise RequestError("upsert", bad, "item_id must be non-null and unique")
-    genres_of = _genre_lookup(items)
-    buckets_of = _year_lookup(items)
-    has_genres = "genre_ids" in items.columns and "genres" in items.columns
-    genre_lists = upsert["genres"].to_list() if "genres" in upsert.columns else [[]] * upsert.height
-    years = upsert["year"].to_list() if "year" in upsert.columns else [None] * upsert.height
-    given_buckets = (
-        upsert["year_bucket"].to_list()
-        if "year_bucket" in upsert.columns
-        else [None] * upsert.height
-    )
-    genre_ids, buckets = [], []
-    for item_id, names, year, bucket in zip(
-        upsert["item_id"].to_list(), genre_lists, years, given_buckets, strict=True
-    ):
-        names = list(names or [])
-        unknown = [g for g in names if g not in genres_of]
-        report.unknown_genres.extend(g for g in unknown if g not in report.unknown_genres)
-        genre_ids.append([genres_of[g] for g in names if g in genres_of] if has_genres else [])
-        if bucket is None:
-            if year is None:
-                bucket = 0
-            elif year in buckets_of:
-                bucket = buckets_of[year]
-            else:
-                raise RequestError(
-                    "upsert",
-                    year,
-                    f"item {item_id!r}: year must be one a catalogue item has "
-                    "(or give its year_bucket column)",
-                )
-        buckets.append(int(bucket))
-    if report.unknown_genres:
-        log.warning("genres unknown to the item tower are ignored: %s", report.unknown_genres)
-    rows = {
-        "item_id": upsert["item_id"],
-        "title": upsert["title"]
-        if "title" in upsert.columns
-        else pl.Series([None] * upsert.height, dtype=pl.String),
-        "genres": pl.Series([list(g or []) for g in genre_lists], dtype=pl.List(pl.String)),
-        "year": pl.Series(years, dtype=items.schema.get("year", pl.Int32)),
-        "genre_ids": pl.Series(genre_ids, dtype=pl.List(pl.Int64)),
-        "year_bucket": pl.Series(buckets, dtype=pl.Int64),
-        ACTIVE: pl.Series([True] * upsert.height, dtype=pl.Boolean),
-    }
-    frame = pl.DataFrame(
-        {
-            c: rows[c] if c in rows else pl.Series(c, [None] * upsert.height, dtype=items.schema[c])
-            for c in items.columns
-        }
-    )
-    try:
-        return frame.cast(dict(items.schema))
-    except pl.exceptions.PolarsError as err:
-        raise RequestError(
-            "upsert",
-            dict(upsert.schema),
-            f"columns must fit the bundle's item table {dict(items.schema)} ({err})",
-        ) from None
 
 
 def update_items(
@@ -149,87 +59,133 @@ def update_items(
 ) -> UpdateReport:
     """Write a new bundle version at `path` with `upsert` items added or replaced (columns
     item_id and any of title, genres, year, year_bucket) and `remove` ids taken out."""
-    path = Path(path)
+    bundle = _read_root(Path(path))
+    items = bundle.items
+    vocab = Vocabulary.from_ids(items[ITEM_ID])
+    report = UpdateReport(version="", base_version=bundle.version)
+    removed = _removed_rows(items, vocab, remove or [], report)
+    new_rows = (
+        _feature_rows(upsert, items, report) if upsert is not None and upsert.height else None
+    )
+    vectors, active = bundle.item_vectors.copy(), items[ACTIVE].to_numpy().copy()
+    target = replaced = np.zeros(0, dtype=np.int64)
+    if new_rows is not None:
+        target = _target_rows(new_rows, vocab, items.height, removed, active, report)
+        old = target[target < items.height]
+        replaced = old[active[old]]  # rows whose old vectors are in the index
+        items, vectors, active = _upserted(bundle.scorer, items, vectors, active, new_rows, target)
+    active[removed] = False
+    items = items.with_columns(pl.Series(ACTIVE, active))
+    index = _updated_index(bundle.index, np.concatenate([replaced, removed]), vectors, target)
+    version = _write_version(bundle, items, vectors, index, report)
+    report.version = version.name
+    log.info("bundle %s: %s from %s (%s)", bundle.root, version.name, bundle.version, MANIFEST)
+    return report
+
+
+# -- the steps ----------------------------------------------------------------------------------
+def _read_root(path: Path) -> Bundle:
+    """The bundle at `path`, which must be a bundle's root, not one of its version directories."""
     if VERSION_NAME.match(path.name) and (path.parent / CURRENT).is_file():
         raise BundleError(f"{path}: a version directory; update the bundle root {path.parent}")
-    bundle = read_bundle(path)
-    items = bundle.items
-    vocab = Vocabulary.from_ids(items["item_id"])
-    report = UpdateReport(version="", base_version=bundle.version)
-    upsert = (
-        upsert
-        if upsert is not None
-        else pl.DataFrame({"item_id": []}, schema={"item_id": vocab.dtype})
-    )
-    remove = list(remove or [])
+    return read_bundle(path)
 
-    remove_rows = []
+
+def _removed_rows(
+    items: pl.DataFrame, vocab: Vocabulary, remove: Sequence[object], report: UpdateReport
+) -> np.ndarray:
+    """Rows of the `remove` ids still active (removing a removed item does nothing)."""
+    rows = []
     for raw in remove:
         row = vocab.index_of(raw)
         if row is None:
             raise UnknownItemError(raw, int(items[ACTIVE].sum()), "remove")
         if items[ACTIVE][row]:
-            remove_rows.append(row)
-            report.removed.append(items["item_id"][row])
-    new_rows = _feature_rows(upsert, items, report) if upsert.height else None
-
-    vectors = bundle.item_vectors.copy()
-    index = faiss.clone_index(bundle.index)
-    active = items[ACTIVE].to_numpy().copy()
-    if new_rows is not None:
-        rows = []
-        for raw in new_rows["item_id"].to_list():
-            row = vocab.index_of(raw)
-            if row is not None and row in remove_rows:
-                raise RequestError("remove", raw, "names an item that is both upserted and removed")
             rows.append(row)
-        existing = np.array([r for r in rows if r is not None], dtype=np.int64)
-        num_fresh = sum(r is None for r in rows)
-        fresh_rows = iter(range(items.height, items.height + num_fresh))
-        target = np.array([next(fresh_rows) if r is None else r for r in rows], dtype=np.int64)
-        for raw, r in zip(new_rows["item_id"].to_list(), rows, strict=True):
-            (report.replaced if r is not None and active[r] else report.added).append(raw)
-        # Replace rows in place, append new ones: row numbers (FAISS ids) never change.
-        updated = (
-            pl.concat(
-                [
-                    items.with_columns(pl.Series("_row", np.arange(items.height), dtype=pl.Int64)),
-                    new_rows.with_columns(pl.Series("_row", target, dtype=pl.Int64)),
-                ]
-            )
-            .unique("_row", keep="last")
-            .sort("_row")
-            .drop("_row")
+            report.removed.append(items[ITEM_ID][row])
+    return np.asarray(rows, dtype=np.int64)
+
+
+def _target_rows(
+    new_rows: pl.DataFrame,
+    vocab: Vocabulary,
+    num_rows: int,
+    removed: np.ndarray,
+    active: np.ndarray,
+    report: UpdateReport,
+) -> np.ndarray:
+    """The row each upserted item takes: its own when the catalogue has it (even removed), else
+    a new one past the last. Reports each item as added or replaced."""
+    raw_ids = new_rows[ITEM_ID].to_list()
+    rows = [vocab.index_of(raw) for raw in raw_ids]
+    removing = set(removed.tolist())
+    for raw, row in zip(raw_ids, rows, strict=True):
+        if row in removing:
+            raise RequestError("remove", raw, "names an item that is both upserted and removed")
+    fresh = iter(range(num_rows, num_rows + sum(row is None for row in rows)))
+    for raw, row in zip(raw_ids, rows, strict=True):
+        (report.replaced if row is not None and active[row] else report.added).append(raw)
+    return np.array([next(fresh) if row is None else row for row in rows], dtype=np.int64)
+
+
+def _upserted(
+    scorer: Scorer,
+    items: pl.DataFrame,
+    vectors: np.ndarray,
+    active: np.ndarray,
+    new_rows: pl.DataFrame,
+    target: np.ndarray,
+) -> tuple[pl.DataFrame, np.ndarray, np.ndarray]:
+    """(items, vectors, active) with `new_rows` at rows `target`, their vectors from the item
+    tower: rows are replaced in place and new ones appended, so row numbers (FAISS ids) never
+    change."""
+    updated = (
+        pl.concat(
+            [
+                items.with_columns(pl.Series(_ROW, np.arange(items.height), dtype=pl.Int64)),
+                new_rows.with_columns(pl.Series(_ROW, target, dtype=pl.Int64)),
+            ]
         )
-        new_vectors = encode_items(bundle.scorer, new_rows, rows=target)
-        vectors = np.concatenate([vectors, np.zeros((num_fresh, vectors.shape[1]), np.float32)])
-        vectors[target] = new_vectors
-        active = np.concatenate([active, np.zeros(num_fresh, dtype=bool)])
-        in_index = existing[active[existing]]
-        active[target] = True
-        items = updated
-    else:
-        in_index = np.zeros(0, dtype=np.int64)
-    if remove_rows:
-        active[np.asarray(remove_rows)] = False
-    items = items.with_columns(pl.Series(ACTIVE, active))
+        .unique(_ROW, keep="last")
+        .sort(_ROW)
+        .drop(_ROW)
+    )
+    num_fresh = updated.height - items.height
+    vectors = np.concatenate([vectors, np.zeros((num_fresh, vectors.shape[1]), np.float32)])
+    vectors[target] = encode_items(scorer, new_rows, rows=target)
+    active = np.concatenate([active, np.zeros(num_fresh, dtype=bool)])
+    active[target] = True
+    return updated, vectors, active
 
-    out_of_index = np.concatenate([in_index, np.asarray(remove_rows, dtype=np.int64)])
-    if len(out_of_index):
-        index = remove_ids(index, out_of_index, vectors)
-    if new_rows is not None:
-        index.add_with_ids(np.ascontiguousarray(vectors[target], dtype=np.float32), target)
 
-    index_manifest = dict(bundle.manifest["index"])
-    updates = [
-        *bundle.manifest.get("updates", []),
-        {
-            "base_version": bundle.version,
-            "added": len(report.added),
-            "replaced": len(report.replaced),
-            "removed": len(report.removed),
-        },
-    ]
+def _updated_index(
+    index: faiss.Index, out: np.ndarray, vectors: np.ndarray, added: np.ndarray
+) -> faiss.Index:
+    """A copy of `index` without the rows `out` and with the rows `added` (from `vectors`)."""
+    index = faiss.clone_index(index)
+    if len(out):
+        index = remove_ids(index, out, vectors)
+    if len(added):
+        index.add_with_ids(np.ascontiguousarray(vectors[added], dtype=np.float32), added)
+    return index
+
+
+def _write_version(
+    bundle: Bundle,
+    items: pl.DataFrame,
+    vectors: np.ndarray,
+    index: faiss.Index,
+    report: UpdateReport,
+) -> Path:
+    """The updated catalogue written as the bundle's next version (towers, users, search
+    settings and operating-point plot as they were), with this update in the manifest."""
+    update = {
+        "base_version": bundle.version,
+        "added": len(report.added),
+        "replaced": len(report.replaced),
+        "removed": len(report.removed),
+    }
+    updates = [*bundle.manifest.get("updates", []), update]
 
     def fill(directory: Path) -> None:
         if (bundle.path / PLOT).is_file():
@@ -241,11 +197,95 @@ def update_items(
             items_df=items,
             users_df=bundle.users,
             index=index,
-            index_manifest=index_manifest,
+            index_manifest=dict(bundle.manifest["index"]),
             extra={"updates": updates},
         )
 
-    version = write_version(bundle.root, fill)
-    report.version = version.name
-    log.info("bundle %s: %s from %s (%s)", bundle.root, version.name, bundle.version, MANIFEST)
-    return report
+    return write_version(bundle.root, fill)
+
+
+# -- upserted rows in the item table's schema ---------------------------------------------------
+def _feature_rows(upsert: pl.DataFrame, items: pl.DataFrame, report: UpdateReport) -> pl.DataFrame:
+    """`upsert` in the bundle's item-table schema (genre names → ids, year → bucket)."""
+    _check_upsert(upsert)
+    names = [list(genres or []) for genres in _values(upsert, GENRES)]
+    years = _values(upsert, YEAR)
+    buckets = _year_buckets(upsert[ITEM_ID].to_list(), years, _values(upsert, YEAR_BUCKET), items)
+    missing = pl.Series([None] * upsert.height)  # a column not given: nulls, cast to its type
+    given = {
+        ITEM_ID: upsert[ITEM_ID],
+        TITLE: upsert[TITLE] if TITLE in upsert.columns else missing,
+        GENRES: pl.Series(names, dtype=pl.List(pl.String)),
+        YEAR: pl.Series(years, dtype=items.schema.get(YEAR, pl.Int32)),
+        GENRE_IDS: pl.Series(_genre_ids(names, items, report), dtype=pl.List(pl.Int64)),
+        YEAR_BUCKET: pl.Series(buckets, dtype=pl.Int64),
+        ACTIVE: pl.Series([True] * upsert.height, dtype=pl.Boolean),
+    }
+    frame = pl.DataFrame({c: given.get(c, missing) for c in items.columns})
+    try:
+        return frame.cast(dict(items.schema))
+    except pl.exceptions.PolarsError as err:
+        raise RequestError(
+            "upsert",
+            dict(upsert.schema),
+            f"columns must fit the bundle's item table {dict(items.schema)} ({err})",
+        ) from None
+
+
+def _check_upsert(upsert: pl.DataFrame) -> None:
+    """An item_id column of unique, non-null ids, and no column besides UPSERT_COLUMNS."""
+    if ITEM_ID not in upsert.columns or set(upsert.columns) - set(UPSERT_COLUMNS):
+        raise RequestError(
+            "upsert", upsert.columns, f"must have an item_id column and only {list(UPSERT_COLUMNS)}"
+        )
+    ids = upsert[ITEM_ID]
+    if ids.null_count() or ids.n_unique() != upsert.height:
+        bad = ids.filter(ids.is_null() | ids.is_duplicated()).to_list()
+        raise RequestError("upsert", bad, "item_id must be non-null and unique")
+
+
+def _values(upsert: pl.DataFrame, column: str) -> list:
+    """An upsert column's values; nulls when it is not given."""
+    return upsert[column].to_list() if column in upsert.columns else [None] * upsert.height
+
+
+def _genre_ids(names: list[list[str]], items: pl.DataFrame, report: UpdateReport) -> list:
+    """Each item's genre ids in the item tower's vocabulary; names it has no id for are left
+    out (and reported)."""
+    known = _lookup(items, GENRES, GENRE_IDS, explode=True)
+    for name in (name for item_names in names for name in item_names):
+        if name not in known and name not in report.unknown_genres:
+            report.unknown_genres.append(name)
+    if report.unknown_genres:
+        log.warning("genres unknown to the item tower are ignored: %s", report.unknown_genres)
+    return [[known[name] for name in item_names if name in known] for item_names in names]
+
+
+def _year_buckets(item_ids: list, years: list, given: list, items: pl.DataFrame) -> list[int]:
+    """Each item's year bucket: given, else its year's (one a catalogue item has), else 0."""
+    bucket_of = _lookup(items, YEAR, YEAR_BUCKET)
+    buckets = []
+    for item_id, year, bucket in zip(item_ids, years, given, strict=True):
+        if bucket is None and year is not None and year not in bucket_of:
+            raise RequestError(
+                "upsert",
+                year,
+                f"item {item_id!r}: year must be one a catalogue item has "
+                "(or give its year_bucket column)",
+            )
+        if bucket is None:
+            bucket = 0 if year is None else bucket_of[year]
+        buckets.append(int(bucket))
+    return buckets
+
+
+def _lookup(items: pl.DataFrame, key: str, value: str, explode: bool = False) -> dict:
+    """{key: value} over the catalogue's rows (list columns paired element by element with
+    `explode`); empty when the table has no `key` column."""
+    if key not in items.columns:
+        return {}
+    pairs = items.select(pl.col(key), pl.col(value))
+    if explode:
+        pairs = pairs.explode(key, value)
+    pairs = pairs.drop_nulls().unique()
+    return dict(zip(pairs[key].to_list(), pairs[value].to_list(), strict=True))

@@ -1,15 +1,27 @@
-"""Shared fixtures: configs composed once with CPU and tiny sizes forced, a trained synthetic
-run (trained once per session, exported, ready to serve), and the shared datasets folder."""
+"""Shared fixtures: configs composed with CPU and tiny sizes forced, a synthetic run trained once
+per session (for tests/test_train.py; serve/ tests use a planted bundle, tests/serve/conftest.py),
+and the shared datasets folder. torch and FAISS run on one thread here (OMP_NUM_THREADS)."""
 
 from __future__ import annotations
+
+import os
+
+# One OpenMP thread for torch and FAISS, in this process and the subprocesses tests start (set
+# before either is imported; `OMP_NUM_THREADS=2 pytest` overrides it). The tests' tensors are
+# tiny: on a small machine shared with other jobs, threads wait for each other far longer than
+# they compute (one train() of TINY took 37 s on 2 threads beside a benchmark, 3.5 s on one).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 import train as train_module
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # even if torch was imported earlier
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
@@ -52,8 +64,3 @@ def trained_run(tmp_path_factory) -> tuple[Path, dict[str, float]]:
     output_dir = tmp_path_factory.mktemp("run")
     metrics = train_module.train(compose_config(output_dir))
     return output_dir, metrics
-
-
-@pytest.fixture(scope="session")
-def bundle_dir(trained_run) -> Path:
-    return trained_run[0] / "bundle"

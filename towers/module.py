@@ -225,6 +225,17 @@ class TwoTowerModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         self._epoch_loss, self._epoch_steps = None, 0
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # The random stream (shared negatives, the loader's seed) as it stands between two
+        # epochs: a resumed run continues it where the interrupted one stopped.
+        checkpoint["rng_state"] = _rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Restored before the fit loop creates the next epoch's loader iterator, which draws
+        # from the stream as it does between two epochs of an uninterrupted run.
+        if "rng_state" in checkpoint:
+            _set_rng_state(checkpoint["rng_state"])
+
     def on_train_epoch_end(self) -> None:
         # Before the checkpoint callbacks, which run after this hook.
         self._flush_row_updates()
@@ -329,3 +340,18 @@ class TwoTowerModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_ranking("test")
+
+
+def _rng_state() -> dict:
+    """torch's global random state (CPU and every CUDA device), as tensors a checkpoint holds
+    under torch.load(weights_only=True)."""
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -2,7 +2,7 @@
 
 from features.sources.base import Source
 from features.sources.download import ChecksumError
-from features.sources.interactions import Interactions, scan_table
+from features.sources.interactions import Interactions, read_interactions, scan_table
 from features.sources.lastfm import LastFMHetRec
 from features.sources.lightgcn import LightGCN, scan_lightgcn
 from features.sources.movielens import MovieLens, bundled_dir, scan_movies, scan_ratings
@@ -21,6 +21,7 @@ __all__ = [
     "Source",
     "Synthetic",
     "bundled_dir",
+    "read_interactions",
     "scan_lightgcn",
     "scan_movies",
     "scan_ratings",

@@ -1,5 +1,9 @@
 """What a data source is: something that hands over an interactions LazyFrame and, optionally,
-an item table. Every source ends in the same validated columns (see `features.schema`)."""
+an item table. Every source ends in the same validated columns (see `features.schema`).
+
+A source that reads files checks them when asked for its frames: a file that cannot be read or a
+column with bad values is a `schema.DataFileError` naming the file, the column and a sample of
+the bad values (see `features.sources.checks`), never a traceback from inside polars."""
 
 from __future__ import annotations
 

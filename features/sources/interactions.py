@@ -6,11 +6,22 @@
 optional. A time column may hold integers (taken as they are, e.g. epoch seconds), dates or
 datetimes (turned into epoch seconds), or strings parsed with `timestamp_format`. With
 `min_rating`, only rows rated at least that much are positives.
+
+The file is read and checked when `interactions()` is called. A bad file stops there with a
+`schema.DataFileError` naming the file, the column and a sample of the bad values: an empty or
+binary file, bytes that are not UTF-8, a line with more fields than the header, a missing or
+mistyped column, a row without a user, item, timestamp or rating (empty, null or NaN: never
+dropped silently), ids mixing numbers and other strings, ids with a fraction, times that do not
+parse. Ids follow `features.sources.checks` (integers become Int64, negative ones included;
+leading zeros or more than 64 bits keep the text; `ids="str"` keeps every id as written).
+
+Duplicated rows are kept by the source; `prepare` then keeps one interaction per
+(user, item): the earliest when there is a timestamp, else the first in the file.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +29,7 @@ import polars as pl
 
 from features import schema
 from features.sources.base import existing_file, positives
+from features.sources.checks import check_text, id_values, number_values, reading, time_values
 
 SEPARATORS = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".txt": "\t", ".dat": "\t"}
 PARQUET = (".parquet", ".pq")
@@ -34,77 +46,141 @@ def _suffix(path: Path) -> str:
     )
 
 
+def _separator(path: Path, separator: str | None) -> str:
+    """The text file's field separator: `separator`, else the one its suffix implies."""
+    sep = separator or SEPARATORS.get(_suffix(path))
+    if sep is None:
+        raise ValueError(
+            f"{path}: cannot tell the format from {_suffix(path)!r}; name it .csv / .tsv / "
+            ".parquet or set separator"
+        )
+    return sep
+
+
 def scan_table(
-    path: str | Path, separator: str | None = None, has_header: bool = True
+    path: str | Path,
+    separator: str | None = None,
+    has_header: bool = True,
+    strings: Sequence[str] = (),
 ) -> pl.LazyFrame:
-    """A CSV / TSV (optionally .gz) or Parquet file as a LazyFrame; the format from the suffix."""
+    """A CSV / TSV (optionally .gz) or Parquet file as a LazyFrame; the format from the suffix.
+
+    `strings`: text columns read as strings whatever they look like (for the caller to parse).
+    Errors surface when the frame is collected: read it inside `checks.reading`."""
     path = existing_file(path, "interactions")
     suffix = _suffix(path)
     if suffix in PARQUET:
         return pl.scan_parquet(path)
-    sep = separator or SEPARATORS.get(suffix)
-    if sep is None:
-        raise ValueError(
-            f"{path}: cannot tell the format from {suffix!r}; name it .csv / .tsv / .parquet or set separator"
-        )
-    options = {"separator": sep, "has_header": has_header, "infer_schema_length": 10_000}
+    options = {
+        "separator": _separator(path, separator),
+        "has_header": has_header,
+        "infer_schema_length": 10_000,
+        "schema_overrides": {name: pl.String for name in strings} or None,
+    }
     if path.suffix.lower() == ".gz":  # polars scans plain text lazily; gzip has to be read eagerly
         return pl.read_csv(path, **options).lazy()
     return pl.scan_csv(path, **options)
 
 
-def to_epoch_seconds(column: pl.Expr, dtype: pl.DataType, time_format: str | None) -> pl.Expr:
-    """A time column of any supported type → Int64 epoch seconds (integers pass through)."""
-    if dtype.is_integer():
-        return column.cast(pl.Int64)
-    if dtype.is_float():
-        return column.cast(pl.Int64)
-    if dtype == pl.Date:
-        return column.cast(pl.Datetime("ms")).dt.epoch("s")
-    if isinstance(dtype, pl.Datetime):
-        return column.dt.epoch("s")
-    if dtype == pl.String:
-        return column.str.to_datetime(time_format, strict=True).dt.epoch("s")
-    raise TypeError(f"unsupported time column type {dtype}")
+_TYPE_OK = {
+    schema.USER_ID: lambda t: t.is_numeric() or t == pl.String,
+    schema.ITEM_ID: lambda t: t.is_numeric() or t == pl.String,
+    schema.RATING: lambda t: t.is_numeric() or t == pl.String,  # strings are parsed, with a sample
+    schema.TIMESTAMP: lambda t: (
+        t.is_numeric() or t in (pl.Date, pl.String) or isinstance(t, pl.Datetime)
+    ),
+}
 
 
 def _check_columns(
-    path: Path, found: pl.Schema, mapping: Mapping[str, str], time_format: str | None
+    path: Path,
+    found: pl.Schema,
+    mapping: Mapping[str, str],
+    required: tuple[str, ...] = (schema.USER_ID, schema.ITEM_ID),
+    reasons: Mapping[str, str] | None = None,
 ) -> None:
-    """SchemaError naming the file, each missing or mistyped column and the columns found."""
-    problems = []
-    for ours in (schema.USER_ID, schema.ITEM_ID):
+    """DataFileError naming the file, each missing or mistyped column and the columns found.
+    (Values are checked after reading, column by column, with a sample of the bad ones.)"""
+    problems: list[tuple[str, str]] = []
+    for ours in required:
         if ours not in mapping:
-            problems.append(f"no column mapped to {ours!r} (set columns.{ours})")
+            reason = (reasons or {}).get(ours, f"no column mapped to {ours!r} (set columns.{ours})")
+            problems.append((ours, reason))
     for ours, theirs in mapping.items():
         if ours not in OUR_COLUMNS:
-            problems.append(f"unknown target {ours!r} in columns (expected one of {OUR_COLUMNS})")
+            problems.append(
+                (theirs, f"unknown target {ours!r} in columns (expected one of {OUR_COLUMNS})")
+            )
         elif theirs not in found:
-            problems.append(f"missing column {theirs!r} (for {ours})")
-        else:
-            dtype = found[theirs]
-            ok = {
-                schema.USER_ID: dtype.is_integer() or dtype == pl.String,
-                schema.ITEM_ID: dtype.is_integer() or dtype == pl.String,
-                schema.RATING: dtype.is_numeric(),
-                schema.TIMESTAMP: dtype.is_numeric()
-                or dtype in (pl.Date, pl.String)
-                or isinstance(dtype, pl.Datetime),
-            }[ours]
-            if not ok:
-                problems.append(f"column {theirs!r} (for {ours}) has type {dtype}")
-            elif ours == schema.TIMESTAMP and dtype == pl.String and time_format is None:
-                problems.append(
-                    f"column {theirs!r} (for timestamp) holds strings; set timestamp_format"
-                )
+            problems.append((theirs, f"missing column {theirs!r} (for {ours})"))
+        elif not _TYPE_OK[ours](found[theirs]):
+            problems.append((theirs, f"column {theirs!r} (for {ours}) has type {found[theirs]}"))
     if problems:
         shown = ", ".join(f"{n}: {t}" for n, t in found.items())
-        raise schema.SchemaError(f"{path}: " + "; ".join(problems) + f". Found columns: {shown}")
+        if len(shown) > 300:
+            shown = shown[:297] + "..."
+        raise schema.DataFileError(
+            path,
+            problems[0][0],
+            "; ".join(p for _, p in problems) + f". Found columns: {shown}",
+        )
+
+
+def read_interactions(
+    path: str | Path,
+    columns: Mapping[str, str] | None = None,
+    separator: str | None = None,
+    has_header: bool = True,
+    timestamp_format: str | None = None,
+    ids: str = "auto",
+    required: tuple[str, ...] = (schema.USER_ID, schema.ITEM_ID),
+    what: str = "interactions",
+    reasons: Mapping[str, str] | None = None,
+) -> pl.DataFrame:
+    """One interactions file as a checked DataFrame: user_id, item_id and, when mapped,
+    timestamp (Int64 epoch seconds) and rating (Float64), in that order, one row per file row.
+
+    `columns` maps our names to the file's (ours are used where the file has them); `what`
+    names the file when it does not exist; `reasons` replaces the message for a required column
+    that is not mapped. Every
+    problem with the file is a `schema.DataFileError` naming it (see `features.sources.checks`):
+    a missing or mistyped column, an empty file, missing ids, mixed or fractional ids, times or
+    ratings that do not parse. Duplicated rows are all kept here (`prepare` keeps one
+    interaction per (user, item): the earliest)."""
+    path = existing_file(path, what)
+    parquet = _suffix(path) in PARQUET
+    if not parquet:
+        _separator(path, separator)  # an unknown format is named before the content is read
+        check_text(path)
+    with reading(path):
+        found = scan_table(path, separator, has_header).collect_schema()
+    mapping = {ours: ours for ours in OUR_COLUMNS if ours in found}
+    mapping.update(dict(columns or {}))
+    _check_columns(path, found, mapping, required, reasons)
+    theirs = list(dict.fromkeys(mapping.values()))
+    strings = () if parquet else theirs  # text columns are parsed here, with named errors
+    with reading(path):
+        raw_df = scan_table(path, separator, has_header, strings).select(theirs).collect()
+    if raw_df.height == 0:
+        raise schema.DataFileError(path, None, "has no data rows")
+    out = [
+        id_values(raw_df[mapping[ours]], path, mapping[ours], ours, ids)
+        for ours in (schema.USER_ID, schema.ITEM_ID)
+    ]
+    if schema.TIMESTAMP in mapping:
+        column = mapping[schema.TIMESTAMP]
+        out.append(time_values(raw_df[column], path, column, timestamp_format))
+    if schema.RATING in mapping:
+        column = mapping[schema.RATING]
+        out.append(number_values(raw_df[column], path, column, schema.RATING))
+    return pl.DataFrame(out)
 
 
 @dataclass
 class Interactions:
-    """One interactions file; `columns` maps our names (user_id, item_id, timestamp, rating) to its."""
+    """One interactions file; `columns` maps our names (user_id, item_id, timestamp, rating) to its.
+
+    Read and checked by `read_interactions` (see the module docstring for what is an error)."""
 
     path: str
     columns: Mapping[str, str] | None = (
@@ -114,41 +190,29 @@ class Interactions:
     has_header: bool = True  # without a header polars names columns column_1, column_2, ...
     min_rating: float | None = None  # keep rows rated at least this (needs a rating column)
     timestamp_format: str | None = None  # strptime format when the time column holds strings
+    ids: str = "auto"  # "auto": integer ids when every id is one (see checks); "str": as written
     name: str = "interactions"
 
-    def _mapping(self, found: pl.Schema) -> dict[str, str]:
-        mapping = {ours: ours for ours in OUR_COLUMNS if ours in found}
-        mapping.update(dict(self.columns or {}))
-        return mapping
-
     def interactions(self) -> pl.LazyFrame:
-        path = existing_file(self.path, f"{self.name} interactions")
-        raw_lf = scan_table(path, self.separator, self.has_header)
-        found = raw_lf.collect_schema()
-        mapping = self._mapping(found)
-        _check_columns(path, found, mapping, self.timestamp_format)
-        if self.min_rating is not None and schema.RATING not in mapping:
-            raise schema.SchemaError(
-                f"{path}: min_rating={self.min_rating} needs a rating column; map one with "
-                f"columns.rating. Found columns: {', '.join(found.names())}"
+        what = f"{self.name} interactions"
+        required, reasons = (schema.USER_ID, schema.ITEM_ID), {}
+        if self.min_rating is not None:
+            required += (schema.RATING,)
+            reasons[schema.RATING] = (
+                f"min_rating={self.min_rating} needs a rating column; map one with columns.rating"
             )
-        selected = [
-            pl.col(mapping[schema.USER_ID]).alias(schema.USER_ID),
-            pl.col(mapping[schema.ITEM_ID]).alias(schema.ITEM_ID),
-        ]
-        if schema.TIMESTAMP in mapping:
-            theirs = mapping[schema.TIMESTAMP]
-            selected.append(
-                to_epoch_seconds(pl.col(theirs), found[theirs], self.timestamp_format).alias(
-                    schema.TIMESTAMP
-                )
-            )
-        if schema.RATING in mapping:
-            selected.append(pl.col(mapping[schema.RATING]).cast(pl.Float64).alias(schema.RATING))
-        lf = raw_lf.select(selected).filter(
-            pl.col(schema.USER_ID).is_not_null() & pl.col(schema.ITEM_ID).is_not_null()
+        df = read_interactions(
+            self.path,
+            self.columns,
+            self.separator,
+            self.has_header,
+            self.timestamp_format,
+            self.ids,
+            required,
+            what,
+            reasons,
         )
-        return positives(lf, self.min_rating)
+        return positives(df.lazy(), self.min_rating)
 
     def items(self) -> None:
         return None

@@ -14,6 +14,8 @@ import polars as pl
 
 from features import schema
 from features.sources.base import existing_file, positives
+from features.sources.checks import check_text, id_values, reading
+from features.sources.interactions import read_interactions
 
 BUNDLED_NAME = "ml-latest-small"
 
@@ -30,26 +32,21 @@ def _find(root: Path, stem: str) -> Path:
     return existing_file(root / f"{stem}.csv", f"movielens {stem}")
 
 
-def _read_csv(path: Path, dtypes: dict[str, pl.DataType]) -> pl.LazyFrame:
-    # polars scans plain CSV lazily; gzip'd CSV has to be read eagerly first.
-    if path.suffix == ".gz":
-        return pl.read_csv(path, schema_overrides=dtypes).lazy()
-    return pl.scan_csv(path, schema_overrides=dtypes)
+RATINGS_COLUMNS = {
+    schema.USER_ID: "userId",
+    schema.ITEM_ID: "movieId",
+    schema.RATING: "rating",
+    schema.TIMESTAMP: "timestamp",
+}
 
 
 def scan_ratings(path: str | Path) -> pl.LazyFrame:
-    """ratings.csv → user_id, item_id, rating, timestamp."""
-    path = existing_file(path, "movielens ratings")
-    lf = _read_csv(path, {"userId": pl.Int64, "movieId": pl.Int64, "rating": pl.Float64})
-    lf = schema.validate(
-        lf, {"userId": "id", "movieId": "id", "rating": "float", "timestamp": "int"}, str(path)
+    """ratings.csv → user_id, item_id, rating, timestamp, read and checked at once (a bad file is
+    a `schema.DataFileError` naming it, the column and a sample of the bad values)."""
+    df = read_interactions(
+        path, RATINGS_COLUMNS, required=tuple(RATINGS_COLUMNS), what="movielens ratings"
     )
-    return lf.select(
-        pl.col("userId").alias(schema.USER_ID),
-        pl.col("movieId").alias(schema.ITEM_ID),
-        pl.col("rating").cast(pl.Float64).alias(schema.RATING),
-        pl.col("timestamp").cast(pl.Int64).alias(schema.TIMESTAMP),
-    )
+    return df.select(schema.USER_ID, schema.ITEM_ID, schema.RATING, schema.TIMESTAMP).lazy()
 
 
 def release_year(title: pl.Expr) -> pl.Expr:
@@ -65,15 +62,39 @@ def genre_list(genres: pl.Expr) -> pl.Expr:
 
 
 def scan_movies(path: str | Path) -> pl.LazyFrame:
-    """movies.csv → item_id, title, genres (list of str), year."""
+    """movies.csv → item_id, title, genres (list of str), year, read and checked at once."""
     path = existing_file(path, "movielens movies")
-    lf = _read_csv(path, {"movieId": pl.Int64})
-    lf = schema.validate(lf, {"movieId": "id", "title": "str", "genres": "str"}, str(path))
-    return lf.select(
-        pl.col("movieId").alias(schema.ITEM_ID),
-        pl.col("title").alias(schema.TITLE),
-        genre_list(pl.col("genres")).alias(schema.GENRES),
-        release_year(pl.col("title")).alias(schema.YEAR),
+    check_text(path)
+    with reading(path):
+        # Ids are read as text and checked here (named errors); gzip'd CSV is read eagerly.
+        options = {"schema_overrides": {"movieId": pl.String}}
+        df = (
+            pl.read_csv(path, **options)
+            if path.suffix == ".gz"
+            else pl.scan_csv(path, **options).collect()
+        )
+    kinds = {"movieId": "id", "title": "str", "genres": "str"}
+    missing = [name for name in kinds if name not in df.columns]
+    if missing:
+        found = ", ".join(f"{n}: {t}" for n, t in df.schema.items())
+        raise schema.DataFileError(
+            path, missing[0], f"missing column {missing[0]!r}. Found columns: {found}"
+        )
+    if df.height == 0:
+        raise schema.DataFileError(path, None, "has no data rows")
+    for name in ("title", "genres"):
+        if df.schema[name] != pl.String:
+            df = df.with_columns(pl.col(name).cast(pl.String))
+    item_ids = id_values(df["movieId"], path, "movieId", schema.ITEM_ID)
+    return (
+        df.with_columns(item_ids)
+        .lazy()
+        .select(
+            schema.ITEM_ID,
+            pl.col("title").alias(schema.TITLE),
+            genre_list(pl.col("genres")).alias(schema.GENRES),
+            release_year(pl.col("title")).alias(schema.YEAR),
+        )
     )
 
 

@@ -31,6 +31,15 @@ class Synthetic:
     seed: int = 0
     name: str = "synthetic"
 
+    def __post_init__(self) -> None:
+        for name in ("num_users", "num_items", "num_clusters"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"synthetic: {name} must be at least 1, got {getattr(self, name)}")
+        if not 0.0 <= self.in_cluster_prob <= 1.0:
+            raise ValueError(
+                f"synthetic: in_cluster_prob must be in [0, 1], got {self.in_cluster_prob}"
+            )
+
     @cached_property
     def _tables(self) -> tuple[pl.DataFrame, pl.DataFrame]:
         if self.num_items < self.num_clusters:

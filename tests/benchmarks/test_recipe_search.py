@@ -3,15 +3,17 @@ tiny synthetic split (CPU)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
+from dataclasses import asdict, is_dataclass
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+import train
 from features import InteractionDataModule
 from tests.conftest import ROOT, TINY, compose_config
 
@@ -42,6 +44,29 @@ def test_prepare_writes_the_split_train_py_trains_on(prepared):
     assert sorted(users.tolist()) == sorted(dm.data.val.users.tolist())
     relevant = sum(int(tensors[f"val.{n}.num_relevant"].sum()) for n in range(meta["val_chunks"]))
     assert relevant == dm.data.val.num_interactions
+
+
+def _plain(value):
+    """A built config object as comparable values: a dataclass's fields; a module's class,
+    public attributes and weights."""
+    if is_dataclass(value):
+        return asdict(value)
+    if isinstance(value, torch.nn.Module):
+        public = {k: v for k, v in vars(value).items() if not k.startswith("_")}
+        weights = {k: v.tolist() for k, v in value.state_dict().items()}
+        return type(value), public, weights
+    return value
+
+
+def test_the_prepared_model_builds_as_train_py_builds_it(prepared):
+    """`run` builds the module without Hydra (`build`): the same objects instantiate gives."""
+    meta = json.loads((prepared / "meta.json").read_text())
+    ours = recipe_search.build(recipe_search.apply_overrides(meta, {})["model"])
+    theirs = instantiate(compose_config(prepared / "unused").model)
+    assert isinstance(ours, functools.partial) and ours.func is theirs.func
+    assert {k: _plain(v) for k, v in ours.keywords.items()} == {
+        k: _plain(v) for k, v in theirs.keywords.items()
+    }
 
 
 def test_train_batches_mask_the_target_out_of_its_history(prepared):
@@ -82,12 +107,34 @@ def test_overrides_are_applied_and_unknown_ones_are_named():
 
 
 def test_every_shipped_variant_names_real_fields_of_the_gowalla_recipe():
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=["experiment=gowalla"])
-    meta = {"model": OmegaConf.to_container(cfg.model), "batch_size": 1, "max_epochs": 1, "seed": 0}
-    for overrides in recipe_search.VARIANTS.values():
+    cfg = train.compose(["experiment=gowalla"])
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    meta = {"model": model, "batch_size": 1, "max_epochs": 1, "seed": 0}
+    for name, overrides in recipe_search.VARIANTS.items():
         recipe = recipe_search.apply_overrides(meta, overrides)
-        recipe_search.build(recipe["model"]["loss"])
+        # Every config object of the module built (towers, loss, negatives, optim): a key that
+        # moved or a value of the wrong kind fails here, not in a worker on a borrowed GPU.
+        built = recipe_search.build(recipe["model"])
+        assert isinstance(built, functools.partial), name
+
+
+def test_a_split_prepared_before_the_scoring_layer_still_builds():
+    """meta.json written when the popularity prior was a tower setting (towers.popularity_prior)
+    trains with the same prior, now the module's argument."""
+    old = {
+        "model": {
+            "_target_": "towers.TwoTowerModule",
+            "_partial_": True,
+            "towers": {"_target_": "towers.TowerConfig", "popularity_prior": 0.0005},
+        },
+        "batch_size": 512,
+        "max_epochs": 12,
+        "seed": 42,
+    }
+    model = recipe_search.apply_overrides(old, {})["model"]
+    assert model["popularity_prior"] == 0.0005 and "popularity_prior" not in model["towers"]
+    assert recipe_search.build(model).keywords["popularity_prior"] == 0.0005
+    assert old["model"]["towers"]["popularity_prior"] == 0.0005  # the meta itself is untouched
 
 
 def test_a_variant_trains_and_reports_validation_only(prepared):

@@ -1,8 +1,6 @@
-import numpy as np
 import torch
 
 from features import InteractionDataModule
-from features.arrays import padded_rows
 from features.sources import Synthetic
 from features.split import TemporalSplit
 
@@ -53,10 +51,3 @@ def test_val_batches_cover_every_validation_user_with_seen_and_relevant_items():
             assert not (set(rel[rel >= 0].tolist()) & train_items)
     assert users == data.val.users.tolist()
     assert relevant == data.val.num_interactions
-
-
-def test_padded_rows():
-    indptr, values = np.array([0, 2, 2, 5]), np.array([1, 2, 3, 4, 5])
-    np.testing.assert_array_equal(
-        padded_rows(indptr, values, np.array([2, 1, 0]), -1), [[3, 4, 5], [-1, -1, -1], [1, 2, -1]]
-    )

@@ -1,6 +1,5 @@
 import numpy as np
 import polars as pl
-import pytest
 
 from features.vocab import Vocabulary
 
@@ -20,12 +19,3 @@ def test_index_of_coerces_string_ids_for_integer_vocabularies():
     assert vocab.index_of("seven") is None
     assert vocab.index_of(True) is None
     assert Vocabulary.fit(pl.Series(["a", "b"])).index_of("b") == 1
-
-
-def test_parquet_round_trip_and_a_bad_file_is_named(tmp_path):
-    vocab = Vocabulary.fit(pl.Series(["u1", "u2"]))
-    vocab.write_parquet(tmp_path / "v.parquet")
-    assert Vocabulary.read_parquet(tmp_path / "v.parquet").frame.equals(vocab.frame)
-    pl.DataFrame({"id": [1]}).write_parquet(tmp_path / "bad.parquet")
-    with pytest.raises(ValueError, match=r"bad\.parquet: not a vocabulary"):
-        Vocabulary.read_parquet(tmp_path / "bad.parquet")

@@ -1,5 +1,7 @@
-"""Fixtures for serve/: the session's trained bundle re-exported with other indexes (no
-retraining), fresh copies to update, and a real uvicorn server on a free loopback port."""
+"""Fixtures for serve/: a small bundle made without training (tiny towers with planted
+weights), that bundle re-exported with other indexes, fresh copies to update, and a real
+uvicorn server on a free loopback port. Nothing here trains: train.py's own bundle is tested
+in tests/test_train.py."""
 
 from __future__ import annotations
 
@@ -11,15 +13,131 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
+import polars as pl
 import pytest
 import torch
 import uvicorn
 
+from features import schema
+from features.prepare import year_bucket
+from features.serving import GENRE_IDS, HISTORY, SEEN, YEAR_BUCKET
+from features.sources.synthetic import ITEM_ID_OFFSET, USER_ID_OFFSET
 from serve import Recommender, export_bundle, read_bundle
 from serve.http import create_app
-from towers import Scorer
+from towers import FeatureSpec, ItemTower, Scorer, TowerConfig, UserTower
 
+# The planted bundle: small enough to export in a fraction of a second, big enough for the
+# tests' slices (60 users, 50 excluded items, k up to 60) and for IVF indexes with a few lists.
+NUM_USERS = 200
+NUM_ITEMS = 150
+NUM_CLUSTERS = 6  # taste clusters; cluster c's items carry genre "g{c}" (and maybe one more)
+EMBEDDING_DIM = 32
+HISTORY_LENGTH = 10
+NUM_YEAR_BUCKETS = 28  # features.prepare's default buckets: 5 years each from 1900
 REFINE = "IVF{nlist},PQ{half_dim}x4fs,RFlat"  # conf/index/ivfpq_refine.yaml's factory
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def planted_tables(
+    rng: np.random.Generator,
+) -> tuple[pl.DataFrame, pl.DataFrame, np.ndarray, np.ndarray]:
+    """(items_df, users_df, each item's cluster, each user's cluster). The tables have the
+    layout of features.serving's item_table and user_table: raw ids offset like the synthetic
+    source's (users from 100_000, items from 500_000), unique titles "Item i (cluster c)", one
+    or two genres per item, release years 1950-2023; each user has 5-20 seen items, four in
+    five from their own cluster."""
+    item_cluster = rng.integers(0, NUM_CLUSTERS, NUM_ITEMS)
+    item_cluster[:NUM_CLUSTERS] = np.arange(NUM_CLUSTERS)  # no empty cluster
+    extra_genre = rng.integers(0, NUM_CLUSTERS, NUM_ITEMS)
+    items_df = pl.DataFrame(
+        {
+            schema.ITEM_ID: np.arange(NUM_ITEMS, dtype=np.int64) + ITEM_ID_OFFSET,
+            schema.TITLE: [f"Item {i} (cluster {c})" for i, c in enumerate(item_cluster)],
+            schema.GENRES: [
+                sorted({f"g{c}", f"g{e}"}) for c, e in zip(item_cluster, extra_genre, strict=True)
+            ],
+            schema.YEAR: rng.integers(1950, 2024, NUM_ITEMS).astype(np.int32),
+        }
+    ).with_columns(
+        # genre "g{c}" has index c in the item tower's genre vocabulary
+        pl.col(schema.GENRES).list.eval(pl.element().str.slice(1).cast(pl.Int64)).alias(GENRE_IDS),
+        year_bucket(pl.col(schema.YEAR), 1900, 5, NUM_YEAR_BUCKETS).alias(YEAR_BUCKET),
+    )
+    members = [np.flatnonzero(item_cluster == c) for c in range(NUM_CLUSTERS)]
+    user_cluster = rng.integers(0, NUM_CLUSTERS, NUM_USERS)
+    seen = []
+    for c in user_cluster:
+        count = int(rng.integers(5, 21))
+        own = rng.choice(members[c], size=min(count * 4 // 5, len(members[c])), replace=False)
+        others = rng.choice(NUM_ITEMS, size=count - len(own), replace=False)
+        seen.append(rng.permutation(np.unique(np.concatenate([own, others]))))  # in time order
+    users_df = pl.DataFrame(
+        {
+            schema.USER_ID: np.arange(NUM_USERS, dtype=np.int64) + USER_ID_OFFSET,
+            HISTORY: [s[-HISTORY_LENGTH:].tolist() for s in seen],  # most recent, oldest first
+            SEEN: [s.tolist() for s in seen],
+        },
+        schema={schema.USER_ID: pl.Int64, HISTORY: pl.List(pl.Int64), SEEN: pl.List(pl.Int64)},
+    )
+    return items_df, users_df, item_cluster, user_cluster
+
+
+def _plant(table: torch.nn.Embedding, rows: np.ndarray, start: int = 0) -> None:
+    with torch.no_grad():
+        table.weight[start : start + len(rows)] = torch.as_tensor(rows, dtype=torch.float32)
+
+
+def planted_towers(
+    rng: np.random.Generator, item_cluster: np.ndarray, user_cluster: np.ndarray
+) -> tuple[UserTower, ItemTower]:
+    """Tiny towers with weights planted from random clustered vectors instead of trained: an
+    item's id embedding is its cluster's centre plus noise, genre g{c}'s embedding half of
+    centre c, a user's id embedding their cluster's centre plus noise, and the history table
+    is the item id table (no projection). Items and users of a cluster thus point alike."""
+    spec = FeatureSpec(
+        num_users=NUM_USERS,
+        num_items=NUM_ITEMS,
+        num_genres=NUM_CLUSTERS,
+        num_year_buckets=NUM_YEAR_BUCKETS,
+        history_length=HISTORY_LENGTH,
+    )
+    cfg = TowerConfig(embedding_dim=EMBEDDING_DIM)
+    user, item = UserTower(spec, cfg), ItemTower(spec, cfg)
+    centres = _unit(rng.normal(size=(NUM_CLUSTERS, EMBEDDING_DIM)))
+
+    def noise(rows: int, scale: float) -> np.ndarray:
+        return scale * rng.normal(size=(rows, EMBEDDING_DIM)) / np.sqrt(EMBEDDING_DIM)
+
+    item_rows = centres[item_cluster] + noise(NUM_ITEMS, 0.8)
+    _plant(item.item_embedding, item_rows)  # the padding row (index NUM_ITEMS) stays zero
+    _plant(item.genre_embedding, 0.5 * centres)
+    _plant(item.year_embedding, noise(NUM_YEAR_BUCKETS - 1, 0.1), start=1)  # bucket 0: unknown
+    _plant(user.user_embedding, centres[user_cluster] + noise(NUM_USERS, 0.8))
+    _plant(user.history_embedding, item_rows)
+    with torch.no_grad():
+        user.history_projection.weight.copy_(torch.eye(EMBEDDING_DIM))
+    return user.eval(), item.eval()
+
+
+def planted_bundle(path: Path, seed: int = 0) -> Path:
+    """A bundle exported at `path` from planted towers and tables (exact index, like
+    conf/index/flat.yaml): what train.py exports, without training."""
+    rng = np.random.default_rng(seed)
+    items_df, users_df, item_cluster, user_cluster = planted_tables(rng)
+    towers = planted_towers(rng, item_cluster, user_cluster)
+    return export_bundle(
+        path, Scorer([towers]), items_df, users_df, index_config={"factory": "Flat"}
+    )
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(tmp_path_factory) -> Path:
+    """The session's bundle for every serve/ test: planted, not trained."""
+    return planted_bundle(tmp_path_factory.mktemp("planted") / "bundle")
 
 
 @pytest.fixture(scope="session")
@@ -28,13 +146,13 @@ def recommender(bundle_dir) -> Recommender:
 
 
 def reexport(bundle_dir: Path, path: Path, index_config: dict) -> Path:
-    """The trained towers and tables of `bundle_dir`, exported again with another index."""
+    """The towers and tables of `bundle_dir`, exported again with another index."""
     bundle = read_bundle(bundle_dir)
     return export_bundle(path, bundle.scorer, bundle.items, bundle.users, index_config=index_config)
 
 
 def _ann_bundle(bundle_dir: Path, tmp_path_factory, name: str, factory: str) -> Path:
-    """The session bundle's model re-exported with an ANN index (swept at recall@20)."""
+    """The session bundle's towers re-exported with an ANN index (swept at recall@20)."""
     path = tmp_path_factory.mktemp(name) / "bundle"
     return reexport(bundle_dir, path, {"factory": factory, "sweep_k": 20})
 

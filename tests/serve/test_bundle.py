@@ -1,5 +1,5 @@
-"""serve/bundle.py: the versioned layout, the sweep written at export, strict reading, atomic
-version switches."""
+"""serve/bundle.py, serve/versions.py and serve/export.py: the versioned layout, the sweep
+written at export, strict reading, atomic version switches."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from serve import FORMAT_VERSION, BundleError, Recommender, read_bundle
-from serve.bundle import CURRENT, INDEX, MANIFEST, PLOT, resolve, write_version
+from serve.bundle import INDEX, MANIFEST, PLOT
 from serve.index import DEFAULT_K_FACTOR, K_FACTOR, NPROBE
+from serve.versions import CURRENT, resolve, write_version
 
 
 def version_dir(root: Path) -> Path:

@@ -18,6 +18,8 @@ from serve.errors import RequestError, UnknownItemError
 from serve.http import create_app
 from tests.serve.conftest import Server
 
+ADMIN = {"Authorization": "Bearer test-admin-token"}  # /admin/* needs the app's admin token
+
 
 @pytest.fixture(scope="module")
 def ids(bundle_dir):
@@ -274,7 +276,7 @@ def test_reload_under_load_drops_no_request(bundle_dir, tmp_path):
                     versions[offset].append(response.json()["version"])
                 i += 1
 
-    with Server(create_app(path)) as running:
+    with Server(create_app(path, admin_token="test-admin-token")) as running:
         threads = [threading.Thread(target=client_loop, args=(n,)) for n in range(4)]
         for thread in threads:
             thread.start()
@@ -286,9 +288,10 @@ def test_reload_under_load_drops_no_request(bundle_dir, tmp_path):
             ]
         update_items(path, remove=[top])
         with httpx.Client(base_url=running.url, timeout=30) as client:
-            reload = client.post("/admin/reload").json()
+            reload = client.post("/admin/reload", headers=ADMIN).json()
             assert reload == {"reloaded": True, "version": "v000002", "previous": "v000001"}
-            assert client.post("/admin/reload").json()["reloaded"] is False  # nothing new
+            again = client.post("/admin/reload", headers=ADMIN).json()
+            assert again["reloaded"] is False  # nothing new
             time.sleep(0.3)
             stop.set()
             for thread in threads:
@@ -311,14 +314,15 @@ def test_reload_under_load_drops_no_request(bundle_dir, tmp_path):
 def test_watcher_reloads_and_a_broken_version_keeps_the_old_one(bundle_dir, tmp_path):
     path = Path(shutil.copytree(bundle_dir, tmp_path / "bundle"))
     item = read_bundle(path).items["item_id"][0]
-    with Server(create_app(path, watch_seconds=0.1)) as running, running.client() as client:
+    app = create_app(path, watch_seconds=0.1, admin_token="test-admin-token")
+    with Server(app) as running, running.client() as client:
         update_items(path, upsert=pl.DataFrame({"item_id": [424242]}))
         deadline = time.monotonic() + 10
         while client.get("/readyz").json()["version"] != "v000002":
             assert time.monotonic() < deadline, "the watcher did not reload"
             time.sleep(0.05)
         (path / "CURRENT").write_text("v000099\n")  # a pointer to nothing
-        failed = client.post("/admin/reload")
+        failed = client.post("/admin/reload", headers=ADMIN)
         assert failed.status_code == 409 and "v000099" in failed.json()["detail"]
         assert client.get("/readyz").json()["version"] == "v000002"
         assert client.post("/similar-items", json={"item_id": item, "k": 2}).status_code == 200
@@ -330,7 +334,7 @@ def test_batcher_coalesces_requests_of_one_turn(recommender):
     import asyncio
 
     from serve import UnknownUserError
-    from serve.http import Batcher
+    from serve.http_lane import Batcher
 
     users = read_bundle(recommender.bundle.path).users["user_id"].to_list()[:6]
     calls = []
@@ -366,7 +370,7 @@ def test_fast_lane_answers_plain_requests_and_hands_the_rest_to_the_app(recommen
     import asyncio
     import json
 
-    from serve.http import Batcher, FastLane
+    from serve.http_lane import Batcher, FastLane
 
     user = read_bundle(recommender.bundle.path).users["user_id"][0]
     service = type("S", (), {"recommender": recommender})()

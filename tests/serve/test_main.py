@@ -105,3 +105,22 @@ def test_http_command_serves_on_loopback(bundle_dir):
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+def test_cli_prints_json_and_names_errors(bundle_dir, recommender, capsys):
+    """The JSON on stdout; an error as one line and status 2 from the process, no traceback."""
+    user = str(read_bundle(bundle_dir).users["user_id"][1])
+    args = ["recommend", "--bundle", str(bundle_dir), "--user", user, "--k", "4"]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["user_id"] == user and len(out["items"]) == 4
+    assert out["items"][0]["item_id"] == recommender.recommend(user, k=1)[0].item_id
+    # As a subprocess (one is enough: most of its time is importing torch and FAISS).
+    bad = subprocess.run(
+        [sys.executable, "-m", "serve", *args[:-1], "0"], capture_output=True, text=True
+    )
+    assert (
+        bad.returncode == 2
+        and "k must be a positive integer" in bad.stderr
+        and "Traceback" not in bad.stderr
+    )

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from serve import BundleError, Recommender, UnknownItemError, read_bundle, update_items
-from serve.bundle import CURRENT
+from serve.versions import CURRENT
 from towers.scoring import PRIOR_SCALE
 
 

@@ -1,0 +1,49 @@
+"""benchmarks/quality.py: its popularity and twotower rows on the tiny synthetic recipe (one
+epoch, CPU), against what train.py reports for the same run."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+from hydra.utils import instantiate
+
+from tests.conftest import ROOT, TINY, compose_config
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import quality
+
+
+@pytest.mark.slow  # one training run through train.train (about 10 s on 2 cores)
+def test_popularity_and_twotower_rows_match_train_py(tmp_path):
+    datamodule = instantiate(compose_config(tmp_path / "unused").data)
+    datamodule.setup()
+    popularity = quality.run_popularity(datamodule.data)
+
+    overrides = [o for o in TINY if not o.startswith("trainer.max_epochs=")]
+    # One epoch and no refit: the row's plumbing, not its quality.
+    twotower = quality.run_twotower(
+        [*overrides, "trainer.max_epochs=1", "refit=false"], tmp_path / "run"
+    )
+    written = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    # The same split and the same baseline as the popularity row train.py writes beside the model.
+    assert popularity["metrics"] == {
+        k.removeprefix("popularity/"): v for k, v in written.items() if k.startswith("popularity/")
+    }
+    assert twotower["metrics"] == {k: v for k, v in written.items() if k.startswith("test/")}
+    assert twotower["recipe"]["trainer"]["max_epochs"] == 1
+    assert "popularity_prior" in twotower["recipe"]["model"]
+
+    results = {
+        "tiny": {
+            "ours": {"popularity": popularity, "twotower": twotower},
+            "published": [],
+            "ks_shown": [20, 50],
+        }
+    }
+    lines = quality.table(results).splitlines()
+    assert [line.split()[:2] for line in lines[2:]] == [
+        ["tiny", "popularity"],
+        ["tiny", "twotower"],
+    ]
