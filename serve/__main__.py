@@ -16,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+from serve.bundle import VERIFY
 from serve.errors import BundleError, RequestError, UnknownIdError
 
 
@@ -42,6 +43,28 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--bundle", required=True)
     sim.add_argument("--item", required=True, help="raw item id")
     sim.add_argument("--k", type=int, default=10)
+    _add_http_command(commands)
+    ver = commands.add_parser(
+        "verify", help="check every file of a bundle version against its manifest's sha256"
+    )
+    ver.add_argument("--bundle", required=True)
+    ver.add_argument("--version", help="the version to check (v000002); default: CURRENT's")
+    upd = commands.add_parser(
+        "update", help="add, replace or remove items: writes a new bundle version"
+    )
+    upd.add_argument("--bundle", required=True)
+    upd.add_argument(
+        "--upsert",
+        help="Parquet, CSV or JSON file: item_id and any of title, genres, year, year_bucket",
+    )
+    upd.add_argument(
+        "--remove", action="append", default=[], help="raw item id to remove (repeatable)"
+    )
+    return parser
+
+
+def _add_http_command(commands) -> None:
+    """`http`: the service's flags, the limits of one request and the admin token among them."""
     http = commands.add_parser("http", help="serve the bundle over HTTP (uvicorn)")
     http.add_argument("--bundle", required=True)
     http.add_argument(
@@ -81,28 +104,18 @@ def _parser() -> argparse.ArgumentParser:
     ):
         http.add_argument(flag, type=int, metavar="N", help=f"most {what} (default {default})")
     http.add_argument(
+        "--verify",
+        choices=VERIFY,
+        default="full",
+        help="what each load and reload checks of the bundle's files: full (size and sha256), "
+        "size (very large indexes), off",
+    )
+    http.add_argument(
         "--admin-token",
         default=None,
         help="bearer token that /admin/* requires (default: the TWOTOWER_ADMIN_TOKEN environment "
         "variable, which stays out of the process list; neither: the admin routes are off)",
     )
-    ver = commands.add_parser(
-        "verify", help="check every file of a bundle version against its manifest's sha256"
-    )
-    ver.add_argument("--bundle", required=True)
-    ver.add_argument("--version", help="the version to check (v000002); default: CURRENT's")
-    upd = commands.add_parser(
-        "update", help="add, replace or remove items: writes a new bundle version"
-    )
-    upd.add_argument("--bundle", required=True)
-    upd.add_argument(
-        "--upsert",
-        help="Parquet, CSV or JSON file: item_id and any of title, genres, year, year_bucket",
-    )
-    upd.add_argument(
-        "--remove", action="append", default=[], help="raw item id to remove (repeatable)"
-    )
-    return parser
 
 
 def _read_table(path: str):
@@ -118,32 +131,38 @@ def _read_table(path: str):
         raise RequestError("--upsert", path, f"cannot be read ({err})") from None
 
 
+def _http(args: argparse.Namespace) -> int:
+    """The HTTP service until interrupted (0), or 2 for a bad flag."""
+    from serve.http import serve
+    from serve.http_messages import Limits
+
+    try:
+        limits = Limits.from_options(vars(args))  # --max-k → max_k, ...; absent: the default
+    except RequestError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    serve(
+        args.bundle,
+        args.host,
+        args.port,
+        args.cold_start,
+        args.device,
+        args.watch,
+        args.log_level,
+        {"auto": None, "on": True, "off": False}[args.cache_user_vectors],
+        limits,
+        args.admin_token,
+        verify=args.verify,
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from serve.recommender import Recommender
 
     if args.command == "http":
-        from serve.http import serve
-        from serve.http_messages import Limits
-
-        try:
-            limits = Limits.from_options(vars(args))  # --max-k → max_k, ...; absent: default
-        except RequestError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        serve(
-            args.bundle,
-            args.host,
-            args.port,
-            args.cold_start,
-            args.device,
-            args.watch,
-            args.log_level,
-            {"auto": None, "on": True, "off": False}[args.cache_user_vectors],
-            limits,
-            args.admin_token,
-        )
-        return 0
+        return _http(args)
     if args.command == "verify":
         from serve.versions import verify_version
 

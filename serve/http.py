@@ -20,11 +20,13 @@ not fit the request model or a `RequestError` from the recommender is a 422 nami
 (from its Content-Length, before it is read, or while it streams), no bundle yet a 503; any
 other error is a 500 for that request only. What a request may ask (k, the length of a history,
 an exclude list, a batch) is bounded by `Limits`; a value past one is a 422 naming the field,
-the value and the limit. The request models carry the limits, so the OpenAPI document says what
-the server accepts, and every answer's body is a model there. Plain `/recommend` requests (a user id, k, exclude_seen) take a fast
-lane past FastAPI's routing and response layers (`FastLane`, serve/http_lane.py); everything
-else, and every request the lane cannot answer, goes through the FastAPI app, which owns all
-error responses. Request bodies, answers and the error mapping are in serve/http_messages.py.
+the value and the limit ("limit", "value" beside "loc"). Plain `/recommend` requests (a user
+id, k, exclude_seen) take a fast lane past FastAPI's routing and response layers (`FastLane`,
+serve/http_lane.py); everything else, and every request the lane cannot answer, goes through
+the FastAPI app, which owns all error responses. Request bodies, limits and the error mapping
+are in serve/http_messages.py; the OpenAPI document (the limits in the request models, every
+answer's body a model, the served bundle's filter columns and example ids) in
+serve/http_openapi.py.
 Reloading builds the new `Recommender` on the side and then swaps one reference: a request holds
 the recommender it started with, so in-flight requests finish on the old version and none is
 dropped. With `watch_seconds`, the app also polls CURRENT and reloads by itself.
@@ -89,16 +91,20 @@ class Service:
         cold_start: str = "history",
         device: str | None = None,
         cache_user_vectors: bool | None = None,
+        verify: str = "full",
     ):
         self.path = Path(bundle)
         self.cold_start = cold_start
         self.device = device
         self.cache_user_vectors = cache_user_vectors
+        self.verify = verify  # what each load checks of the bundle's files (Recommender.load)
         self.recommender: Recommender | None = None
         self._lock = threading.Lock()  # one reload at a time
 
     def load(self) -> Recommender:
-        return Recommender.load(self.path, self.cold_start, self.device, self.cache_user_vectors)
+        return Recommender.load(
+            self.path, self.cold_start, self.device, self.cache_user_vectors, verify=self.verify
+        )
 
     def reload(self, force: bool = False) -> dict:
         """Load the version CURRENT names, if it differs from the one served (or `force`)."""
@@ -322,12 +328,15 @@ def create_app(
     cache_user_vectors: bool | None = None,
     limits: Limits | None = None,
     admin_token: str | None = None,
+    *,
+    verify: str = "full",
 ) -> FastAPI:
     """The app over the bundle at `bundle` (loaded at startup; /readyz says when). `limits`:
     what one request may ask (default `Limits()`); `admin_token`: the bearer token of /admin/*
-    (None: no admin routes)."""
+    (None: no admin routes); `verify`: what every load and reload checks of the bundle's files
+    ("full", "size", "off"; serve.bundle)."""
     limits = limits or Limits()
-    service = Service(bundle, cold_start, device, cache_user_vectors)
+    service = Service(bundle, cold_start, device, cache_user_vectors, verify)
     metrics = Metrics()
     app = FastAPI(
         title="twotower",
@@ -359,6 +368,8 @@ def serve(
     cache_user_vectors: bool | None = None,
     limits: Limits | None = None,
     admin_token: str | None = None,
+    *,
+    verify: str = "full",
 ) -> None:
     """Run the app with uvicorn until interrupted. `admin_token` defaults to the environment's
     TWOTOWER_ADMIN_TOKEN (neither: the admin routes are off)."""
@@ -366,7 +377,14 @@ def serve(
 
     admin_token = admin_token or os.environ.get(ADMIN_TOKEN_ENV) or None
     app = create_app(
-        bundle, cold_start, device, watch_seconds, cache_user_vectors, limits, admin_token
+        bundle,
+        cold_start,
+        device,
+        watch_seconds,
+        cache_user_vectors,
+        limits,
+        admin_token,
+        verify=verify,
     )
     log.info("admin routes %s", "on (bearer token)" if admin_token else "off (no admin token)")
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)

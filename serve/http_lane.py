@@ -152,7 +152,10 @@ class FastLane:
     The lane parses with the routes' own `parse` and only ever answers 200s. A request it
     cannot answer (invalid body, no bundle yet, an unknown user, any error) is handed to the
     FastAPI app with its body replayed, whose handlers (`error_response`) answer every error:
-    the lane and the route cannot disagree on one."""
+    the lane and the route cannot disagree on one. A body over `limits.max_body_bytes` is
+    handed on as soon as a message shows it (by the bytes so far, or by its Content-Length
+    while more is coming), unread past that: the route's `read_body` answers 413. On the hot
+    path (a body in one message) the limit costs one integer comparison."""
 
     def __init__(self, app, service: Service, batcher: Batcher, limits: Limits | None = None):
         limits = limits or Limits()
@@ -165,9 +168,9 @@ class FastLane:
         read = await _read_body(scope, receive, self.max_body_bytes)
         if read is None:  # the client went away
             return
-        raw, whole = read
-        if not whole:  # over the limit: the app answers 413 (reading no more than it must)
-            return await self.app(scope, _replay(raw, receive, more_body=True), send)
+        raw, more = read
+        if more or len(raw) > self.max_body_bytes:  # over the limit: the app answers 413
+            return await self.app(scope, _replay(raw, receive, more), send)
         try:
             body = parse(self.model, raw)
             recommender = self.service.recommender
@@ -191,19 +194,20 @@ class FastLane:
 
 
 async def _read_body(scope, receive, limit: int) -> tuple[bytes, bool] | None:
-    """(body, whole) of an ASGI request, or None when the client disconnects first. Reading
-    stops early (whole False) once the body is over `limit` bytes, or is still coming and its
-    Content-Length says it will be: the hot path (a body in one message) costs one comparison."""
-    raw, more = b"", True
-    while more:
+    """(body, more) of an ASGI request, or None when the client disconnects first. Reading stops
+    early (more: True) once the body is over `limit` bytes, or is still coming and its
+    Content-Length says it will be; a body in one message (the hot path) is returned as it came."""
+    message = await receive()
+    if message["type"] != "http.request":
+        return None
+    raw, more = message.get("body", b""), message.get("more_body", False)
+    while more and len(raw) <= limit and content_length(scope) <= limit:
         message = await receive()
         if message["type"] != "http.request":
             return None
         raw += message.get("body", b"")
         more = message.get("more_body", False)
-        if len(raw) > limit or (more and content_length(scope) > limit):
-            return raw, False
-    return raw, True
+    return raw, more
 
 
 def content_length(scope) -> int:

@@ -28,7 +28,8 @@ class Limits:
     """The most one request may ask of the server (each a flag of `python -m serve http`). They
     bound the work a request can cause: at most max_batch x max_k results, max_history item ids
     per user run through the user tower, max_exclude item ids left out; max_body_bytes bounds
-    everything else a body holds (filters, id strings). Past one: 422 naming it (413 for the body)."""
+    everything else a body holds (filters, id strings). Past one: a 422 naming it (the body:
+    413)."""
 
     max_k: int = 1000  # results per user (--max-k)
     max_history: int = 1000  # item ids in a history given with a request (--max-history)
@@ -163,9 +164,9 @@ def _field_error(error: dict) -> dict:
     out = {"loc": loc, "msg": error.get("msg", ""), "type": error.get("type", "")}
     ctx = error.get("ctx") or {}
     if out["type"] == "too_long":
-        limit, value, what = ctx.get("max_length"), ctx.get("actual_length"), "items"
+        limit, value, verb, what = ctx.get("max_length"), ctx.get("actual_length"), "hold", " items"
     elif out["type"] == "less_than_equal":
-        limit, value, what = ctx.get("le"), error.get("input"), ""
+        limit, value, verb, what = ctx.get("le"), error.get("input"), "be", ""
     else:
         return out
     if isinstance(limit, int) and isinstance(value, int):
@@ -175,8 +176,7 @@ def _field_error(error: dict) -> dict:
             name = "max_history"  # histories[i]: one user's history
         if name is not None:
             field = ".".join(str(p) for p in loc[1:])
-            at_most = f"at most {limit} {what}".rstrip()
-            out["msg"] = f"{field} must be {at_most} ({name}), got {value}"
+            out["msg"] = f"{field} must {verb} at most {limit}{what} ({name}), got {value}"
     return out
 
 
@@ -222,9 +222,12 @@ def _unprocessable(errors: list[dict]) -> Response:
 
 
 def _invalid_body(err: RequestValidationError) -> Response:
-    keys = ("loc", "msg", "type", "limit", "value")
     return _unprocessable(
-        [{"msg": "", "type": "", **{k: e[k] for k in keys if k in e}} for e in err.errors()]
+        [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+            | {k: e[k] for k in ("limit", "value") if k in e}
+            for e in err.errors()
+        ]
     )
 
 

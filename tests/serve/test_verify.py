@@ -156,3 +156,12 @@ def test_cli_checks_a_given_version(bundle_copy, capsys):
     assert "index.faiss: missing" in captured.err
     assert main(["verify", "--bundle", str(bundle_copy), "--version", "v000009"]) == 2
     assert "v000009" in capsys.readouterr().err
+
+
+def test_the_http_service_loads_with_the_verification_it_is_given(bundle_copy):
+    from serve.http import Service
+
+    flip_middle_byte(version_dir(bundle_copy) / INDEX)
+    with pytest.raises(BundleError, match="index.faiss: sha256 mismatch"):
+        Service(bundle_copy).load()  # "full" by default, at start-up and at every reload
+    assert Service(bundle_copy, verify="size").load().version == "v000001"
