@@ -60,7 +60,7 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
-from serving import INDEXES, NUM_USERS, free_port, synthetic_tables  # benchmarks/serving.py
+from serving import INDEXES, NUM_USERS, free_port, send, synthetic_tables  # benchmarks/serving.py
 
 from serve.versions import current_version
 
@@ -312,27 +312,6 @@ def rss_bytes(pid: int) -> int | None:
     except (OSError, ValueError):
         return None
     return None
-
-
-async def send(reader, writer, method: str, path: str, body: bytes | None, headers: dict):
-    """One HTTP/1.1 request on a keep-alive connection: (status, body)."""
-    head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-    head += "".join(f"{name}: {value}\r\n" for name, value in headers.items())
-    if body is not None or method == "POST":
-        head += f"Content-Type: application/json\r\nContent-Length: {len(body or b'')}\r\n"
-    writer.write((head + "\r\n").encode() + (body or b""))
-    status_line = await reader.readline()
-    if not status_line:
-        raise ConnectionResetError("the server closed the connection")
-    length = 0
-    while True:
-        line = await reader.readline()
-        if line in (b"\r\n", b""):
-            break
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
-    return int(status_line.split()[1]), await reader.readexactly(length)
 
 
 async def request(port: int, method: str, path: str, headers: dict | None = None):

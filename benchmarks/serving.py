@@ -248,12 +248,18 @@ class HttpServer:
         self.process.wait(timeout=30)
 
 
-async def _send(reader, writer, method: str, path: str, body: bytes | None) -> tuple[int, bytes]:
+async def send(
+    reader, writer, method: str, path: str, body: bytes | None, headers: dict | None = None
+) -> tuple[int, bytes]:
+    """One HTTP/1.1 request on a keep-alive connection: (status, body)."""
     head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-    if body is not None:
-        head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    head += "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+    if body is not None or method == "POST":
+        head += f"Content-Type: application/json\r\nContent-Length: {len(body or b'')}\r\n"
     writer.write((head + "\r\n").encode() + (body or b""))
     status_line = await reader.readline()
+    if not status_line:
+        raise ConnectionResetError("the server closed the connection")
     length = 0
     while True:
         line = await reader.readline()
@@ -262,14 +268,13 @@ async def _send(reader, writer, method: str, path: str, body: bytes | None) -> t
         name, _, value = line.partition(b":")
         if name.strip().lower() == b"content-length":
             length = int(value)
-    payload = await reader.readexactly(length)
-    return int(status_line.split()[1]), payload
+    return int(status_line.split()[1]), await reader.readexactly(length)
 
 
 async def one_request(port: int, method: str, path: str, body: bytes | None):
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        return await _send(reader, writer, method, path, body)
+        return await send(reader, writer, method, path, body)
     finally:
         writer.close()
 
@@ -287,7 +292,7 @@ async def _clients(port: int, bodies: list[tuple[str, bytes]], concurrency: int,
                 path, body = queue.pop()
                 sent = time.perf_counter()
                 try:
-                    status, _ = await _send(reader, writer, "POST", path, body)
+                    status, _ = await send(reader, writer, "POST", path, body)
                 except (OSError, asyncio.IncompleteReadError) as err:
                     errors.append(repr(err))
                     return

@@ -82,9 +82,9 @@ class HeldOutBatches(Dataset):
 
 
 class EpochShuffle(Sampler[int]):
-    """A permutation per epoch: the order torch's RandomSampler with a generator seeded once gives,
-    but fixed by (seed, epoch), so a run resumed at epoch e sees the batches an uninterrupted one
-    does (Lightning calls `set_epoch` before each epoch)."""
+    """A permutation per epoch: the order a RandomSampler with a generator seeded once gives over
+    a training loop, but fixed by (seed, epoch), so a run resumed at epoch e sees the batches an
+    uninterrupted one does (Lightning calls `set_epoch` before each epoch)."""
 
     def __init__(self, size: int, seed: int):
         self.size, self.seed, self.epoch = size, seed, 0
@@ -97,9 +97,9 @@ class EpochShuffle(Sampler[int]):
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed)
-        # The earlier epochs' draws, dropped: two permutations each, as torch's RandomSampler
-        # draws (the second for its empty remainder), so the order is the one it gives.
-        for _ in range(2 * self.epoch):
+        # The earlier epochs' permutations, drawn and dropped: one each, as a RandomSampler's
+        # generator gives them when the loop stops after len(loader) batches (as Lightning does).
+        for _ in range(self.epoch):
             torch.randperm(self.size, generator=generator)
         yield from torch.randperm(self.size, generator=generator).tolist()
 

@@ -2,9 +2,10 @@
 
 Never imports the LightningModule: it loads plain tower modules from the bundle."""
 
-from serve.bundle import FORMAT_VERSION, Bundle
+from serve.bundle import Bundle
 from serve.errors import BundleError, UnknownIdError, UnknownItemError, UnknownUserError
 from serve.export import export_bundle
+from serve.files import FORMAT_VERSION
 from serve.index import IndexConfig, build_index
 from serve.recommender import Recommendation, Recommendations, Recommender
 from serve.update import UpdateReport, update_items

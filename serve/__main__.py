@@ -16,8 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-from serve.bundle import VERIFY
 from serve.errors import BundleError, RequestError, UnknownIdError
+from serve.files import VERIFY
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -25,12 +25,9 @@ corrupted file is a `BundleError` naming it, never a bundle that loads and serve
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
-import os
 import platform
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -42,28 +39,28 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from features.serving import ACTIVE, ITEM_COLUMNS, USER_COLUMNS
-from serve.errors import BundleError, RequestError
+from serve.errors import BundleError
+from serve.files import (  # the names of a version's files, defined once
+    FILES,
+    FORMAT_VERSION,
+    INDEX,
+    ITEM_TOWER,
+    ITEM_VECTORS,
+    ITEMS,
+    MANIFEST,
+    PLOT,
+    PRIOR_KEY,
+    USER_TOWER,
+    USERS,
+    VECTORS_KEY,
+    file_entry,
+    in_threads,
+    verify_files,
+)
 from serve.index import FAISS_METRIC_NAMES, FAISS_METRICS, IndexConfig, is_id_mapped, to_cpu
 from towers.scoring import Scorer
 from towers.similarity import Similarity
 from towers.towers import FeatureSpec, ItemTower, TowerConfig, UserTower
-
-FORMAT_VERSION = 3  # 3: members' towers and the scoring settings (towers.scoring.Scorer)
-MANIFEST = "manifest.json"
-USER_TOWER = "user_tower.safetensors"
-ITEM_TOWER = "item_tower.safetensors"
-ITEM_VECTORS = "item_vectors.safetensors"
-ITEMS = "items.parquet"
-USERS = "users.parquet"
-INDEX = "index.faiss"
-PLOT = "operating_points.png"
-FILES = (USER_TOWER, ITEM_TOWER, ITEM_VECTORS, ITEMS, USERS, INDEX)
-PRIOR_KEY = "prior.item_prior"  # in ITEM_TOWER: the popularity prior's centred log p per item
-VECTORS_KEY = "vectors"  # in ITEM_VECTORS: the (I, D) float32 item vectors
-# How a read checks each file against the manifest: "full" its size and sha256, "size" its size
-# alone (catches truncation and most replacements, not a same-size change; for huge indexes),
-# "off" nothing.
-VERIFY = ("full", "size", "off")
 
 
 def _package_versions() -> dict[str, str]:
@@ -72,28 +69,6 @@ def _package_versions() -> dict[str, str]:
         with contextlib.suppress(metadata.PackageNotFoundError):
             out[dist] = metadata.version(dist)
     return out
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)  # releases the GIL: files hash in parallel threads
-    return digest.hexdigest()
-
-
-def _in_threads(fn, args: list) -> list:
-    """[fn(a) for a in args], on up to one thread per core (hashing releases the GIL)."""
-    workers = min(len(args), os.cpu_count() or 1)
-    if workers <= 1:
-        return [fn(a) for a in args]
-    with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(fn, args))
-
-
-def _file_entry(path: Path) -> dict:
-    """A file's entry in the manifest's "files": its sha256 and its size in bytes."""
-    return {"sha256": _sha256(path), "bytes": path.stat().st_size}
 
 
 def _states(towers: list[torch.nn.Module]) -> dict[str, torch.Tensor]:
@@ -146,7 +121,7 @@ def write_files(
         **dict(extra or {}),
         "versions": _package_versions(),
         "files": dict(
-            zip(files, _in_threads(_file_entry, [directory / n for n in files]), strict=True)
+            zip(files, in_threads(file_entry, [directory / n for n in files]), strict=True)
         ),
     }
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -204,84 +179,6 @@ def read_manifest(path: str | Path, *, require_files: bool = True) -> dict:
     if missing and require_files:
         raise BundleError(f"{path}: bundle is missing {', '.join(missing)}", path=path / missing[0])
     return manifest
-
-
-def check_verify(verify: object) -> str:
-    """`verify` if it is one of VERIFY, else a `RequestError` for field "verify"."""
-    if verify not in VERIFY:
-        raise RequestError("verify", verify, f"must be one of {list(VERIFY)}")
-    return verify
-
-
-def check_files(path: Path, manifest: dict, verify: str = "full") -> dict[str, BundleError | None]:
-    """Each file of the version directory `path` that its manifest lists (and each file of a
-    version it should list), checked as `verify` says: {file name: its `BundleError`, or None
-    when it is sound}, in the manifest's order. Files hash in parallel threads."""
-    if check_verify(verify) == "off":
-        return {}
-    entries = manifest.get("files")
-    if not isinstance(entries, dict):
-        return {
-            MANIFEST: BundleError(
-                f'{path / MANIFEST}: no "files" section of sizes and checksums',
-                path=path / MANIFEST,
-            )
-        }
-    unlisted = {
-        name: BundleError(
-            f"{path / MANIFEST}: lists no size and checksum for {name}", path=path / name
-        )
-        for name in FILES
-        if name not in entries
-    }
-    checked = _in_threads(lambda item: _check_file(path, *item, verify), list(entries.items()))
-    return dict(zip(entries, checked, strict=True)) | unlisted
-
-
-def _check_file(path: Path, name: str, entry: object, verify: str) -> BundleError | None:
-    """The problem with file `name` of version `path` against its manifest entry, or None."""
-    if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name:
-        return BundleError(f"{path / MANIFEST}: lists {name!r}, not a file name", path=path)
-    file = path / name
-    expected = entry if isinstance(entry, dict) else {}
-    digest, size = expected.get("sha256"), expected.get("bytes")
-    if not (isinstance(digest, str) and len(digest) == 64 and type(size) is int and size >= 0):
-        return BundleError(
-            f"{path / MANIFEST}: files entry of {name} is {entry!r}, not "
-            '{"sha256": <64 hex digits>, "bytes": <size>} (re-export the bundle)',
-            path=file,
-        )
-    try:
-        found_size = file.stat().st_size
-        if found_size != size:
-            return BundleError(
-                f"{file}: size mismatch: the manifest says {size} bytes, the file has "
-                f"{found_size} (truncated or replaced)",
-                path=file,
-                expected=size,
-                found=found_size,
-            )
-        found = _sha256(file) if verify == "full" else digest
-    except FileNotFoundError:
-        return BundleError(f"{file}: missing (the manifest lists it)", path=file)
-    except OSError as err:
-        return BundleError(f"{file}: cannot be read ({err})", path=file)
-    if found != digest:
-        return BundleError(
-            f"{file}: sha256 mismatch: the manifest says {digest}, the file has {found} "
-            "(changed or corrupted after export)",
-            path=file,
-            expected=digest,
-            found=found,
-        )
-    return None
-
-
-def verify_files(path: Path, manifest: dict, verify: str = "full") -> None:
-    """Raise the `BundleError` of the first bad file of version `path` (see `check_files`)."""
-    for problem in check_files(path, manifest, verify).values():
-        if problem is not None:
-            raise problem
 
 
 def _load_scorer(path: Path, manifest: dict) -> Scorer:

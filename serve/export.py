@@ -18,8 +18,9 @@ import torch
 
 from features.arrays import padded
 from features.serving import ACTIVE, GENRE_IDS, HISTORY, YEAR_BUCKET
-from serve.bundle import PLOT, write_files
+from serve.bundle import write_files
 from serve.errors import BundleError
+from serve.files import PLOT
 from serve.index import FAISS_METRIC_NAMES, IndexConfig, build_index, fixed_settings, search_knob
 from serve.sweep import exact_neighbours, plot, sweep
 from serve.versions import write_version
@@ -85,7 +86,10 @@ def encode_items(
     has_id = ids < scorer.spec.num_items
     parts = [
         scorer.encode_items(
-            ids[s : s + chunk], genres[s : s + chunk], year[s : s + chunk], has_id[s : s + chunk]
+            ids[s : s + chunk],
+            genres[s : s + chunk],
+            year[s : s + chunk],
+            has_id=has_id[s : s + chunk],
         ).float()
         for s in range(0, items_df.height, chunk)
     ]

@@ -334,7 +334,7 @@ def create_app(
     """The app over the bundle at `bundle` (loaded at startup; /readyz says when). `limits`:
     what one request may ask (default `Limits()`); `admin_token`: the bearer token of /admin/*
     (None: no admin routes); `verify`: what every load and reload checks of the bundle's files
-    ("full", "size", "off"; serve.bundle)."""
+    ("full", "size", "off"; serve.files)."""
     limits = limits or Limits()
     service = Service(bundle, cold_start, device, cache_user_vectors, verify)
     metrics = Metrics()

@@ -25,9 +25,10 @@ import polars as pl
 from features.schema import GENRES, ITEM_ID, TITLE, YEAR
 from features.serving import ACTIVE, GENRE_IDS, YEAR_BUCKET
 from features.vocab import Vocabulary
-from serve.bundle import MANIFEST, PLOT, Bundle, write_files
+from serve.bundle import Bundle, write_files
 from serve.errors import BundleError, RequestError, UnknownItemError
 from serve.export import encode_items
+from serve.files import MANIFEST, PLOT
 from serve.index import remove_ids
 from serve.versions import CURRENT, VERSION_NAME, read_bundle, write_version
 from towers.scoring import Scorer

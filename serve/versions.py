@@ -30,17 +30,9 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from serve.bundle import (
-    FILES,
-    MANIFEST,
-    PLOT,
-    Bundle,
-    check_files,
-    check_verify,
-    read_manifest,
-    read_version,
-)
+from serve.bundle import Bundle, read_manifest, read_version
 from serve.errors import BundleError
+from serve.files import FILES, MANIFEST, PLOT, check_files, check_verify
 
 CURRENT = "CURRENT"
 VERSION_NAME = re.compile(r"^v(\d{6})$")
@@ -229,7 +221,7 @@ def read_bundle(path: str | Path, attempts: int = 5, *, verify: str = "full") ->
     """The version CURRENT names under `path` (or `path` itself when it is a plain bundle).
 
     `verify`: how each file is checked against the manifest before it is loaded: "full" (size
-    and sha256), "size", or "off" (serve.bundle.VERIFY). A version pruned while it was being read
+    and sha256), "size", or "off" (serve.files.VERIFY). A version pruned while it was being read
     (several switches happened meanwhile) is not an error: the read starts over on the version
     CURRENT names now."""
     check_verify(verify)

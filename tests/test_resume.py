@@ -20,7 +20,10 @@ RUN = ["trainer.max_epochs=3", "refit=false"]
 
 def test_epoch_shuffle_gives_the_order_of_a_random_sampler_seeded_once():
     sampler = RandomSampler(range(50), generator=torch.Generator().manual_seed(7))
-    once = [list(sampler) for _ in range(4)]
+    once = []
+    for _ in range(4):  # a training loop takes len(loader) batches of each epoch's iterator
+        epoch = iter(sampler)
+        once.append([next(epoch) for _ in range(50)])
     shuffle = EpochShuffle(50, seed=7)
     for epoch in (3, 0, 2, 1):  # any epoch, in any order: as a resumed run asks for them
         shuffle.set_epoch(epoch)

@@ -105,15 +105,12 @@ class Scorer:
         return torch.cat([vectors, prior], dim=1)
 
     def encode_items(
-        self,
-        item: torch.Tensor,
-        genres: torch.Tensor,
-        year: torch.Tensor,
-        has_id: torch.Tensor | None = None,
+        self, item: torch.Tensor, *features: torch.Tensor, has_id: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Candidate vectors (B, output_dim); `has_id` as in `ItemTower.forward` (an item without
-        an id row reads the prior's never-seen entry)."""
-        parts = [tower(item, genres, year, has_id) for _, tower in self.members]  # M x (B, D_m)
+        """Candidate vectors (B, output_dim): `features` are the item tower's other inputs
+        (genres, year); `has_id` as in `ItemTower.forward` (an item without an id row reads the
+        prior's never-seen entry)."""
+        parts = [tower(item, *features, has_id=has_id) for _, tower in self.members]
         vectors = self._side_by_side(parts)
         if not self.popularity_prior:
             return vectors

@@ -190,6 +190,19 @@ def require_values(
         )
 
 
+def _wrong_type(
+    series: pl.Series, path: Path, column: str, label: str, expected: str, what: str | None
+) -> DataFileError:
+    """The error for a column whose type holds none of the `expected` values."""
+    return DataFileError(
+        path,
+        column,
+        f"{label} has type {series.dtype}, expected {expected}",
+        series.head(SAMPLE_SIZE).to_list(),
+        what=what,
+    )
+
+
 def _whole(floats: pl.Series) -> pl.Series:
     return floats.is_finite() & (floats == floats.floor()) & (floats.abs() < 2.0**53)
 
@@ -222,12 +235,8 @@ def id_values(
             )
         return series.cast(pl.Int64).alias(ours)
     if dtype != pl.String:
-        raise DataFileError(
-            path,
-            column,
-            f"{ours} column {column!r} has type {dtype}, expected integers or strings",
-            series.head(SAMPLE_SIZE).to_list(),
-            what=what,
+        raise _wrong_type(
+            series, path, column, f"{ours} column {column!r}", "integers or strings", what
         )
     text = series.str.strip_chars()
     if ids == "str":
@@ -240,9 +249,11 @@ def id_values(
     floats = text.cast(pl.Float64, strict=False)
     numeric = floats.is_not_null()
     if numeric.all():
-        whole = _whole(floats)
+        integer = text.str.contains(INTEGER)  # whole as written, exact beyond 2**53 too
+        whole = _whole(floats) | integer
         if whole.all():
-            return floats.cast(pl.Int64).alias(ours)
+            exact = text.str.to_integer(strict=False).cast(pl.Int64, strict=False)
+            return exact.zip_with(integer, floats.cast(pl.Int64)).alias(ours)
         raise DataFileError(
             path,
             column,
@@ -322,13 +333,8 @@ def time_values(
     if isinstance(dtype, pl.Datetime):
         return series.dt.epoch("s").alias(ours)
     if dtype != pl.String:
-        raise DataFileError(
-            path,
-            column,
-            f"column {column!r} (for timestamp) has type {dtype}, expected integers, dates or strings",
-            series.head(SAMPLE_SIZE).to_list(),
-            what=what,
-        )
+        label, expected = f"column {column!r} (for timestamp)", "integers, dates or strings"
+        raise _wrong_type(series, path, column, label, expected, what)
     text = series.str.strip_chars()
     if time_format is not None:
         parsed = text.str.to_datetime(time_format, strict=False)

@@ -38,12 +38,7 @@ USERS = {schema.USER_ID: "id", AGE: "int", GENDER: "str", OCCUPATION: "str"}
 
 # MovieLens ratings files without a header (u.data, ratings.dat): their columns and kinds.
 RATING_COLUMNS = (schema.USER_ID, schema.ITEM_ID, schema.RATING, schema.TIMESTAMP)
-RATING_KINDS = {
-    schema.USER_ID: "int",
-    schema.ITEM_ID: "int",
-    schema.RATING: "float",
-    schema.TIMESTAMP: "int",
-}
+RATING_KINDS = dict(zip(RATING_COLUMNS, ("int", "int", "float", "int"), strict=True))
 
 
 def scan_ml100k_ratings(path: str | Path) -> pl.LazyFrame:

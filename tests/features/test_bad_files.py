@@ -53,6 +53,13 @@ def _read(path, **options) -> pl.DataFrame:
     return Interactions(str(path), **{"columns": MAPPING, **options}).interactions().collect()
 
 
+def _read_error(path, **options) -> DataFileError:
+    """The `DataFileError` reading `path` raises (the test fails if it reads)."""
+    with pytest.raises(DataFileError) as caught:
+        _read(path, **options)
+    return caught.value
+
+
 def _named(error: DataFileError, path, column: str | None) -> str:
     """The message, after checking that the error names the file and the column (and that its
     sample, when it has one, is in the message)."""
@@ -89,26 +96,23 @@ def test_data_file_error_is_a_schema_error_and_round_trips_through_pickle():
 
 def test_missing_column_names_the_file_the_column_and_what_was_found(tmp_path):
     path = _csv(tmp_path, "uid,iid\n1,2\n")
-    with pytest.raises(DataFileError) as caught:
-        _read(path)
-    message = _named(caught.value, path, "ts")
+    error = _read_error(path)
+    message = _named(error, path, "ts")
     assert "missing column 'ts' (for timestamp)" in message and "Found columns: uid" in message
 
 
 def test_mistyped_rating_names_a_sample_of_its_values(tmp_path):
     path = _csv(tmp_path, "uid,iid,r\n1,2,5.0\n1,3,five stars\n2,2,4\n")
-    with pytest.raises(DataFileError) as caught:
-        _read(path, columns={"user_id": "uid", "item_id": "iid", "rating": "r"})
-    assert caught.value.values == ("five stars",)
-    assert "1 values are not numbers" in _named(caught.value, path, "r")
+    error = _read_error(path, columns={"user_id": "uid", "item_id": "iid", "rating": "r"})
+    assert error.values == ("five stars",)
+    assert "1 values are not numbers" in _named(error, path, "r")
 
 
 def test_parquet_id_column_of_another_type_is_named(tmp_path):
     path = tmp_path / "x.parquet"
     pl.DataFrame({"uid": [True, False], "iid": [1, 2], "ts": [1, 2]}).write_parquet(path)
-    with pytest.raises(DataFileError) as caught:
-        _read(path)
-    assert "column 'uid' (for user_id) has type Boolean" in _named(caught.value, path, "uid")
+    error = _read_error(path)
+    assert "column 'uid' (for user_id) has type Boolean" in _named(error, path, "uid")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,11 +121,10 @@ def test_parquet_id_column_of_another_type_is_named(tmp_path):
 
 def test_null_ids_are_an_error_with_their_count_rows_and_sample(tmp_path):
     path = _csv(tmp_path, "uid,iid,ts\n1,10,1\n,11,2\n2,12,3\nNaN,13,4\n3,14,5\n")
-    with pytest.raises(DataFileError) as caught:
-        _read(path)
-    message = _named(caught.value, path, "uid")
+    error = _read_error(path)
+    message = _named(error, path, "uid")
     assert "2 of 5 rows have no user_id" in message and "at rows 2, 4" in message
-    assert caught.value.values == (None, "NaN")
+    assert error.values == (None, "NaN")
 
 
 def test_nan_ids_in_parquet_are_an_error(tmp_path):
@@ -134,11 +137,10 @@ def test_nan_ids_in_parquet_are_an_error(tmp_path):
 
 def test_a_string_id_among_integers_is_an_error_with_a_sample(tmp_path):
     path = _csv(tmp_path, "uid,iid,ts\n1,10,1\n2,abc,2\n3,12,3\n")
-    with pytest.raises(DataFileError) as caught:
-        _read(path)
-    message = _named(caught.value, path, "iid")
+    error = _read_error(path)
+    message = _named(error, path, "iid")
     assert "mixes 2 numeric ids with 1 other strings" in message and "ids: str" in message
-    assert caught.value.values == ("abc",)
+    assert error.values == ("abc",)
     # Asked for, every id is a string, as written.
     assert _read(path, ids="str")["item_id"].to_list() == ["10", "abc", "12"]
 
@@ -203,15 +205,13 @@ def test_non_utf8_bytes_name_the_line(tmp_path):
 def test_mixed_separators_are_named(tmp_path):
     # A line with ';' in a ',' file: one field, so its item is missing.
     path = _csv(tmp_path, "uid,iid\n1,10\n2;11\n3,12\n")
-    with pytest.raises(DataFileError) as caught:
-        _read(path, columns={"user_id": "uid", "item_id": "iid"})
-    assert caught.value.column in ("uid", "iid")
-    assert "'2;11'" in _named(caught.value, path, caught.value.column)
+    error = _read_error(path, columns={"user_id": "uid", "item_id": "iid"})
+    assert error.column in ("uid", "iid")
+    assert "'2;11'" in _named(error, path, error.column)
     # A line with more fields than the header.
     path = _csv(tmp_path, "uid,iid\n1,10\n2,11,12,13\n")
-    with pytest.raises(DataFileError) as caught:
-        _read(path, columns={"user_id": "uid", "item_id": "iid"})
-    assert "cannot be read" in _named(caught.value, path, None)
+    error = _read_error(path, columns={"user_id": "uid", "item_id": "iid"})
+    assert "cannot be read" in _named(error, path, None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -421,11 +421,10 @@ def test_a_bad_id_anywhere_is_named_with_its_column(tmp_path, ids, column, bad):
         rows[at % len(rows)][column] = value
     text = "uid,iid,ts\n" + "".join(f"{r['uid']},{r['iid']},{r['ts']}\n" for r in rows)
     path = _csv(tmp_path, text)
-    with pytest.raises(DataFileError) as caught:
-        _read(path)
-    _named(caught.value, path, column)
+    error = _read_error(path)
+    _named(error, path, column)
     injected = {value for _, value in bad} | {value.strip() for _, value in bad} | {None}
-    assert caught.value.values and set(caught.value.values) <= injected
+    assert error.values and set(error.values) <= injected
 
 
 @FUZZ

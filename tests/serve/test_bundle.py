@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from serve import FORMAT_VERSION, BundleError, Recommender, read_bundle
-from serve.bundle import INDEX, MANIFEST, PLOT
+from serve.files import INDEX, MANIFEST, PLOT
 from serve.index import DEFAULT_K_FACTOR, K_FACTOR, NPROBE
 from serve.versions import CURRENT, resolve, write_version
 

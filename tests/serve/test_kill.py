@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from serve import BundleError, read_bundle, update_items
-from serve.bundle import INDEX, MANIFEST
+from serve.files import INDEX, MANIFEST
 from serve.versions import CURRENT, TEMP_PREFIX, VERSION_NAME, _lock, _prune, write_version
 from tests.serve.conftest import reexport
 

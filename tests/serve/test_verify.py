@@ -14,8 +14,8 @@ import pytest
 
 from serve import BundleError, Recommender, read_bundle
 from serve.__main__ import main
-from serve.bundle import FILES, INDEX, ITEM_VECTORS, MANIFEST
 from serve.errors import RequestError
+from serve.files import FILES, INDEX, ITEM_VECTORS, MANIFEST
 from serve.versions import CURRENT, resolve, write_version
 
 
@@ -162,6 +162,6 @@ def test_the_http_service_loads_with_the_verification_it_is_given(bundle_copy):
     from serve.http import Service
 
     flip_middle_byte(version_dir(bundle_copy) / INDEX)
-    with pytest.raises(BundleError, match="index.faiss: sha256 mismatch"):
+    with pytest.raises(BundleError, match=r"index\.faiss: sha256 mismatch"):
         Service(bundle_copy).load()  # "full" by default, at start-up and at every reload
     assert Service(bundle_copy, verify="size").load().version == "v000001"

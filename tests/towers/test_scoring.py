@@ -85,7 +85,9 @@ def test_the_prior_adds_beta_times_the_centred_log_popularity(similarity):
     # An item without an id row (added after training) reads the never-seen entry: count 0.
     unseen = (1.0 / (COUNTS + 1.0).sum()).log() - log_p.mean()
     with torch.no_grad():
-        new = scorer.encode_items(torch.tensor([20]), GENRES[:1], YEARS[:1], torch.tensor([False]))
+        new = scorer.encode_items(
+            torch.tensor([20]), GENRES[:1], YEARS[:1], has_id=torch.tensor([False])
+        )
     torch.testing.assert_close(new[0, -2], (unseen / 10.0).float())
     assert new[0, -1] == 0.0
 
