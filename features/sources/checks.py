@@ -285,13 +285,7 @@ def number_values(
     if series.dtype.is_numeric():
         return series.cast(pl.Float64).alias(ours)
     if series.dtype != pl.String:
-        raise DataFileError(
-            path,
-            column,
-            f"column {column!r} (for {ours}) has type {series.dtype}, expected numbers",
-            series.head(SAMPLE_SIZE).to_list(),
-            what=what,
-        )
+        raise _wrong_type(series, path, column, f"column {column!r} (for {ours})", "numbers", what)
     floats = series.str.strip_chars().cast(pl.Float64, strict=False)
     bad = floats.is_null()
     if bad.any():
