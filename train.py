@@ -30,8 +30,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from features import InteractionDataModule
 from features.arrays import csr_by_user
+from features.auto import announce, infer
 from features.prepare import PreparedData
 from features.serving import item_table, user_table
+from features.sources.base import Source
+from features.spec import SIDES, FeaturesConfig, parse_side
+from serve.cold import evaluate_cold
 from serve.evaluate import evaluate_popularity, evaluate_recommender
 from serve.export import export_bundle
 from serve.recommender import Recommender
@@ -61,15 +65,24 @@ def _write_json(path: Path, payload: dict) -> None:
 
 
 def metrics_table(metrics: dict[str, float], ks) -> str:
-    """Rows metric@k, columns twotower / popularity."""
-    lines = [f"{'metric':<14}{'twotower':>10}{'popularity':>12}"]
-    for name in METRICS:
-        for k in ks:
-            key = metric_name(name, k)
-            lines.append(
-                f"{key:<14}{metrics.get('test/' + key, float('nan')):>10.4f}"
-                f"{metrics.get('popularity/test/' + key, float('nan')):>12.4f}"
-            )
+    """Rows slice metric@k, columns twotower / popularity / content (where measured): every
+    metric of the warm test, recall and ndcg at 20 of each cold slice."""
+    stages = ["test", *sorted({k.split("/")[0] for k in metrics if k.startswith("test_")})]
+    lines = [f"{'slice':<22}{'metric':<14}{'twotower':>10}{'popularity':>12}{'content':>10}"]
+    for stage in stages:
+        names = METRICS if stage == "test" else ("recall", "ndcg")
+        cuts = ks if stage == "test" else [k for k in ks if k == 20] or ks[-1:]
+        for name in names:
+            for k in cuts:
+                key = f"{stage}/{metric_name(name, k)}"
+                if key not in metrics:
+                    continue
+                row = [metrics.get(p + key) for p in ("", "popularity/", "content/")]
+                cells = "".join(
+                    f"{v:>{w}.4f}" if v is not None else " " * w
+                    for v, w in zip(row, (10, 12, 10), strict=True)
+                )
+                lines.append(f"{stage:<22}{metric_name(name, k):<14}{cells}")
     return "\n".join(lines)
 
 
@@ -120,11 +133,10 @@ def _merge_log(earlier: pl.DataFrame, path: Path) -> None:
 
 def _build_model(cfg: DictConfig, data: PreparedData) -> TwoTowerModule:
     catalogue = ItemCatalogue(
-        genres=torch.from_numpy(data.item_genres),
-        year=torch.from_numpy(data.item_year),
+        inputs={name: torch.from_numpy(a) for name, a in data.item_inputs.items()},
         counts=torch.from_numpy(data.item_counts),
     )
-    return instantiate(cfg.model)(spec=FeatureSpec(**data.feature_sizes()), catalogue=catalogue)
+    return instantiate(cfg.model)(spec=FeatureSpec(**data.tower_spec()), catalogue=catalogue)
 
 
 def _fit(
@@ -270,8 +282,28 @@ def _start_run(cfg: DictConfig) -> Path:
     return output_dir
 
 
+def _features(cfg: DictConfig, source: Source) -> FeaturesConfig:
+    """The declared features (conf/features), or with `auto` those inferred from the source's
+    tables (printed, ready to paste into a config file); a side declared as well wins."""
+    config = OmegaConf.to_container(cfg.features, resolve=True) if cfg.get("features") else {}
+    if not config.get("auto"):
+        return FeaturesConfig.parse(config)
+    inferred = infer(
+        source.users(), source.items(), history_length=int(config.get("history_length", 50))
+    )
+    print(announce(inferred))
+    declared = {side: config[side] for side in SIDES if config.get(side)}
+    sides = {
+        side: parse_side(side, declared[side]) if side in declared else inferred.side(side)
+        for side in SIDES
+    }
+    return FeaturesConfig(**sides)
+
+
 def _prepare_data(cfg: DictConfig) -> InteractionDataModule:
-    datamodule: InteractionDataModule = instantiate(cfg.data)
+    source = instantiate(cfg.data.source)
+    datamodule: InteractionDataModule = instantiate(cfg.data, source=source)
+    datamodule.features = _features(cfg, source)  # not through instantiate: it stays a dataclass
     datamodule.setup()
     data = datamodule.data
     log.info(
@@ -365,11 +397,14 @@ def _served_scorer(
 
 
 def _evaluate(bundle_dir: Path, data: PreparedData, ks) -> dict[str, float]:
-    """The bundle on the test split through the serving path, and popularity beside it."""
-    metrics = evaluate_recommender(Recommender.load(bundle_dir), data.test, ks, stage="test")
+    """The bundle on the test split through the serving path, and popularity beside it; each
+    cold slice apart (serve.cold)."""
+    recommender = Recommender.load(bundle_dir)
+    metrics = evaluate_recommender(recommender, data.test, ks, stage="test")
     seen = csr_by_user(data.before_test, data.num_users)
     popularity = evaluate_popularity(data.item_counts_before_test(), seen, data.test, ks, "test")
-    return metrics | {f"popularity/{k}": v for k, v in popularity.items()}
+    metrics |= {f"popularity/{k}": v for k, v in popularity.items()}
+    return metrics | evaluate_cold(recommender, data, ks)
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -380,7 +415,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     selected, metrics = _select(cfg, datamodule, output_dir)
     scorer = _served_scorer(cfg, selected, data, metrics, output_dir)
     bundle_dir = export_bundle(
-        output_dir / "bundle", scorer, item_table(data), user_table(data), index_config=cfg.index
+        output_dir / "bundle",
+        scorer,
+        data.features,
+        item_table(data),
+        user_table(data),
+        index_config=cfg.index,
+        num_train_users=data.num_train_users,
     )
     ks = selected.metrics.ks
     metrics.update(_evaluate(bundle_dir, data, ks))

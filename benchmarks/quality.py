@@ -38,7 +38,6 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 import torch
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 import train as train_module
@@ -207,7 +206,11 @@ def run_twotower(overrides: list[str], output_dir: Path) -> dict:
     )
     metrics = train_module.train(cfg)
     test = {k: v for k, v in metrics.items() if k.startswith("test/")}
-    recipe = {k: OmegaConf.to_container(cfg[k]) for k in ("model", "trainer") if k in cfg}
+    recipe = {
+        k: OmegaConf.to_container(cfg[k], resolve=True)
+        for k in ("model", "features", "trainer")
+        if k in cfg
+    }
     recipe |= {k: cfg.get(k) for k in ("refit", "ensemble")}
     val = {k: v for k, v in metrics.items() if k.startswith("val/")}
     return {
@@ -219,7 +222,7 @@ def run_twotower(overrides: list[str], output_dir: Path) -> dict:
         "epochs": metrics.get("train/epochs"),
         "output_dir": str(output_dir),
         "overrides": overrides,
-        "recipe": recipe,  # the resolved model and trainer configs it ran with
+        "recipe": recipe,  # the resolved model, features and trainer configs it ran with
     }
 
 
@@ -328,8 +331,7 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = train_module.compose([*overrides, "paths.output_dir=/tmp/unused"])
         torch.manual_seed(cfg.seed)
         started = time.perf_counter()
-        datamodule = instantiate(cfg.data)
-        datamodule.setup()
+        datamodule = train_module._prepare_data(cfg)  # the declared features fitted, as train.py
         data: PreparedData = datamodule.data
         prepare_seconds = time.perf_counter() - started
         print(

@@ -6,14 +6,19 @@ by validation recall@20. Built to spend a borrowed GPU well; it runs on a CPU to
     python benchmarks/recipe_search.py run --data .search/gowalla --only baseline dropout-0.1
 
 `prepare` (needs the full stack: polars, Hydra) composes `conf/` with `experiment=<name>` exactly
-as `train.py` does (same seed, so the same split and validation carve) and writes what training
-and validation need to `<out>/data.safetensors` plus `<out>/meta.json` (the feature sizes and the
-experiment's model, batch size and epoch count). The test split is not written: a search can only
-ever look at validation.
+as `train.py` does (same seed, so the same split, validation carve and fitted features) and writes
+what training and validation need to `<out>/data.safetensors` (the pairs, the histories and every
+tower input) plus `<out>/meta.json` (the declared features, the towers' inputs and the
+experiment's model, batch size and epoch count). A side that declares no id feature gets one
+fitted beside the others, left out of the recipe, so that a variant can add it. The test split is
+not written: a search can only ever look at validation.
 
 `run` needs torch, Lightning and safetensors only (no polars, Hydra or FAISS, so it runs on a bare
 GPU machine): each variant is a set of dotted overrides of that config (`towers.user_dropout`,
-`loss.margin`, `batch_size`, `max_epochs`, ...). Each trains `towers.TwoTowerModule` under
+`loss.margin`, `batch_size`, `max_epochs`, ...); the declared features take Hydra's forms
+(`~features.user.features.user_id` drops the user id, `+features.user.features.user_id` with
+`{kind: id}` adds it back, `features.user.combine`), each feature one the split was prepared
+with. Each trains `towers.TwoTowerModule` under
 `lightning.Trainer` on the available accelerator (`--accelerator`), and the module's own
 validation (full catalogue, training items masked) is recorded every `--val-every` epochs and at
 the end. Variants run in `--workers` parallel processes; each result is appended to a JSON-lines
@@ -45,11 +50,14 @@ import torch  # noqa: E402
 
 MONITOR = "val/recall@20"
 CURVE = (MONITOR, "val/ndcg@20", "val/recall@50")  # recorded at every validation
+SIDES = ("user", "item")
+USER_ID = "+features.user.features.user_id"  # the override that adds a user-id table
 
 # name -> dotted overrides of the experiment's recipe, written for the Gowalla recipe
 # (`model=simplex`: CCL loss); first the references, then one lever at a time, then combinations.
 # The order is the priority when a run is cut short. Variants that change `towers.embedding_dim`
-# or `towers.use_user_id` were measured when the experiment had 64 dims and no user id.
+# or add the user id were measured when the experiment had 64 dims and no user id (prepared with
+# `model.towers.embedding_dim=64 ~features.user.features.user_id`).
 VARIANTS: dict[str, dict] = {
     "baseline": {},
     "baseline-seed1": {"seed": 1},
@@ -58,8 +66,8 @@ VARIANTS: dict[str, dict] = {
     "dropout-0.2": {"towers.user_dropout": 0.2},
     "dropout-0.3": {"towers.user_dropout": 0.3},
     "shared-items": {"towers.share_item_embeddings": True},
-    "user-id": {"towers.use_user_id": True},
-    "user-id-dropout-0.2": {"towers.use_user_id": True, "towers.user_dropout": 0.2},
+    "user-id": {USER_ID: {"kind": "id"}},
+    "user-id-dropout-0.2": {USER_ID: {"kind": "id"}, "towers.user_dropout": 0.2},
     "dim-128": {"towers.embedding_dim": 128},
     "margin-0.9": {"loss.margin": 0.9},
     "margin-0.8-w50": {"loss.margin": 0.8, "loss.negative_weight": 50.0},
@@ -102,7 +110,7 @@ VARIANTS: dict[str, dict] = {
     "dim-128-seed1": {"towers.embedding_dim": 128, "seed": 1},
     "dim-256": {"towers.embedding_dim": 256},
     "dim-192": {"towers.embedding_dim": 192},
-    "dim-128-user-id": {"towers.embedding_dim": 128, "towers.use_user_id": True},
+    "dim-128-user-id": {"towers.embedding_dim": 128, USER_ID: {"kind": "id"}},
     "dim-128-lr-0.02": {"towers.embedding_dim": 128, "optim.lr": 0.02},
     "dim-128-epochs-8": {"towers.embedding_dim": 128, "max_epochs": 8},
     "dim-128-neg-2048": {"towers.embedding_dim": 128, "negatives.num_negatives": 2048},
@@ -119,10 +127,14 @@ def prepare(experiment: str | None, out: Path, overrides: list[str]) -> None:
 
     import train
     from features.arrays import csr_by_user, padded_rows
+    from features.fitted import item_codes_of
 
     chosen = [f"experiment={experiment}"] if experiment else []
     cfg = train.compose([*chosen, *overrides])
-    datamodule = instantiate(cfg.data)
+    source = instantiate(cfg.data.source)
+    declared = train._features(cfg, source)  # what train.py declares (conf/features, or auto)
+    datamodule = instantiate(cfg.data, source=source)
+    datamodule.features = with_ids(declared)
     datamodule.setup()
     data = datamodule.data
     # Validation users sorted by how many items they have seen, so each chunk's padding is tight.
@@ -130,10 +142,11 @@ def prepare(experiment: str | None, out: Path, overrides: list[str]) -> None:
     order = np.argsort(np.diff(seen_indptr)[data.val.users], kind="stable")
     arrays = {
         "train": data.train.astype(np.int32),
-        "histories": data.train_histories.astype(np.int32),
-        "item_genres": data.item_genres.astype(np.int32),
-        "item_year": data.item_year.astype(np.int32),
+        "histories": data.train_histories.astype(np.int32),  # (U, N) item rows, pad num_items
+        "item_codes": item_codes_of(data.item_inputs, data.features.item),  # (I + 1,)
         "item_counts": data.item_counts.astype(np.int64),
+        **{f"user.{name}": values for name, values in data.user_inputs.items()},
+        **{f"item.{name}": values for name, values in data.item_inputs.items()},
     }
     chunk = int(cfg.data.eval_batch_size)
     starts = range(0, len(order), chunk)
@@ -148,11 +161,16 @@ def prepare(experiment: str | None, out: Path, overrides: list[str]) -> None:
         arrays[f"val.{number}.num_relevant"] = data.val.indptr[rows + 1] - data.val.indptr[rows]
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, out / "data.safetensors")
+    spec = data.tower_spec()
     meta = {
         "experiment": experiment,
         "overrides": overrides,
         "seed": int(cfg.seed),
-        "spec": data.feature_sizes(),
+        "features": declared.to_config(),  # the recipe's features
+        "prepared": data.features.config.to_config(),  # those fitted: the recipe's and the ids
+        "inputs": {side: list(spec[f"{side}_inputs"]) for side in SIDES},
+        "num_users": data.num_users,
+        "num_items": data.num_items,
         "model": OmegaConf.to_container(cfg.model, resolve=True),
         "batch_size": int(cfg.data.batch_size),
         "max_epochs": int(cfg.trainer.max_epochs),
@@ -165,30 +183,61 @@ def prepare(experiment: str | None, out: Path, overrides: list[str]) -> None:
     print(f"wrote {out / 'data.safetensors'} ({size:.1f} MiB) and {out / 'meta.json'}")
 
 
+def with_ids(features):
+    """`features` (a features.spec.FeaturesConfig) with an id feature (`{kind: id}`, named after
+    the side's key column) on each side that declares none: fitted and written beside the
+    recipe's features, so that a variant can add it."""
+    from features.spec import KEY_COLUMNS, FeaturesConfig, IdFeature, SideFeatures
+
+    sides = {}
+    for side in SIDES:
+        spec = features.side(side)
+        if spec.of_kind("id") is None:
+            extra = IdFeature(side, KEY_COLUMNS[side])
+            spec = SideFeatures(side, (*spec.features, extra), spec.combine)
+        sides[side] = spec
+    return FeaturesConfig(**sides)
+
+
 # -- run (torch + Lightning only) -------------------------------------------------------------------
 def apply_overrides(meta: dict, overrides: dict) -> dict:
-    """The experiment's recipe with dotted overrides applied: {model, batch_size, max_epochs, seed,
-    mask_target_in_history}."""
+    """The experiment's recipe with dotted overrides applied: {model, features, batch_size,
+    max_epochs, seed, mask_target_in_history}. A key under `features` may start with `~` (drop
+    it) or `+` (add it), as in Hydra; any other key must name a field that exists."""
     recipe = {
         "model": _current_model(copy.deepcopy(meta["model"])),
+        "features": copy.deepcopy(meta.get("features")),
         "batch_size": meta["batch_size"],
         "max_epochs": meta["max_epochs"],
         "seed": meta["seed"],
         "mask_target_in_history": meta.get("mask_target_in_history", True),
     }
     for key, value in overrides.items():
-        if key != "model" and key in recipe:  # a top-level field of the recipe
+        if key not in ("model", "features") and key in recipe:  # a top-level field of the recipe
             recipe[key] = value
             continue
-        *path, leaf = key.split(".")
-        node = recipe["model"]
+        action, dotted = (key[0], key[1:]) if key[:1] in "~+" else ("", key)
+        *path, leaf = dotted.split(".")
+        if path[:1] == ["features"]:
+            node, path, where = recipe["features"], path[1:], "the declared features"
+            if node is None:
+                raise KeyError(f"override {key!r}: the split was prepared without features")
+        elif action:
+            raise KeyError(f"override {key!r}: only features are added (+) or dropped (~)")
+        else:
+            node, where = recipe["model"], "the model config"
         for part in path:
             if part not in node:
-                raise KeyError(f"override {key!r}: no {part!r} in the model config")
+                raise KeyError(f"override {key!r}: no {part!r} in {where}")
             node = node[part]
-        if leaf not in node and not isinstance(value, dict):
-            raise KeyError(f"override {key!r}: no {leaf!r} in the model config")
-        node[leaf] = copy.deepcopy(value)
+        if action == "+" and leaf in node:
+            raise KeyError(f"override {key!r}: {leaf!r} is already in {where}")
+        if action != "+" and leaf not in node and not (action == "" and isinstance(value, dict)):
+            raise KeyError(f"override {key!r}: no {leaf!r} in {where}")
+        if action == "~":
+            del node[leaf]
+        else:
+            node[leaf] = copy.deepcopy(value)
     return recipe
 
 
@@ -200,6 +249,35 @@ def _current_model(model: dict) -> dict:
     if "popularity_prior" in towers:
         model["popularity_prior"] = towers.pop("popularity_prior")
     return model
+
+
+def tower_spec(meta: dict, features: dict):
+    """The `towers.FeatureSpec` of a recipe's declared `features` (after its overrides): each
+    feature's input as prepared. A feature the split was not prepared with, or declared with
+    options other than the prepared ones, is a KeyError that names it."""
+    from towers import FeatureSpec
+
+    if "inputs" not in meta:
+        raise KeyError("the split was prepared before declared features: run `prepare` again")
+    inputs = {}
+    for side in SIDES:
+        prepared = {i["name"]: i for i in meta["inputs"][side]}
+        for name, options in features[side]["features"].items():
+            fitted = meta["prepared"][side]["features"].get(name)
+            if fitted is None or any(fitted.get(k) != v for k, v in (options or {}).items()):
+                raise KeyError(
+                    f"feature {side}.{name} {options}: the split was prepared with "
+                    f"{fitted or 'no such feature'}; prepare it with the feature declared"
+                )
+        inputs[side] = [prepared[name] for name in features[side]["features"]]
+    return FeatureSpec(
+        inputs["user"],
+        inputs["item"],
+        num_users=meta["num_users"],
+        num_items=meta["num_items"],
+        user_combine=features["user"].get("combine", "sum"),
+        item_combine=features["item"].get("combine", "sum"),
+    )
 
 
 def build(node):
@@ -216,16 +294,43 @@ def build(node):
     return functools.partial(target, **kwargs) if node.get("_partial_") else target(**kwargs)
 
 
+class UserInputs:
+    """The user tower's inputs for user rows, from the prepared tensors: every table input, and
+    the history (item rows mapped to item id codes, -1 = padding), as
+    `features.datamodule.UserInputs` gives them."""
+
+    def __init__(self, tensors: dict, meta: dict):
+        self.tables = {
+            name.removeprefix("user."): values
+            for name, values in tensors.items()
+            if name.startswith("user.")
+        }
+        history = [i["name"] for i in meta["inputs"]["user"] if i["encoding"] == "history"]
+        self.history_name = history[0] if history else None
+        self.histories = tensors["histories"].long()  # (U, N) item rows padded with num_items
+        self.item_codes = tensors["item_codes"].long()  # (I + 1,) the padding row's code: -1
+
+    def __call__(self, users: torch.Tensor, histories: torch.Tensor | None = None) -> dict:
+        """Inputs of `users` (B,); `histories` (B, N) item rows in place of the stored ones."""
+        inputs = {name: values[users] for name, values in self.tables.items()}
+        if self.history_name is not None:
+            rows = self.histories[users] if histories is None else histories
+            inputs[self.history_name] = self.item_codes[rows]  # (B, N)
+        return inputs
+
+
 class TrainBatches:
     """Shuffled training batches gathered on the device, the same fields as
     `features.datamodule.TrainBatches` (the target masked out of its own history unless
     `mask_target` is off)."""
 
-    def __init__(self, tensors: dict, batch_size: int, seed: int, mask_target: bool = True):
+    def __init__(
+        self, tensors: dict, meta: dict, batch_size: int, seed: int, mask_target: bool = True
+    ):
         self.mask_target = mask_target
-        self.pairs, self.histories = tensors["train"].long(), tensors["histories"].long()
-        self.genres, self.year = tensors["item_genres"].long(), tensors["item_year"].long()
-        self.pad = self.genres.shape[0]
+        self.pairs = tensors["train"].long()
+        self.user_inputs = UserInputs(tensors, meta)
+        self.pad = len(self.user_inputs.item_codes) - 1  # num_items
         self.batch_size = batch_size
         self.generator = torch.Generator(device=self.pairs.device).manual_seed(seed)
 
@@ -236,32 +341,26 @@ class TrainBatches:
         order = torch.randperm(len(self.pairs), generator=self.generator, device=self.pairs.device)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             pairs = self.pairs[order[start : start + self.batch_size]]
-            user, item = pairs[:, 0], pairs[:, 1]
-            history = self.histories[user]
+            user, item = pairs[:, 0], pairs[:, 1]  # (B,), (B,)
+            history = self.user_inputs.histories[user]  # (B, N)
             if self.mask_target:
                 history = history.masked_fill(history == item[:, None], self.pad)
-            yield {
-                "user": user,
-                "history": history,
-                "item": item,
-                "item_genres": self.genres[item],
-                "item_year": self.year[item],
-            }
+            yield {"user": user, "item": item, "user_inputs": self.user_inputs(user, history)}
 
 
 class ValBatches:
-    """Chunks of validation users: user, history, seen, relevant, num_relevant (one iterable, so
-    Lightning sees one validation loader, not one per chunk)."""
+    """Chunks of validation users: user, user_inputs, seen, relevant, num_relevant (one iterable,
+    so Lightning sees one validation loader, not one per chunk)."""
 
-    def __init__(self, tensors: dict, chunks: int):
-        histories = tensors["histories"].long()
+    def __init__(self, tensors: dict, meta: dict):
+        user_inputs = UserInputs(tensors, meta)
         self.batches = []
-        for number in range(chunks):
+        for number in range(meta["val_chunks"]):
             batch = {
                 name: tensors[f"val.{number}.{name}"]
                 for name in ("user", "seen", "relevant", "num_relevant")
             }
-            batch["history"] = histories[batch["user"]]
+            batch["user_inputs"] = user_inputs(batch["user"])
             self.batches.append(batch)
 
     def __len__(self) -> int:
@@ -297,18 +396,18 @@ def train_variant(job: tuple[str, dict, dict]) -> dict:
 def _train_variant(name: str, overrides: dict, options: dict) -> dict:
     import lightning as L
 
-    from towers import FeatureSpec, ItemCatalogue
+    from towers import ItemCatalogue
 
     torch.set_num_threads(options["threads"])
     device = "cuda" if options["accelerator"] != "cpu" and torch.cuda.is_available() else "cpu"
     tensors, meta = _load(options["data"], device)
     recipe = apply_overrides(meta, overrides)
+    spec = tower_spec(meta, recipe["features"])
     L.seed_everything(recipe["seed"], workers=True, verbose=False)
     model = build(recipe["model"])(  # as train.py: instantiate(cfg.model)(spec=, catalogue=)
-        spec=FeatureSpec(**meta["spec"]),
+        spec=spec,
         catalogue=ItemCatalogue(
-            genres=tensors["item_genres"].long().cpu(),
-            year=tensors["item_year"].long().cpu(),
+            inputs={i.name: tensors[f"item.{i.name}"].cpu() for i in spec.item_inputs},
             counts=tensors["item_counts"].cpu(),
         ),
     )
@@ -337,12 +436,12 @@ def _train_variant(name: str, overrides: dict, options: dict) -> dict:
     trainer.fit(
         model,
         train_dataloaders=TrainBatches(
-            tensors, recipe["batch_size"], recipe["seed"], recipe["mask_target_in_history"]
+            tensors, meta, recipe["batch_size"], recipe["seed"], recipe["mask_target_in_history"]
         ),
-        val_dataloaders=ValBatches(tensors, meta["val_chunks"]),
+        val_dataloaders=ValBatches(tensors, meta),
     )
     if not curve or curve[-1]["epoch"] != epochs:
-        trainer.validate(model, dataloaders=ValBatches(tensors, meta["val_chunks"]), verbose=False)
+        trainer.validate(model, dataloaders=ValBatches(tensors, meta), verbose=False)
         curve[-1]["epoch"] = epochs  # after fit, Lightning's epoch counter is one past the last
     seconds = time.perf_counter() - started
     final = curve[-1]

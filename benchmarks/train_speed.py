@@ -45,12 +45,10 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
 import train
 from features.prepare import PreparedData
-from towers import FeatureSpec, ItemCatalogue
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "train_speed.json"
@@ -59,12 +57,7 @@ OVERHEAD_TARGET = 0.10  # Lightning's overhead over the bare loop, at most
 
 def build_model(cfg, data: PreparedData, seed: int):
     L.seed_everything(seed, verbose=False)
-    catalogue = ItemCatalogue(
-        genres=torch.from_numpy(data.item_genres),
-        year=torch.from_numpy(data.item_year),
-        counts=torch.from_numpy(data.item_counts),
-    )
-    return instantiate(cfg.model)(spec=FeatureSpec(**data.feature_sizes()), catalogue=catalogue)
+    return train._build_model(cfg, data)  # the catalogue's inputs and the spec, as train.py
 
 
 def fixed_batches(datamodule, steps: int) -> list[dict[str, torch.Tensor]]:
@@ -249,12 +242,11 @@ def main(argv: list[str] | None = None) -> dict:
         overrides = [
             "data=synthetic", "data.source.num_users=29858", "data.source.num_items=40981",
             "data.source.num_clusters=200", "data.source.interactions_per_user=34",
-            "data.batch_size=2048", "data.history_length=50",
+            "data.batch_size=2048", "features.user.features.history.length=50",
         ]  # fmt: skip
     overrides = [*overrides, *args.override, "paths.output_dir=/tmp/unused"]
     cfg = train.compose(overrides)
-    datamodule = instantiate(cfg.data)
-    datamodule.setup()
+    datamodule = train._prepare_data(cfg)  # the declared features fitted, as train.py
     data = datamodule.data
     batches = fixed_batches(datamodule, args.steps)
     examples = _examples(batches, args.warmup)

@@ -1,10 +1,13 @@
-"""From a source to arrays: encode ids (vocabulary fitted on train only), split, and build the
-side features every tower input needs. This is the last place polars frames are used.
+"""From a source to arrays: split, give users and items their rows, fit the declared features
+on the training rows and transform every row into the towers' inputs. This is the last place
+polars frames are used.
 
-Leakage rules: the vocabularies, user histories, item popularity and genre vocabulary come from
-training interactions only. Validation and test interactions whose item is not in the training
-vocabulary stay in the denominators (they count as misses), so metrics are never flattered by
-dropping what the model cannot know.
+Leakage rules: the id vocabularies, every fitted feature (vocabularies, statistics), user
+histories and item popularity come from training interactions and the rows they touch only.
+Validation and test interactions whose item is not in the catalogue stay in the denominators
+(they count as misses), so metrics are never flattered by dropping what the model cannot know.
+Cold items (held out entirely, or known only from the item table) are in the catalogue, ranked
+by their content; the cold slices are measured apart (`PreparedData.cold`).
 """
 
 from __future__ import annotations
@@ -17,15 +20,21 @@ import numpy as np
 import polars as pl
 
 from features import schema
-from features.arrays import csr_by_user, padded, padded_rows
+from features.arrays import csr_by_user, padded_rows
+from features.fitted import FittedFeatures, history_codes, item_codes_of
+from features.fitting import FittedSide, TextEncoderFactory
 from features.sources.base import Source
+from features.spec import FeaturesConfig
+from features.split import COLD
 from features.vocab import INDEX, RAW_ID, Vocabulary
 
 log = logging.getLogger(__name__)
 
 USER = "user"  # encoded (index) columns
 ITEM = "item"
-TRAIN, VAL, TEST = schema.SPLIT_NAMES
+SPLIT_NAMES = schema.SPLIT_NAMES
+TRAIN, VAL, TEST = SPLIT_NAMES
+COLD_SLICES = ("items", "users")  # PreparedData.cold's slices (features.split's cold shares)
 
 
 @dataclass
@@ -50,24 +59,32 @@ class HeldOut:
 
 @dataclass
 class PreparedData:
-    """Everything the towers, the trainer and the exporter need, as numpy arrays."""
+    """Everything the towers, the trainer and the exporter need, as numpy arrays.
+
+    Rows: the users table and the catalogue are index-ordered, those seen in training first
+    (sorted by id: the id features' vocabularies), then those known only from a side table or
+    held out cold (sorted by id). A row past `num_train_users` / `num_train_items` has no training
+    interaction."""
 
     name: str
-    user_vocab: Vocabulary
-    item_vocab: Vocabulary
-    train: np.ndarray  # (n, 2) [user, item] index pairs, each user's in time order
+    user_vocab: Vocabulary  # raw user id <-> row of the users table
+    item_vocab: Vocabulary  # raw item id <-> row of the catalogue
+    num_train_users: int  # rows 0..num_train_users-1 have training interactions
+    num_train_items: int
+    train: np.ndarray  # (n, 2) [user, item] rows, each user's in time order
     before_test: np.ndarray  # (n', 2) train + val pairs: everything before the test period
     val: HeldOut
-    test: HeldOut
+    test: HeldOut  # warm: users and items seen in training
+    cold: dict[str, HeldOut]  # held-out cold slices ("items", "users"), each in time order
     item_counts: np.ndarray  # (I,) training interactions per item (popularity, logQ)
-    item_genres: np.ndarray  # (I, G) genre indices padded with num_genres
-    item_year: np.ndarray  # (I,) year bucket, 0 = unknown
-    genre_names: list[str]
-    history_length: int
-    num_year_buckets: int
-    train_histories: np.ndarray  # (U, N) last N train items per user, padded with num_items
+    features: FittedFeatures  # both sides' fitted features (what the bundle carries)
+    user_inputs: dict[str, np.ndarray]  # the user tower's table inputs, (U, ...) each
+    item_inputs: dict[str, np.ndarray]  # the item tower's inputs, (I, ...) each
+    history_length: int  # 0 without a history feature
+    train_histories: np.ndarray  # (U, N) last N train item rows per user, padded with num_items
     before_test_histories: np.ndarray  # (U, N) last N train + val items: serving's at test time
-    items_df: pl.DataFrame  # index-ordered item metadata: item_id, title, genres, year
+    items_df: pl.DataFrame  # index-ordered item table: item_id and the source's columns
+    users_df: pl.DataFrame  # index-ordered user table: user_id and the source's columns
 
     @property
     def num_users(self) -> int:
@@ -77,14 +94,11 @@ class PreparedData:
     def num_items(self) -> int:
         return len(self.item_vocab)
 
-    @property
-    def num_genres(self) -> int:
-        return len(self.genre_names)
-
     def with_validation_merged(self) -> PreparedData:
         """The refit view: validation becomes training data (pairs, histories, popularity) and
-        there is no validation split. Vocabularies and the test split are unchanged, so a model
-        refit on it is exported and evaluated exactly like the one selected on validation."""
+        there is no validation split. Vocabularies, fitted features and the test split are
+        unchanged, so a model refit on it is exported and evaluated exactly like the one selected
+        on validation."""
         return replace(
             self,
             train=self.before_test,
@@ -97,21 +111,21 @@ class PreparedData:
         """(I,) train + val interactions per item: the popularity a model served at test knows."""
         return np.bincount(self.before_test[:, 1], minlength=self.num_items).astype(np.int64)
 
-    def feature_sizes(self) -> dict[str, int]:
-        """Sizes the towers are built with (see `towers.FeatureSpec`)."""
+    def history_codes(self, history_rows: np.ndarray) -> np.ndarray:
+        """Item rows (U, N) padded with num_items → the item id codes the history input reads
+        (-1: padding, or an item without an id row)."""
+        return history_codes(history_rows, item_codes_of(self.item_inputs, self.features.item))
+
+    def tower_spec(self) -> dict:
+        """The keyword arguments of `towers.FeatureSpec` for this data."""
         return {
+            "user_inputs": self.features.user_inputs(),
+            "item_inputs": self.features.item.inputs(),
             "num_users": self.num_users,
             "num_items": self.num_items,
-            "num_genres": self.num_genres,
-            "num_year_buckets": self.num_year_buckets,
-            "history_length": self.history_length,
+            "user_combine": self.features.user.combine,
+            "item_combine": self.features.item.combine,
         }
-
-
-def year_bucket(year: pl.Expr, start: int, width: int, num_buckets: int) -> pl.Expr:
-    """Year → bucket 1..num_buckets-1 of `width` years from `start` (clipped); 0 when unknown."""
-    bucket = ((year - start) // width).clip(0, num_buckets - 2) + 1
-    return pl.when(year.is_null()).then(0).otherwise(bucket).cast(pl.Int64)
 
 
 def histories(pairs: np.ndarray, num_users: int, length: int, pad: int) -> np.ndarray:
@@ -137,39 +151,50 @@ def _pairs(df: pl.DataFrame) -> np.ndarray:
 def prepare(
     source: Source,
     split: Callable[[pl.LazyFrame], pl.LazyFrame],
-    history_length: int = 50,
-    year_start: int = 1900,
-    year_width: int = 5,
-    num_year_buckets: int = 28,
+    features: FeaturesConfig,
+    text_encoder: TextEncoderFactory | None = None,
 ) -> PreparedData:
-    """Run the whole `features/` pipeline for one source: the steps below, in order."""
+    """Run the whole `features/` pipeline for one source: the steps below, in order.
+    `text_encoder`: model name → sentence encoder (default: features.text_encoder.encoder_for)."""
     interactions_lf = _interactions(source)
     timed = schema.TIMESTAMP in interactions_lf.collect_schema().names()
     split_df = _checked_split(split(interactions_lf).collect(), source.name)
-    user_vocab, item_vocab = _vocabularies(split_df)
-    by_split = _encoded_splits(split_df, user_vocab, item_vocab, timed)
+    tables = {"user": source.users(), "item": source.items()}
+    user_vocab, item_vocab, num_train = _vocabularies(split_df, tables)
+    by_split = _encoded_splits(split_df, user_vocab, item_vocab, timed, num_train["user"])
     _log_unknown_items(by_split, source.name)
     train, before_test = _pairs(by_split[TRAIN]), _pairs(_before_test(by_split))
-    items_df = _item_table(source, item_vocab)
-    genre_names = sorted(set(items_df[schema.GENRES].explode().drop_nulls().to_list()))
+    side_dfs = {
+        "user": _side_table(tables["user"], user_vocab, schema.USER_ID, source, "user"),
+        "item": _side_table(tables["item"], item_vocab, schema.ITEM_ID, source, "item"),
+    }
+    counts = {
+        "user": np.bincount(train[:, 0], minlength=len(user_vocab)),
+        "item": np.bincount(train[:, 1], minlength=len(item_vocab)),
+    }
+    fitted = fit_features(features, side_dfs, counts, num_train, source, text_encoder)
+    length = fitted.history_length
     num_users, num_items = len(user_vocab), len(item_vocab)
     return PreparedData(
         name=source.name,
         user_vocab=user_vocab,
         item_vocab=item_vocab,
+        num_train_users=num_train["user"],
+        num_train_items=num_train["item"],
         train=train,
         before_test=before_test,
         val=_held_out(by_split[VAL]),
         test=_held_out(by_split[TEST]),
-        item_counts=np.bincount(train[:, 1], minlength=num_items).astype(np.int64),
-        item_genres=_genre_matrix(items_df, genre_names),
-        item_year=_item_years(items_df, year_start, year_width, num_year_buckets),
-        genre_names=genre_names,
-        history_length=history_length,
-        num_year_buckets=num_year_buckets,
-        train_histories=histories(train, num_users, history_length, pad=num_items),
-        before_test_histories=histories(before_test, num_users, history_length, pad=num_items),
-        items_df=items_df,
+        cold={name: _held_out(df) for name, df in by_split.items() if name in COLD_SLICES},
+        item_counts=counts["item"].astype(np.int64),
+        features=fitted,
+        user_inputs=fitted.user.transform(side_dfs["user"]),
+        item_inputs=fitted.item.transform(side_dfs["item"]),
+        history_length=length,
+        train_histories=histories(train, num_users, length, pad=num_items),
+        before_test_histories=histories(before_test, num_users, length, pad=num_items),
+        items_df=side_dfs["item"],
+        users_df=side_dfs["user"],
     )
 
 
@@ -199,18 +224,54 @@ def _checked_split(split_df: pl.DataFrame, name: str) -> pl.DataFrame:
     return split_df
 
 
-def _vocabularies(split_df: pl.DataFrame) -> tuple[Vocabulary, Vocabulary]:
-    """(users, items) vocabularies fitted on the training interactions only."""
+def _vocabularies(
+    split_df: pl.DataFrame, tables: dict[str, pl.DataFrame | None]
+) -> tuple[Vocabulary, Vocabulary, dict[str, int]]:
+    """(users, items) vocabularies and how many rows of each have training interactions.
+
+    Rows: the ids in the training interactions, sorted, then the others a side table lists or
+    (users) the cold split holds out, sorted: rows exist for them, but the id features (fitted on
+    training rows) have none, so their vectors come from their other features."""
     train_raw = split_df.filter(pl.col(schema.SPLIT) == TRAIN)
-    return Vocabulary.fit(train_raw[schema.USER_ID]), Vocabulary.fit(train_raw[schema.ITEM_ID])
+    cold_users = (
+        split_df.filter(pl.col(COLD).is_in(["user", "both"]))[schema.USER_ID]
+        if COLD in split_df.columns
+        else None
+    )
+    vocabularies, num_train = [], {}
+    for side, key, extra in (
+        ("user", schema.USER_ID, cold_users),
+        ("item", schema.ITEM_ID, None),
+    ):
+        trained = train_raw[key].unique().sort()
+        others = [
+            ids.cast(trained.dtype, strict=False)
+            for ids in (extra, _table_ids(tables[side], key))
+            if ids is not None
+        ]
+        rest = pl.concat([trained.clear(), *others]).drop_nulls().unique().sort()
+        rest = rest.filter(~rest.is_in(trained.implode()))
+        vocabularies.append(Vocabulary.from_ids(pl.concat([trained, rest]).alias(key)))
+        num_train[side] = trained.len()
+    return vocabularies[0], vocabularies[1], num_train
+
+
+def _table_ids(table: pl.DataFrame | None, key: str) -> pl.Series | None:
+    return None if table is None or key not in table.columns else table[key]
 
 
 def _encoded_splits(
-    split_df: pl.DataFrame, user_vocab: Vocabulary, item_vocab: Vocabulary, timed: bool
+    split_df: pl.DataFrame,
+    user_vocab: Vocabulary,
+    item_vocab: Vocabulary,
+    timed: bool,
+    num_train_users: int,
 ) -> dict[str, pl.DataFrame]:
-    """Each split's interactions with `user` and `item` indices (item null when unknown to the
-    vocabulary), grouped by user and in time order within each user. Users never seen in
-    training cannot be ranked: their interactions are dropped."""
+    """Each split's interactions with `user` and `item` rows (item null when the catalogue lacks
+    it), grouped by user and in time order within each user: train, val and the warm test (users
+    seen in training; others cannot be ranked and are dropped), and the cold slices ("items":
+    warm users' interactions with cold items; "users": cold users' interactions with items that
+    are not cold)."""
     encoded = (
         item_vocab.encode(
             user_vocab.encode(split_df.lazy(), schema.USER_ID, USER), schema.ITEM_ID, ITEM
@@ -219,7 +280,13 @@ def _encoded_splits(
         .collect()
         .sort([USER, schema.TIMESTAMP] if timed else USER, maintain_order=True)
     )
-    return {name: encoded.filter(pl.col(schema.SPLIT) == name) for name in schema.SPLIT_NAMES}
+    cold = pl.col(COLD) if COLD in encoded.columns else pl.lit(None, pl.String)
+    warm = cold.is_null() & (pl.col(USER) < num_train_users)
+    parts = {name: encoded.filter(warm & (pl.col(schema.SPLIT) == name)) for name in SPLIT_NAMES}
+    if COLD in encoded.columns:
+        parts["items"] = encoded.filter(cold == "item")
+        parts["users"] = encoded.filter(cold == "user")
+    return parts
 
 
 def _log_unknown_items(by_split: dict[str, pl.DataFrame], name: str) -> None:
@@ -241,51 +308,46 @@ def _before_test(by_split: dict[str, pl.DataFrame]) -> pl.DataFrame:
     return pl.concat([by_split[TRAIN], val_in_vocab]).sort(USER, maintain_order=True)
 
 
-def _item_years(
-    items_df: pl.DataFrame, year_start: int, year_width: int, num_year_buckets: int
-) -> np.ndarray:
-    """(I,) year bucket per item (see `year_bucket`)."""
-    years = items_df.select(
-        year_bucket(pl.col(schema.YEAR), year_start, year_width, num_year_buckets)
-    )
-    return years.to_series().to_numpy().astype(np.int64)
-
-
-def _item_table(source: Source, item_vocab: Vocabulary) -> pl.DataFrame:
-    """Index-ordered metadata for every catalogue item; missing fields become nulls / []."""
-    catalogue = item_vocab.frame.rename({RAW_ID: schema.ITEM_ID}).lazy()
-    items = source.items()
-    if items is None:
-        items = pl.DataFrame(schema={schema.ITEM_ID: item_vocab.dtype})
-    items_lf = schema.validate(
-        items.lazy(), schema.ITEMS, f"{source.name} items", schema.ITEMS_OPTIONAL
-    )
-    present = items_lf.collect_schema().names()
-    fill = {
-        schema.TITLE: pl.lit(None, pl.String),
-        schema.GENRES: pl.lit([], pl.List(pl.String)),
-        schema.YEAR: pl.lit(None, pl.Int32),
-    }
-    items_lf = items_lf.with_columns(
-        [expr.alias(name) for name, expr in fill.items() if name not in present]
-    ).unique(schema.ITEM_ID, keep="first", maintain_order=True)
+def _side_table(
+    table: pl.DataFrame | None, vocab: Vocabulary, key: str, source: Source, side: str
+) -> pl.DataFrame:
+    """Index-ordered side table: one row per vocabulary row (the key, then the source table's
+    columns; nulls for rows the table lacks)."""
+    rows_df = vocab.frame.rename({RAW_ID: key})
+    if table is None:
+        return rows_df.drop(INDEX)
+    if key not in table.columns:
+        raise schema.SchemaError(f"{_table_path(source, side)}: no {key!r} column")
+    table = table.with_columns(pl.col(key).cast(vocab.dtype, strict=False))
     return (
-        catalogue.join(items_lf, on=schema.ITEM_ID, how="left", maintain_order="left")
-        .sort(INDEX)
-        .select(
-            schema.ITEM_ID,
-            pl.col(schema.TITLE).cast(pl.String),
-            pl.col(schema.GENRES).fill_null(pl.lit([], pl.List(pl.String))),
-            pl.col(schema.YEAR).cast(pl.Int32),
+        rows_df.join(table, on=key, how="left", maintain_order="left").sort(INDEX).drop(INDEX)
+    )
+
+
+def _table_path(source: Source, side: str) -> str:
+    table_path = getattr(source, "table_path", None)
+    return table_path(side) if table_path is not None else f"{source.name} {side}s"
+
+
+def fit_features(
+    features: FeaturesConfig,
+    side_dfs: dict[str, pl.DataFrame],
+    counts: dict[str, np.ndarray],
+    num_train: dict[str, int],
+    source: Source,
+    text_encoder: TextEncoderFactory | None,
+) -> FittedFeatures:
+    """Both sides' features fitted on their training rows (those with training interactions)."""
+    fitted = {
+        side: FittedSide.fit(
+            features.side(side),
+            side_dfs[side].head(num_train[side]),
+            counts[side][: num_train[side]],
+            _table_path(source, side),
+            text_encoder=text_encoder,
         )
-        .collect()
-    )
-
-
-def _genre_matrix(items_df: pl.DataFrame, genre_names: list[str]) -> np.ndarray:
-    """(I, G_max) genre indices per item, padded with len(genre_names); G_max >= 1."""
-    lookup = {name: i for i, name in enumerate(genre_names)}
-    genre_ids = items_df[schema.GENRES].list.eval(
-        pl.element().replace_strict(lookup, return_dtype=pl.Int64)
-    )
-    return padded(genre_ids, pad=len(genre_names))
+        for side in ("user", "item")
+    }
+    result = FittedFeatures(fitted["user"], fitted["item"])
+    result.check_history()
+    return result

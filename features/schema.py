@@ -7,6 +7,9 @@ columns that were actually found, so a user can fix their file without reading o
 A source that reads a file raises `DataFileError` (a `SchemaError`) when the file cannot be read
 or a column holds bad values: it carries the file's `path`, the file's `column` (None when the
 file as a whole is bad) and a short sample of the bad `values`, and its message names all three.
+
+A side table (a source's `users()` / `items()`) is keyed by `user_id` / `item_id`, one row per
+key, and holds any other columns of the `TABLE_KINDS`; `validate_table` checks that contract.
 """
 
 from __future__ import annotations
@@ -24,12 +27,16 @@ SPLIT = "split"  # "train" / "val" / "test", only on sources that ship their own
 TITLE = "title"
 GENRES = "genres"
 YEAR = "year"
+TAGS = "tags"  # list of str: tags users gave an item, or tags a user gave
 
-# A column's allowed kinds: "id" (any integer or string), "int", "float", "str", "str_list".
+KEYS = {"user": USER_ID, "item": ITEM_ID}  # a side's table is keyed by its id column
+
+# A column's allowed kinds: "id" (any integer or string), "int", "float", "bool", "str", "str_list".
 INTERACTIONS = {USER_ID: "id", ITEM_ID: "id"}
 INTERACTIONS_OPTIONAL = {TIMESTAMP: "int", RATING: "float", SPLIT: "str"}
 ITEMS = {ITEM_ID: "id"}
 ITEMS_OPTIONAL = {TITLE: "str", GENRES: "str_list", YEAR: "int"}
+TABLE_KINDS = ("int", "float", "bool", "str", "str_list")  # a side table's non-key columns
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -89,6 +96,8 @@ def kind_ok(kind: str, dtype: pl.DataType) -> bool:
         return dtype.is_integer()
     if kind == "float":
         return dtype.is_numeric()
+    if kind == "bool":
+        return dtype == pl.Boolean
     if kind == "str":
         return dtype == pl.String
     if kind == "str_list":
@@ -120,3 +129,55 @@ def validate(
         found = ", ".join(f"{n}: {t}" for n, t in schema.items())
         raise SchemaError(f"{source}: " + "; ".join(problems) + f". Found columns: {found}")
     return lf
+
+
+def table_kind(dtype: pl.DataType) -> str | None:
+    """The `TABLE_KINDS` kind of a side table column's `dtype`, None when it is of none."""
+    if dtype.is_integer():
+        return "int"
+    if dtype.is_float():
+        return "float"
+    return next((k for k in ("bool", "str", "str_list") if kind_ok(k, dtype)), None)
+
+
+def validate_table(
+    df: pl.DataFrame,
+    key: str,
+    source: str,
+    path: object | None = None,
+    key_column: str | None = None,
+) -> pl.DataFrame:
+    """Check that `df` is a side table: an id column `key` with a value in every row and no value
+    twice, and every other column of a `TABLE_KINDS` kind. Returns `df` unchanged.
+
+    The error names the `source`; with `path` (the file the table was read from) it is a
+    `DataFileError` for that file and its `key_column` (the file's name for `key`, default `key`).
+    """
+
+    def error(column: str, problem: str, values: Sequence[object] = ()) -> SchemaError:
+        if path is None:
+            return SchemaError(f"{source}: column {column!r}: {problem}")
+        return DataFileError(path, column, problem, values, what=source)
+
+    file_key = key_column or key
+    if key not in df.columns:
+        found = ", ".join(f"{n}: {t}" for n, t in df.schema.items())
+        raise error(file_key, f"missing key column {file_key!r}. Found columns: {found}")
+    keys = df[key]
+    if not kind_ok("id", keys.dtype):
+        raise error(file_key, f"key column {file_key!r} has type {keys.dtype}, expected id")
+    if keys.null_count():
+        raise error(file_key, f"{keys.null_count()} of {df.height} rows have no {key}", [None])
+    duplicated = keys.filter(keys.is_duplicated())
+    if duplicated.len():
+        sample = duplicated.unique(maintain_order=True).head(SAMPLE_SIZE).to_list()
+        raise error(
+            file_key,
+            f"{duplicated.n_unique()} {key} values appear more than once in key column "
+            f"{file_key!r} (a table holds one row per {key})",
+            sample,
+        )
+    for name, dtype in df.schema.items():
+        if name != key and table_kind(dtype) is None:
+            raise error(name, f"column {name!r} has type {dtype}, expected one of {TABLE_KINDS}")
+    return df

@@ -7,10 +7,17 @@
   interactions are shuffled and cut by ratio (RecBole's `group_by: user`), so every user with
   enough interactions has some in each part; `by_user=False` cuts the whole shuffled frame once.
 
+Cold items and users: each split takes `cold_items` and `cold_users`, the shares of the distinct
+items and users held out entirely, drawn uniformly at random with the split's `seed`. After the
+base split, every interaction of a cold item or user is moved to "test" and a String column
+`cold` says why: null (warm), "item", "user" or "both". With both shares 0 the frame is the base
+split's, without a `cold` column.
+
 Too little data for a part: when validation or test would be empty although its ratio asks for
 some (or, for `ShippedSplit`, the source shipped no test interactions), the split raises an
 `EmptySplitError` that says how much data there is and what the part needs, before any training
-starts. A ratio of 0 asks for no part, and gets none without an error.
+starts. With cold items or users the check is on the warm interactions. A ratio of 0 asks for
+no part, and gets none without an error.
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ from features import schema
 
 _SPLIT = schema.SPLIT
 _PART_NAMES = {"val": "validation", "test": "test"}
+
+COLD = "cold"  # why an interaction is cold: null (warm), "item", "user" or "both"
 
 
 class EmptySplitError(ValueError):
@@ -43,6 +52,18 @@ class EmptySplitError(ValueError):
         return (type(self), (self.part, self.num_interactions, self.num_users, self.need))
 
 
+class SplitOptionError(ValueError):
+    """A split option has a bad value: `option` (its name under data.split), the `value` found
+    and the `problem`."""
+
+    def __init__(self, option: str, value: object, problem: str) -> None:
+        self.option, self.value, self.problem = option, value, problem
+        super().__init__(f"data.split.{option}: {problem} (got {value!r})")
+
+    def __reduce__(self):
+        return (type(self), (self.option, self.value, self.problem))
+
+
 def _per_user_note(df: pl.DataFrame, column: str = schema.USER_ID) -> str:
     most = df.group_by(column).len()["len"].max() if df.height else 0
     return f"the most any user has is {most}"
@@ -52,16 +73,15 @@ def _check_parts(
     split_df: pl.DataFrame,
     asked: dict[str, bool],
     need: dict[str, str],
-) -> pl.DataFrame:
-    """`split_df`, or an EmptySplitError for the first part in `asked` (val, test) that was
-    asked for and is empty. `need[part]` says what the part needs (with the data's numbers)."""
+) -> None:
+    """An EmptySplitError for the first part in `asked` (val, test) that was asked for and is
+    empty in `split_df`. `need[part]` says what the part needs (with the data's numbers)."""
     counts = dict(split_df[_SPLIT].value_counts().iter_rows()) if split_df.height else {}
     for part in ("val", "test"):
         if asked.get(part) and not counts.get(part):
             raise EmptySplitError(
                 part, split_df.height, split_df[schema.USER_ID].n_unique(), need[part]
             )
-    return split_df
 
 
 def _holdout_count(n: pl.Expr, ratio: float) -> pl.Expr:
@@ -75,10 +95,77 @@ def _random_key(lf: pl.LazyFrame, seed: int) -> pl.LazyFrame:
     return df.with_columns(pl.Series("_key", rng.random(df.height))).lazy()
 
 
+def _cold_count(num_ids: int, share: float) -> int:
+    """round(share * num_ids), at least one id when a share is asked for."""
+    return max(round(share * num_ids), 1) if share > 0 and num_ids else 0
+
+
+def _cold_ids(ids: pl.Series, share: float, rng: np.random.Generator) -> pl.Series:
+    """`share` of the distinct `ids`, drawn uniformly at random (from the sorted distinct ids,
+    so the draw depends on the ids and the generator only)."""
+    distinct = ids.unique().sort()
+    drawn = rng.choice(len(distinct), size=_cold_count(len(distinct), share), replace=False)
+    return distinct.gather(np.sort(drawn))
+
+
+@dataclass(kw_only=True)
+class ColdHoldout:
+    """The options every split shares: items and users held out entirely (the module says how)."""
+
+    cold_items: float = 0.0  # share of the distinct items whose every interaction goes to test
+    cold_users: float = 0.0  # share of the distinct users whose every interaction goes to test
+
+    def __post_init__(self) -> None:
+        for option in ("cold_items", "cold_users"):
+            share = getattr(self, option)
+            is_number = isinstance(share, int | float) and not isinstance(share, bool)
+            if not is_number or not 0 <= share < 1:
+                raise SplitOptionError(option, share, "a share must be a number in [0, 1)")
+
+    @property
+    def holds_out_cold(self) -> bool:
+        return self.cold_items > 0 or self.cold_users > 0
+
+    def hold_out_cold(self, split_df: pl.DataFrame, seed: int) -> pl.DataFrame:
+        """`split_df` with its cold items' and users' interactions in test and the `cold` column;
+        unchanged when no share is asked for."""
+        if not self.holds_out_cold:
+            return split_df
+        items_rng, users_rng = (
+            np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2)
+        )
+        cold_item = pl.col(schema.ITEM_ID).is_in(
+            _cold_ids(split_df[schema.ITEM_ID], self.cold_items, items_rng).implode()
+        )
+        cold_user = pl.col(schema.USER_ID).is_in(
+            _cold_ids(split_df[schema.USER_ID], self.cold_users, users_rng).implode()
+        )
+        return split_df.with_columns(
+            pl.when(cold_item | cold_user)
+            .then(pl.lit("test"))
+            .otherwise(pl.col(_SPLIT))
+            .alias(_SPLIT),
+            pl.when(cold_item & cold_user)
+            .then(pl.lit("both"))
+            .when(cold_item)
+            .then(pl.lit("item"))
+            .when(cold_user)
+            .then(pl.lit("user"))
+            .otherwise(pl.lit(None, dtype=pl.String))
+            .alias(COLD),
+        )
+
+
+def _warm(split_df: pl.DataFrame) -> pl.DataFrame:
+    """The interactions of `split_df` that are not cold (all of them without a `cold` column)."""
+    return split_df.filter(pl.col(COLD).is_null()) if COLD in split_df.columns else split_df
+
+
 @dataclass
-class TemporalSplit:
+class TemporalSplit(ColdHoldout):
     val_ratio: float = 0.1  # share of each user's latest interactions held out for validation
     test_ratio: float = 0.1  # share of each user's latest interactions held out for test
+    seed: int = 0  # draws the cold items and users
 
     def __call__(self, lf: pl.LazyFrame) -> pl.LazyFrame:
         if schema.TIMESTAMP not in lf.collect_schema():
@@ -114,14 +201,17 @@ class TemporalSplit:
                 f"TemporalSplit: {missing_time} of {split_df.height} interactions have no "
                 f"{schema.TIMESTAMP!r}; their order in time is unknown"
             )
-        note = _per_user_note(split_df)
+        split_df = self.hold_out_cold(split_df, self.seed)
+        warm_df = _warm(split_df)
+        note = _per_user_note(warm_df)
         need = f"it holds out only from users with at least 3 interactions; {note}"
         asked = {"val": self.val_ratio > 0, "test": self.test_ratio > 0}
-        return _check_parts(split_df, asked, {"val": need, "test": need}).lazy()
+        _check_parts(warm_df, asked, {"val": need, "test": need})
+        return split_df.lazy()
 
 
 @dataclass
-class ShippedSplit:
+class ShippedSplit(ColdHoldout):
     val_ratio: float = (
         0.1  # share of each user's shipped train interactions carved out for validation
     )
@@ -148,13 +238,16 @@ class ShippedSplit:
             .drop("_key")
             .collect()
         )
-        train_df = split_df.filter(pl.col(_SPLIT) != "test")
+        split_df = self.hold_out_cold(split_df, self.seed)
+        warm_df = _warm(split_df)
+        train_df = warm_df.filter(pl.col(_SPLIT) != "test")
         need = {
             "val": "validation is carved only from users with at least 3 shipped train "
             "interactions; " + _per_user_note(train_df),
             "test": "the source shipped no test interactions (rows with split 'test')",
         }
-        return _check_parts(split_df, {"val": self.val_ratio > 0, "test": True}, need).lazy()
+        _check_parts(warm_df, {"val": self.val_ratio > 0, "test": True}, need)
+        return split_df.lazy()
 
 
 def _ratio_counts(n: pl.Expr, val_ratio: float, test_ratio: float) -> tuple[pl.Expr, pl.Expr]:
@@ -178,7 +271,7 @@ def _ratio_counts(n: pl.Expr, val_ratio: float, test_ratio: float) -> tuple[pl.E
 
 
 @dataclass
-class RandomSplit:
+class RandomSplit(ColdHoldout):
     val_ratio: float = 0.1  # share of interactions held out for validation
     test_ratio: float = 0.1  # share held out for test
     by_user: bool = True  # cut each user's shuffled interactions (RecBole group_by: user)
@@ -206,8 +299,10 @@ class RandomSplit:
             .drop("_key")
             .collect()
         )
+        split_df = self.hold_out_cold(split_df, self.seed)
+        warm_df = _warm(split_df)
         if self.by_user:
-            note = _per_user_note(split_df)
+            note = _per_user_note(warm_df)
             need = {
                 "val": f"it holds out validation only from users with at least 3 interactions; {note}",
                 "test": f"it holds out test only from users with at least 2 interactions; {note}",
@@ -218,4 +313,5 @@ class RandomSplit:
                 "test": "the whole frame needs at least 2 interactions",
             }
         asked = {"val": self.val_ratio > 0, "test": self.test_ratio > 0}
-        return _check_parts(split_df, asked, need).lazy()
+        _check_parts(warm_df, asked, need)
+        return split_df.lazy()

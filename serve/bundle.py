@@ -10,8 +10,9 @@ read back and checked. No pickle anywhere.
       item_tower.safetensors     item towers' weights (to encode new or changed items), and the
                                  popularity prior's per-item coordinate ("prior.item_prior")
       item_vectors.safetensors   every catalogue row's vector, row = FAISS id
-      items.parquet              item_id, title, genres, year, genre_ids, year_bucket, active
-      users.parquet              user_id, history, seen (row = index)
+      features.json              both towers' fitted features: the transform of every table row
+      items.parquet              item_id, the source's item columns, active, content_only
+      users.parquet              user_id, the source's user columns, history, seen (row = index)
       index.faiss                FAISS index over the active rows, id = row (FAISS's own format)
       operating_points.png       recall vs latency of the sweep (ANN indexes only)
 
@@ -38,9 +39,12 @@ import polars as pl
 import torch
 from safetensors.torch import load_file, save_file
 
+from features.fitted import FittedFeatures
+from features.schema import ITEM_ID, USER_ID
 from features.serving import ACTIVE, ITEM_COLUMNS, USER_COLUMNS
 from serve.errors import BundleError
 from serve.files import (  # the names of a version's files, defined once
+    FEATURES,
     FILES,
     FORMAT_VERSION,
     INDEX,
@@ -85,6 +89,7 @@ def write_files(
     directory: Path,
     *,
     scorer: Scorer,
+    features: FittedFeatures,
     vectors: np.ndarray,
     items_df: pl.DataFrame,
     users_df: pl.DataFrame,
@@ -93,6 +98,7 @@ def write_files(
     extra: Mapping | None = None,
 ) -> None:
     """Every file of one version, and its manifest last (with the other files' checksums)."""
+    (directory / FEATURES).write_text(json.dumps(features.to_json(), indent=1) + "\n")
     save_file(_states([user for user, _ in scorer.members]), directory / USER_TOWER)
     item_states = _states([item for _, item in scorer.members])
     if scorer.item_prior is not None:
@@ -137,6 +143,7 @@ class Bundle:
     manifest: dict
     similarity: Similarity
     scorer: Scorer  # the members' towers and the scoring settings: encodes users and items
+    features: FittedFeatures  # the towers' inputs from table rows (features.json)
     item_vectors: np.ndarray  # (I, D) float32, row = FAISS id
     items: pl.DataFrame
     users: pl.DataFrame
@@ -211,6 +218,13 @@ def _load_scorer(path: Path, manifest: dict) -> Scorer:
     return scorer.eval()
 
 
+def _read_features(path: Path) -> FittedFeatures:
+    try:
+        return FittedFeatures.from_json(json.loads((path / FEATURES).read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise BundleError(f"{path / FEATURES}: cannot read the fitted features ({err})") from None
+
+
 def _read_states(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(path)
@@ -249,6 +263,7 @@ def read_version(
         manifest=manifest,
         similarity=similarity,
         scorer=_load_scorer(path, manifest),
+        features=_read_features(path),
         item_vectors=vectors,
         items=items,
         users=users,
@@ -297,8 +312,8 @@ def _read_tables(path: Path) -> tuple[np.ndarray, pl.DataFrame, pl.DataFrame]:
         items, users = pl.read_parquet(path / ITEMS), pl.read_parquet(path / USERS)
     except (OSError, KeyError, pl.exceptions.PolarsError) as err:
         raise BundleError(f"{path}: cannot read the item vectors or tables ({err})") from None
-    missing = [c for c in ITEM_COLUMNS if c not in items.columns]
-    missing += [f"users.{c}" for c in USER_COLUMNS if c not in users.columns]
+    missing = [c for c in (ITEM_ID, *ITEM_COLUMNS) if c not in items.columns]
+    missing += [f"users.{c}" for c in (USER_ID, *USER_COLUMNS) if c not in users.columns]
     if missing:
         raise BundleError(f"{path}: the tables lack columns {missing}")
     return vectors, items, users

@@ -16,11 +16,11 @@ import numpy as np
 import polars as pl
 
 from features.schema import ITEM_ID, TITLE
-from features.serving import ACTIVE, GENRE_IDS, YEAR_BUCKET
+from features.serving import ACTIVE
 from features.vocab import RAW_ID, Vocabulary
 from serve.errors import RequestError, UnknownItemError
 
-INTERNAL_COLUMNS = frozenset({GENRE_IDS, YEAR_BUCKET, ACTIVE})  # the towers' encodings: no filters
+INTERNAL_COLUMNS = frozenset({ACTIVE})  # not a filter: only active items are ever returned
 MAX_CACHED_FILTERS = 1024  # the filter cache starts over past this many distinct filters
 EMPTY = np.zeros(0, dtype=np.int64)  # no rows (shared, so read-only)
 EMPTY.setflags(write=False)

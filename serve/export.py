@@ -3,8 +3,8 @@ encode the whole catalogue, the index is built over the active items (and, when 
 swept for the cheapest search setting that reaches the target recall), and every file is written
 as a new version (serve/bundle.py: the files; serve/versions.py: the switch).
 
-Also the one place that encodes rows of an items table (`encode_items`), which catalogue
-updates reuse (serve/update.py)."""
+Also the one place that encodes rows of an items table (`encode_items`: the fitted features'
+transform, then the item towers), which catalogue updates reuse (serve/update.py)."""
 
 from __future__ import annotations
 
@@ -16,12 +16,13 @@ import numpy as np
 import polars as pl
 import torch
 
-from features.arrays import padded
-from features.serving import ACTIVE, GENRE_IDS, HISTORY, YEAR_BUCKET
+from features.fitted import FittedFeatures
+from features.serving import ACTIVE
 from serve.bundle import write_files
 from serve.errors import BundleError
 from serve.files import PLOT
 from serve.index import FAISS_METRIC_NAMES, IndexConfig, build_index, fixed_settings, search_knob
+from serve.inputs import UserInputs, item_codes, item_inputs
 from serve.sweep import exact_neighbours, plot, sweep
 from serve.versions import write_version
 from towers.scoring import Scorer
@@ -31,38 +32,46 @@ from towers.similarity import Similarity
 def export_bundle(
     path: str | Path,
     scorer: Scorer,
+    features: FittedFeatures,
     items_df: pl.DataFrame,
     users_df: pl.DataFrame,
     index_factory: str | None = None,
     index_config: IndexConfig | Mapping | None = None,
+    num_train_users: int | None = None,
 ) -> Path:
     """Encode the catalogue, build (and sweep) the index, write a new bundle version at `path`.
 
-    `index_config` (conf/index/*.yaml) wins over the bare `index_factory` string. Returns `path`."""
+    `index_config` (conf/index/*.yaml) wins over the bare `index_factory` string;
+    `num_train_users`: the users table's first rows that have an id row (default: all).
+    Returns `path`."""
     path = Path(path)
     config = IndexConfig.parse(index_config if index_config is not None else index_factory)
     similarity, spec = scorer.similarity, scorer.spec
-    if items_df.height != spec.num_items or users_df.height != spec.num_users:
+    if items_df.height < spec.num_items or users_df.height != spec.num_users:
         raise BundleError(
             f"tables do not match the towers: {items_df.height} items / {users_df.height} users, "
             f"towers built for {spec.num_items} / {spec.num_users}"
         )
-    vectors = encode_items(scorer, items_df)
+    vectors = encode_items(scorer, features, items_df)
     if ACTIVE not in items_df.columns:
         items_df = items_df.with_columns(pl.lit(True).alias(ACTIVE))
     ids = np.flatnonzero(items_df[ACTIVE].to_numpy())
-    queries = sample_user_vectors(scorer, users_df, config.sweep_queries)
+    queries = sample_user_vectors(scorer, features, items_df, users_df, config.sweep_queries)
 
     def fill(directory: Path) -> None:
         index, section = index_section(vectors, ids, similarity, config, queries, directory / PLOT)
         write_files(
             directory,
             scorer=scorer,
+            features=features,
             vectors=vectors,
             items_df=items_df,
             users_df=users_df,
             index=index,
             index_manifest=section,
+            extra={
+                "num_train_users": users_df.height if num_train_users is None else num_train_users
+            },
         )
 
     write_version(path, fill)
@@ -71,25 +80,24 @@ def export_bundle(
 
 @torch.inference_mode()
 def encode_items(
-    scorer: Scorer, items_df: pl.DataFrame, rows: np.ndarray | None = None, chunk: int = 65536
+    scorer: Scorer,
+    features: FittedFeatures,
+    items_df: pl.DataFrame,
+    rows: np.ndarray | None = None,
+    chunk: int = 65536,
 ) -> np.ndarray:
-    """Served item vectors (I, D) float32 for the rows of an items table; `rows` are their item
-    indices (default 0..I-1).
+    """Served item vectors (I, D) float32 for the rows of an items table (raw columns, through the
+    fitted features' transform); `rows` are their catalogue rows (default 0..I-1), which the
+    popularity prior reads.
 
-    Rows past the towers' id vocabulary (items added after training) have no id embedding: their
-    vector comes from their features alone (genres, year), and a popularity prior counts them as
-    never seen."""
+    An item without an id row (no training interaction, or added after training) gets its vector
+    from its other features alone, and a popularity prior counts it as never seen."""
     scorer.eval()
-    genres = torch.from_numpy(padded(items_df[GENRE_IDS], scorer.spec.num_genres))
-    year = torch.from_numpy(items_df[YEAR_BUCKET].to_numpy().astype(np.int64))
-    ids = torch.arange(items_df.height) if rows is None else torch.as_tensor(rows, dtype=torch.long)
-    has_id = ids < scorer.spec.num_items
+    inputs = item_inputs(features, items_df)
+    rows_t = torch.arange(items_df.height) if rows is None else torch.as_tensor(rows).long()
     parts = [
         scorer.encode_items(
-            ids[s : s + chunk],
-            genres[s : s + chunk],
-            year[s : s + chunk],
-            has_id=has_id[s : s + chunk],
+            {n: t[s : s + chunk] for n, t in inputs.items()}, rows_t[s : s + chunk]
         ).float()
         for s in range(0, items_df.height, chunk)
     ]
@@ -99,15 +107,20 @@ def encode_items(
 
 
 def sample_user_vectors(
-    scorer: Scorer, users_df: pl.DataFrame, count: int, seed: int = 0
+    scorer: Scorer,
+    features: FittedFeatures,
+    items_df: pl.DataFrame,
+    users_df: pl.DataFrame,
+    count: int,
+    seed: int = 0,
 ) -> np.ndarray:
     """Served vectors (count', D) of a fixed random sample of users: the sweep's queries."""
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(users_df.height, size=min(count, users_df.height), replace=False))
-    spec = scorer.spec
-    histories = padded(users_df[HISTORY][rows], spec.num_items, spec.history_length)
+    codes = item_codes(features, item_inputs(features, items_df))
+    users = UserInputs(features, users_df[rows], codes)
     with torch.inference_mode():
-        return scorer.encode_users(torch.from_numpy(rows), torch.from_numpy(histories)).numpy()
+        return scorer.encode_users(users(np.arange(len(rows)))).float().numpy()
 
 
 def index_section(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from serve.errors import BundleError, RequestError
 
-FORMAT_VERSION = 3  # 3: members' towers and the scoring settings (towers.scoring.Scorer)
+FORMAT_VERSION = 4  # 4: declared features (features.json) and the towers built from them
 MANIFEST = "manifest.json"
 USER_TOWER = "user_tower.safetensors"
 ITEM_TOWER = "item_tower.safetensors"
@@ -19,8 +19,9 @@ ITEM_VECTORS = "item_vectors.safetensors"
 ITEMS = "items.parquet"
 USERS = "users.parquet"
 INDEX = "index.faiss"
+FEATURES = "features.json"  # both sides' fitted features (features.fitted.FittedFeatures)
 PLOT = "operating_points.png"
-FILES = (USER_TOWER, ITEM_TOWER, ITEM_VECTORS, ITEMS, USERS, INDEX)
+FILES = (USER_TOWER, ITEM_TOWER, ITEM_VECTORS, ITEMS, USERS, INDEX, FEATURES)
 PRIOR_KEY = "prior.item_prior"  # in ITEM_TOWER: the popularity prior's centred log p per item
 VECTORS_KEY = "vectors"  # in ITEM_VECTORS: the (I, D) float32 item vectors
 # How a read checks each file against the manifest: "full" its size and sha256, "size" its size

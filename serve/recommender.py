@@ -21,6 +21,7 @@ from serve.bundle import Bundle
 from serve.catalogue import EMPTY, Catalogue
 from serve.errors import RequestError, check_k
 from serve.index import resolve_device
+from serve.inputs import UserInputs, item_codes, item_inputs
 from serve.search import Search
 from serve.users import COLD_START, Source, UserStore
 from serve.versions import read_bundle
@@ -58,7 +59,12 @@ class Recommender:
             raise RequestError("cold_start", cold_start, f"must be one of {COLD_START}")
         device = resolve_device(device or bundle.index_config.device)
         self.bundle, self.cold_start, self.scorer = bundle, cold_start, bundle.scorer
-        self.users = users = UserStore(bundle.users, bundle.scorer, cache_user_vectors)
+        codes = item_codes(bundle.features, item_inputs(bundle.features, bundle.items))
+        inputs = UserInputs(bundle.features, bundle.users, codes)
+        num_train_users = bundle.manifest.get("num_train_users")
+        self.users = users = UserStore(
+            bundle.users, bundle.scorer, inputs, cache_user_vectors, num_train_users
+        )
         self.catalogue = catalogue = Catalogue(bundle.items, users.seen_items)
         self.search = Search(
             bundle.index, bundle.item_vectors, catalogue.active, bundle.search_params, device
@@ -117,6 +123,7 @@ class Recommender:
         exclude_seen: bool = True,
         *,
         history: Sequence[object] | None = None,
+        features: Mapping[str, object] | None = None,
         exclude: Sequence[object] | None = None,
         filters: Mapping[str, object] | None = None,
     ) -> Recommendations:
@@ -124,11 +131,19 @@ class Recommender:
 
         exclude_seen: drop the items the user has seen (for a user the bundle does not know: the
         given history). history: raw item ids, oldest first, that the user tower runs on instead
-        of the stored history (this is how users unseen in training are answered). exclude: raw
-        item ids never to return. filters: `{column: value or [values]}` over the item table."""
+        of the stored history (this is how users unseen in training are answered). features: a
+        user the bundle does not know, described by the users table's columns ({"age": 31, ...}).
+        exclude: raw item ids never to return. filters: `{column: value or [values]}` over the
+        item table."""
         histories = None if history is None else [history]
         return self.recommend_many(
-            [user_id], k, exclude_seen, histories=histories, exclude=exclude, filters=filters
+            [user_id],
+            k,
+            exclude_seen,
+            histories=histories,
+            features=None if features is None else [features],
+            exclude=exclude,
+            filters=filters,
         )[0]
 
     def recommend_many(
@@ -138,35 +153,44 @@ class Recommender:
         exclude_seen: bool = True,
         *,
         histories: Sequence[Sequence[object] | None] | None = None,
+        features: Sequence[Mapping[str, object] | None] | None = None,
         exclude: Sequence[object] | None = None,
         filters: Mapping[str, object] | None = None,
     ) -> list[Recommendations]:
         """`recommend` for many users: one tower call and one index search for all of them.
 
-        histories: one per user (None = the stored one); exclude and filters apply to all."""
+        histories, features: one per user (None = the stored one / none); exclude and filters
+        apply to all."""
         check_k(k)
-        if len(user_ids) == 1 and histories is None and not exclude and not filters:
+        if (
+            len(user_ids) == 1
+            and histories is None
+            and features is None
+            and not exclude
+            and not filters
+        ):
             user = self.users.index_of(user_ids[0])
             if user is not None:  # the hot path: a known user, nothing but their seen items out
                 seen = self.users.seen(user) if exclude_seen else EMPTY
                 rows, scores = self.search.nearest_one(self.users.known_user_vector(user), k, seen)
                 return [self._recommendations(rows, scores, Source.MODEL)]
-        if histories is not None and len(histories) != len(user_ids):
-            raise RequestError(
-                "histories", histories, f"must hold one per user ({len(user_ids)} users)"
-            )
+        for name, given in (("histories", histories), ("features", features)):
+            if given is not None and len(given) != len(user_ids):
+                raise RequestError(name, given, f"must hold one per user ({len(user_ids)} users)")
         item_filter = self.catalogue.item_filter(filters)
         excluded = self.catalogue.item_rows(exclude, "exclude")
         asked = []  # (row or None, source, given history's item rows or None) of each user
         for i, user_id in enumerate(user_ids):
             history = None if histories is None else histories[i]
             given = None if history is None else self.catalogue.item_rows(history, "history")
-            asked.append((*self.users.resolve(user_id, given, self.cold_start), given))
+            described = features is not None and features[i] is not None
+            asked.append((*self.users.resolve(user_id, given, self.cold_start, described), given))
         out: list[Recommendations | None] = [None] * len(user_ids)
         ranked = [i for i, (_, source, _) in enumerate(asked) if source != Source.POPULARITY]
         if ranked:
             users, given = [asked[i][0] for i in ranked], [asked[i][2] for i in ranked]
-            vectors = self.users.query_vectors(users, given)
+            described = None if features is None else [features[i] for i in ranked]
+            vectors = self.users.query_vectors(users, given, described)
             bans = [
                 self.users.excluded(u, g, excluded) if exclude_seen else excluded
                 for u, g in zip(users, given, strict=True)
@@ -202,15 +226,37 @@ class Recommender:
         scores, found = self.search.nearest(queries, k, exclude, item_filter)
         return [self._results(s, f) for s, f in zip(scores, found, strict=True)]
 
-    def top_k(self, users: np.ndarray, k: int, exclude_seen: bool = True, chunk: int = 4096):
-        """(scores, rows) (U, k) of known users by row: the path every request takes."""
+    def top_k(
+        self,
+        users: np.ndarray,
+        k: int,
+        exclude_seen: bool = True,
+        chunk: int = 4096,
+        *,
+        histories: np.ndarray | None = None,
+        filters: Mapping[str, object] | None = None,
+    ):
+        """(scores, rows) (U, k) of known users by row: the path every request takes.
+        `histories` (U, L) item rows (padded with num_items) in place of the stored ones, also
+        left out of the results with the seen items; `filters` as in `recommend`."""
         check_k(k)
         users = np.asarray(users, dtype=np.int64)
+        item_filter = self.catalogue.item_filter(filters)
         scores, rows = [np.zeros((0, k), np.float32)], [np.zeros((0, k), np.int64)]
         for start in range(0, len(users), chunk):
             part = users[start : start + chunk]
+            given = None if histories is None else histories[start : start + chunk]
             exclude = [self.users.seen(u) for u in part] if exclude_seen else None
-            found = self.search.nearest(self.users.known_user_vectors(part), k, exclude)
+            if exclude is not None and given is not None:
+                exclude = [
+                    np.concatenate([e, g[g < self.num_items]]) for e, g in zip(exclude, given, strict=True)
+                ]
+            vectors = (
+                self.users.known_user_vectors(part)
+                if given is None
+                else self.users.encode_users(part, given)
+            )
+            found = self.search.nearest(vectors, k, exclude, item_filter)
             scores.append(found[0])
             rows.append(found[1])
         return np.concatenate(scores), np.concatenate(rows)

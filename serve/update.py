@@ -1,14 +1,17 @@
 """Incremental catalogue updates, without retraining: add or replace items, remove items.
 
-New or changed items are encoded by the bundle's own item tower from their features (genres,
-release year); items unknown at training time have no id embedding, so their vector comes from
-their features alone. The index is updated in place of a copy (IVF and flat indexes remove and
+New or changed items are encoded by the bundle's own item tower from their features, through the
+fitted features' transform that training used (features.json); items unknown at training time
+have no id embedding, so their vector comes from their other features alone. The index is updated in place of a copy (IVF and flat indexes remove and
 add by id; HNSW, which cannot remove, is rebuilt) and everything is written as a new bundle
 version, then switched to atomically (see serve.versions). The search settings chosen at
 export are kept.
 
     update_items("runs/ml/bundle", upsert=pl.DataFrame({"item_id": [9001], "genres": [["Drama"]],
                  "year": [1999], "title": ["New"]}), remove=[42])
+
+An upsert frame has an item_id column and any of the items table's own columns (those the source
+gave: title, genres, tags, ...); a column it omits is missing for its rows.
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ import faiss
 import numpy as np
 import polars as pl
 
-from features.schema import GENRES, ITEM_ID, TITLE, YEAR
-from features.serving import ACTIVE, GENRE_IDS, YEAR_BUCKET
+from features.schema import ITEM_ID
+from features.serving import ACTIVE, CONTENT_ONLY, SERVING_COLUMNS
 from features.vocab import Vocabulary
 from serve.bundle import Bundle, write_files
 from serve.errors import BundleError, RequestError, UnknownItemError
@@ -31,11 +34,9 @@ from serve.export import encode_items
 from serve.files import MANIFEST, PLOT
 from serve.index import remove_ids
 from serve.versions import CURRENT, VERSION_NAME, read_bundle, write_version
-from towers.scoring import Scorer
 
 log = logging.getLogger(__name__)
 
-UPSERT_COLUMNS = (ITEM_ID, TITLE, GENRES, YEAR, YEAR_BUCKET)
 _ROW = "_row"  # a temporary column: the row an item takes in the updated table
 
 
@@ -46,8 +47,6 @@ class UpdateReport:
     added: list = field(default_factory=list)  # raw ids new to the catalogue (or re-added)
     replaced: list = field(default_factory=list)  # raw ids whose features and vector changed
     removed: list = field(default_factory=list)  # raw ids taken out of the index
-    # genre names the item tower has no embedding for
-    unknown_genres: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -59,22 +58,20 @@ def update_items(
     remove: Sequence[object] | None = None,
 ) -> UpdateReport:
     """Write a new bundle version at `path` with `upsert` items added or replaced (columns
-    item_id and any of title, genres, year, year_bucket) and `remove` ids taken out."""
+    item_id and any of the items table's own columns) and `remove` ids taken out."""
     bundle = _read_root(Path(path))
     items = bundle.items
     vocab = Vocabulary.from_ids(items[ITEM_ID])
     report = UpdateReport(version="", base_version=bundle.version)
     removed = _removed_rows(items, vocab, remove or [], report)
-    new_rows = (
-        _feature_rows(upsert, items, report) if upsert is not None and upsert.height else None
-    )
+    new_rows = _feature_rows(upsert, items) if upsert is not None and upsert.height else None
     vectors, active = bundle.item_vectors.copy(), items[ACTIVE].to_numpy().copy()
     target = replaced = np.zeros(0, dtype=np.int64)
     if new_rows is not None:
         target = _target_rows(new_rows, vocab, items.height, removed, active, report)
         old = target[target < items.height]
         replaced = old[active[old]]  # rows whose old vectors are in the index
-        items, vectors, active = _upserted(bundle.scorer, items, vectors, active, new_rows, target)
+        items, vectors, active = _upserted(bundle, items, vectors, active, new_rows, target)
     active[removed] = False
     items = items.with_columns(pl.Series(ACTIVE, active))
     index = _updated_index(bundle.index, np.concatenate([replaced, removed]), vectors, target)
@@ -130,7 +127,7 @@ def _target_rows(
 
 
 def _upserted(
-    scorer: Scorer,
+    bundle: Bundle,
     items: pl.DataFrame,
     vectors: np.ndarray,
     active: np.ndarray,
@@ -140,6 +137,10 @@ def _upserted(
     """(items, vectors, active) with `new_rows` at rows `target`, their vectors from the item
     tower: rows are replaced in place and new ones appended, so row numbers (FAISS ids) never
     change."""
+    old = target[target < items.height]  # a replaced item keeps its content_only mark
+    marks = np.ones(len(target), dtype=bool)
+    marks[target < items.height] = items[CONTENT_ONLY].to_numpy()[old]
+    new_rows = new_rows.with_columns(pl.Series(CONTENT_ONLY, marks))
     updated = (
         pl.concat(
             [
@@ -153,7 +154,7 @@ def _upserted(
     )
     num_fresh = updated.height - items.height
     vectors = np.concatenate([vectors, np.zeros((num_fresh, vectors.shape[1]), np.float32)])
-    vectors[target] = encode_items(scorer, new_rows, rows=target)
+    vectors[target] = encode_items(bundle.scorer, bundle.features, new_rows, rows=target)
     active = np.concatenate([active, np.zeros(num_fresh, dtype=bool)])
     active[target] = True
     return updated, vectors, active
@@ -194,34 +195,27 @@ def _write_version(
         write_files(
             directory,
             scorer=bundle.scorer,
+            features=bundle.features,
             vectors=vectors,
             items_df=items,
             users_df=bundle.users,
             index=index,
             index_manifest=dict(bundle.manifest["index"]),
-            extra={"updates": updates},
+            extra={"updates": updates, "num_train_users": bundle.manifest.get("num_train_users")},
         )
 
     return write_version(bundle.root, fill)
 
 
 # -- upserted rows in the item table's schema ---------------------------------------------------
-def _feature_rows(upsert: pl.DataFrame, items: pl.DataFrame, report: UpdateReport) -> pl.DataFrame:
-    """`upsert` in the bundle's item-table schema (genre names → ids, year → bucket)."""
-    _check_upsert(upsert)
-    names = [list(genres or []) for genres in _values(upsert, GENRES)]
-    years = _values(upsert, YEAR)
-    buckets = _year_buckets(upsert[ITEM_ID].to_list(), years, _values(upsert, YEAR_BUCKET), items)
+def _feature_rows(upsert: pl.DataFrame, items: pl.DataFrame) -> pl.DataFrame:
+    """`upsert` in the bundle's item-table schema: its columns cast to the table's types, the
+    table's other columns missing (null), active."""
+    own = [c for c in items.columns if c not in SERVING_COLUMNS]
+    _check_upsert(upsert, own)
     missing = pl.Series([None] * upsert.height)  # a column not given: nulls, cast to its type
-    given = {
-        ITEM_ID: upsert[ITEM_ID],
-        TITLE: upsert[TITLE] if TITLE in upsert.columns else missing,
-        GENRES: pl.Series(names, dtype=pl.List(pl.String)),
-        YEAR: pl.Series(years, dtype=items.schema.get(YEAR, pl.Int32)),
-        GENRE_IDS: pl.Series(_genre_ids(names, items, report), dtype=pl.List(pl.Int64)),
-        YEAR_BUCKET: pl.Series(buckets, dtype=pl.Int64),
-        ACTIVE: pl.Series([True] * upsert.height, dtype=pl.Boolean),
-    }
+    given = {c: upsert[c] for c in upsert.columns}
+    given[ACTIVE] = pl.Series([True] * upsert.height, dtype=pl.Boolean)
     frame = pl.DataFrame({c: given.get(c, missing) for c in items.columns})
     try:
         return frame.cast(dict(items.schema))
@@ -233,60 +227,13 @@ def _feature_rows(upsert: pl.DataFrame, items: pl.DataFrame, report: UpdateRepor
         ) from None
 
 
-def _check_upsert(upsert: pl.DataFrame) -> None:
-    """An item_id column of unique, non-null ids, and no column besides UPSERT_COLUMNS."""
-    if ITEM_ID not in upsert.columns or set(upsert.columns) - set(UPSERT_COLUMNS):
+def _check_upsert(upsert: pl.DataFrame, columns: list[str]) -> None:
+    """An item_id column of unique, non-null ids, and no column the items table lacks."""
+    if ITEM_ID not in upsert.columns or set(upsert.columns) - set(columns):
         raise RequestError(
-            "upsert", upsert.columns, f"must have an item_id column and only {list(UPSERT_COLUMNS)}"
+            "upsert", upsert.columns, f"must have an item_id column and only {columns}"
         )
     ids = upsert[ITEM_ID]
     if ids.null_count() or ids.n_unique() != upsert.height:
         bad = ids.filter(ids.is_null() | ids.is_duplicated()).to_list()
         raise RequestError("upsert", bad, "item_id must be non-null and unique")
-
-
-def _values(upsert: pl.DataFrame, column: str) -> list:
-    """An upsert column's values; nulls when it is not given."""
-    return upsert[column].to_list() if column in upsert.columns else [None] * upsert.height
-
-
-def _genre_ids(names: list[list[str]], items: pl.DataFrame, report: UpdateReport) -> list:
-    """Each item's genre ids in the item tower's vocabulary; names it has no id for are left
-    out (and reported)."""
-    known = _lookup(items, GENRES, GENRE_IDS, explode=True)
-    for name in (name for item_names in names for name in item_names):
-        if name not in known and name not in report.unknown_genres:
-            report.unknown_genres.append(name)
-    if report.unknown_genres:
-        log.warning("genres unknown to the item tower are ignored: %s", report.unknown_genres)
-    return [[known[name] for name in item_names if name in known] for item_names in names]
-
-
-def _year_buckets(item_ids: list, years: list, given: list, items: pl.DataFrame) -> list[int]:
-    """Each item's year bucket: given, else its year's (one a catalogue item has), else 0."""
-    bucket_of = _lookup(items, YEAR, YEAR_BUCKET)
-    buckets = []
-    for item_id, year, bucket in zip(item_ids, years, given, strict=True):
-        if bucket is None and year is not None and year not in bucket_of:
-            raise RequestError(
-                "upsert",
-                year,
-                f"item {item_id!r}: year must be one a catalogue item has "
-                "(or give its year_bucket column)",
-            )
-        if bucket is None:
-            bucket = 0 if year is None else bucket_of[year]
-        buckets.append(int(bucket))
-    return buckets
-
-
-def _lookup(items: pl.DataFrame, key: str, value: str, explode: bool = False) -> dict:
-    """{key: value} over the catalogue's rows (list columns paired element by element with
-    `explode`); empty when the table has no `key` column."""
-    if key not in items.columns:
-        return {}
-    pairs = items.select(pl.col(key), pl.col(value))
-    if explode:
-        pairs = pairs.explode(key, value)
-    pairs = pairs.drop_nulls().unique()
-    return dict(zip(pairs[key].to_list(), pairs[value].to_list(), strict=True))

@@ -1,9 +1,11 @@
 """`UserStore`: the users a bundle knows, and the query vectors made for them.
 
-User ids → rows; each known user's stored history (the user tower's input, oldest first) and
-seen items (what their results leave out); and user vectors from the towers
-(`bundle.scorer.encode_users`): for a known user from their stored features, for a user the
-bundle does not know from a history given with the request, without a user-id embedding.
+User ids → rows; each known user's stored features and history (the user tower's inputs, through
+the fitted features' transform, serve.inputs) and seen items (what their results leave out); and
+user vectors from the towers (`bundle.scorer.encode_users`): for a known user from their stored
+features, for a user the bundle does not know from a history given with the request, without a
+user-id embedding. A user the table holds without an id row (no training interaction: a cold
+user with features) is served from those features ("features").
 
 Known users' stored features do not change within a bundle version, so their vectors can be
 computed once at load (one batched tower pass) instead of at every request: exactly the
@@ -21,18 +23,20 @@ import polars as pl
 import torch
 
 from features import serving
-from features.arrays import padded, padded_rows
+from features.arrays import padded_rows
 from features.schema import USER_ID
 from features.vocab import Vocabulary
 from serve.catalogue import EMPTY, IdLookup
 from serve.errors import UnknownUserError
+from serve.inputs import UserInputs
 from towers.scoring import Scorer
 
 
 class Source(StrEnum):
     """Where a user's results come from (their `.source`; a str, as JSON shows it)."""
 
-    MODEL = "model"  # the towers on a known user's stored features
+    MODEL = "model"  # the towers on a known user's stored features, id included
+    FEATURES = "features"  # a user without an id row: their stored features and history
     HISTORY = "history"  # the user tower on a history given with the request
     POPULARITY = "popularity"  # the most popular items (a user the bundle does not know)
 
@@ -43,18 +47,26 @@ ENCODE_CHUNK = 65536  # users per tower call when the cache is filled
 
 
 class UserStore:
-    def __init__(self, users: pl.DataFrame, scorer: Scorer, cache_user_vectors: bool | None):
-        """`users`: a bundle's users table; `cache_user_vectors`: encode every known user at load
-        (True), never (False), or when the table fits in USER_CACHE_AUTO_BYTES (None)."""
-        spec = scorer.spec
+    def __init__(
+        self,
+        users: pl.DataFrame,
+        scorer: Scorer,
+        inputs: UserInputs,
+        cache_user_vectors: bool | None,
+        num_train_users: int | None = None,
+    ):
+        """`users`: a bundle's users table; `inputs`: its tower inputs (serve.inputs);
+        `cache_user_vectors`: encode every known user at load (True), never (False), or when the
+        table fits in USER_CACHE_AUTO_BYTES (None); `num_train_users`: rows with an id row (the
+        first ones; default all)."""
         self.scorer = scorer
+        self.inputs = inputs
         self.user_vocab = Vocabulary.from_ids(users[USER_ID])
         self._ids = IdLookup(self.user_vocab)
-        self.history_length = spec.history_length
-        self.history_pad = spec.num_items  # rows past the tower's vocabulary cannot be in a history
-        self.histories = torch.from_numpy(  # (U, L)
-            padded(users[serving.HISTORY], spec.num_items, spec.history_length)
-        )
+        self.num_train_users = len(self.user_vocab) if num_train_users is None else num_train_users
+        self.history_length = inputs.length
+        self.history_pad = inputs.pad  # the padding row (num_items)
+        self.histories = torch.from_numpy(inputs.histories)  # (U, L) item rows
         seen = users[serving.SEEN]
         lengths = seen.list.len().to_numpy()
         self.seen_indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)  # (U + 1,)
@@ -85,17 +97,24 @@ class UserStore:
             raise UnknownUserError(user_id, len(self.user_vocab))
         return index
 
-    def resolve(self, user_id: object, given: np.ndarray | None, cold_start: str):
+    def resolve(
+        self, user_id: object, given: np.ndarray | None, cold_start: str, features: bool = False
+    ):
         """(row or None, source) of a requested user; `given`: the item rows of a history given
-        with the request, or None. A user the bundle does not know is answered, as `cold_start`
-        says: "history" from a given history (the user tower runs on it, without a user-id
-        embedding), else `UnknownUserError`; "popularity" the same, but without a history by
-        the most popular items; "error" always `UnknownUserError`."""
+        with the request, or None; `features`: whether the request gives the user's features. A
+        user the bundle does not know is answered, as `cold_start` says: "history" from a given
+        history and / or given features (the user tower runs on them, without a user-id
+        embedding), else `UnknownUserError`; "popularity" the same, but with neither by the most
+        popular items; "error" always `UnknownUserError`."""
         user = self._ids.index_of(user_id)
         if user is not None:
-            return user, Source.MODEL if given is None else Source.HISTORY
+            if given is not None:
+                return user, Source.HISTORY
+            return user, Source.MODEL if user < self.num_train_users else Source.FEATURES
         if cold_start != "error" and given is not None and len(given):
             return None, Source.HISTORY
+        if cold_start != "error" and features:
+            return None, Source.FEATURES
         if cold_start == "popularity":
             return None, Source.POPULARITY
         raise UnknownUserError(user_id, len(self.user_vocab))
@@ -112,17 +131,12 @@ class UserStore:
 
     # -- vectors --------------------------------------------------------------------------------
     @torch.inference_mode()
-    def encode_users(
-        self, users: np.ndarray, histories: torch.Tensor | None = None, has_id=None
-    ) -> np.ndarray:
-        """User vectors (U, D) float32: each user's stored features, or `histories` (U, L) given.
-
-        `has_id` (U,) bool marks rows with a user-id embedding; the others (users the bundle does
-        not know) are encoded from their history alone."""
-        users_t = torch.as_tensor(users, dtype=torch.long)
-        histories = self.histories[users_t] if histories is None else histories
-        has_id = None if has_id is None else torch.as_tensor(np.asarray(has_id, dtype=bool))
-        return self.scorer.encode_users(users_t, histories, has_id).float().numpy()
+    def encode_users(self, users: np.ndarray, histories: np.ndarray | None = None) -> np.ndarray:
+        """User vectors (U, D) float32 of rows of the table: their stored features with their
+        stored history, or `histories` (U, L) item rows given."""
+        users = np.asarray(users, dtype=np.int64)
+        given = None if histories is None else np.asarray(histories)
+        return self.scorer.encode_users(self.inputs(users, given)).float().numpy()
 
     def known_user_vectors(self, users: np.ndarray) -> np.ndarray:
         """Vectors (U, D) of known users from their stored features: the cache, or the tower."""
@@ -147,18 +161,34 @@ class UserStore:
         return torch.from_numpy(out)
 
     def query_vectors(
-        self, users: Sequence[int | None], histories: Sequence[np.ndarray | None]
+        self,
+        users: Sequence[int | None],
+        histories: Sequence[np.ndarray | None],
+        features: Sequence[dict | None] | None = None,
     ) -> np.ndarray:
         """Vectors (U, D) for a request's users: `users` their rows (None: a user the bundle does
-        not know), `histories` item rows given with the request (None: the stored history; a user
-        the bundle does not know always has one). One tower call, none with only cached users."""
+        not know), `histories` item rows given with the request (None: the stored history, or
+        none), `features` of the users the bundle does not know (None: none given). One tower
+        call, none with only cached users."""
         known = np.array([user is not None for user in users], dtype=bool)
         rows = np.array([0 if user is None else user for user in users], dtype=np.int64)
         if known.all() and all(history is None for history in histories):
             return self.known_user_vectors(rows)
         stored = self.histories[torch.from_numpy(rows)]
-        given = [
-            stored[i] if history is None else self.history_tensor([history])[0]
-            for i, history in enumerate(histories)
-        ]
-        return self.encode_users(rows, torch.stack(given), known)
+        given = torch.stack(
+            [
+                stored[i] if history is None else self.history_tensor([history])[0]
+                for i, history in enumerate(histories)
+            ]
+        ).numpy()  # (U, L) item rows
+        if known.all():
+            return self.encode_users(rows, given)
+        unknown = np.flatnonzero(~known)
+        inputs = self.inputs(rows, given)
+        extra = [None if features is None else features[i] for i in unknown]
+        cold = self.inputs.for_features(extra, given[unknown])
+        for name, values in cold.items():
+            inputs[name] = inputs[name].clone()
+            inputs[name][torch.from_numpy(unknown)] = values
+        with torch.inference_mode():
+            return self.scorer.encode_users(inputs).float().numpy()

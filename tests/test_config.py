@@ -12,6 +12,8 @@ Not compared, by design:
   its callbacks and loggers): their Python defaults are Lightning's, not this project's, and the
   YAML is the only place ours are stated.
 - conf/paths: locations, no object.
+- conf/features: declarations with no Python default; each file is parsed instead (and each data
+  config has the features file of its name, which conf/train.yaml picks: `features: ${data}`).
 - arguments with no Python default (the data's sizes, `spec` and `catalogue`; the data module's
   `source` and `split`): nothing to compare with; the tests name each one they leave out.
 """
@@ -21,15 +23,19 @@ from __future__ import annotations
 import inspect
 from dataclasses import asdict, fields, is_dataclass
 from functools import cache
+from pathlib import Path
 
+import polars as pl
 import pytest
 import torch
+import yaml
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import train
 from features import InteractionDataModule
 from features.sources import MovieLens
+from features.spec import FeaturesConfig
 from features.split import TemporalSplit
 from serve.index import IndexConfig
 from towers import (
@@ -42,6 +48,7 @@ from towers import (
     TowerConfig,
     TwoTowerModule,
 )
+from towers.inputs import TowerInput
 
 
 @cache
@@ -131,15 +138,22 @@ def test_each_model_node_builds_its_python_default(overrides, path, python_defau
     assert _differences(_settings(from_yaml), _settings(python_default())) == {}
 
 
-# The module's arguments without a Python default: the data's sizes and catalogue, which train.py
-# passes (these are the smallest that build).
-SPEC = FeatureSpec(num_users=3, num_items=4, num_genres=2, num_year_buckets=2, history_length=2)
+# The module's arguments without a Python default: the data's inputs and catalogue, which
+# train.py passes (these are the smallest that build: ids and a history on the user side).
+SPEC = FeatureSpec(
+    user_inputs=(
+        TowerInput("user_id", "id", "index", rows=3),
+        TowerInput("history", "history", "history", rows=4, width=2, pooling="mean"),
+    ),
+    item_inputs=(TowerInput("item_id", "id", "index", rows=4),),
+    num_users=3,
+    num_items=4,
+)
 
 
 def _catalogue() -> ItemCatalogue:
     return ItemCatalogue(
-        genres=torch.full((SPEC.num_items, 1), SPEC.num_genres),
-        year=torch.zeros(SPEC.num_items, dtype=torch.long),
+        inputs={"item_id": torch.arange(SPEC.num_items)},
         counts=torch.ones(SPEC.num_items, dtype=torch.long),
     )
 
@@ -235,3 +249,54 @@ def test_the_flat_index_group_is_index_config_defaults():
     """conf/index/flat.yaml has no `_target_`: export reads it with IndexConfig.parse."""
     from_yaml = IndexConfig.parse(_compose().index)
     assert _differences(asdict(from_yaml), asdict(IndexConfig())) == {}
+
+
+# -- the features group ------------------------------------------------------------------------
+CONF = Path(train.ROOT) / "conf"
+FEATURES_FILES = sorted(p.stem for p in (CONF / "features").glob("*.yaml"))
+DATA_FILES = sorted(p.stem for p in (CONF / "data").glob("*.yaml"))
+
+
+def _yaml(group: str, name: str) -> dict:
+    return yaml.safe_load((CONF / group / f"{name}.yaml").read_text())
+
+
+class _Tables:
+    """A source with a users and an items table, for `features=auto` files (what they infer
+    from is the tables; the interactions are not read)."""
+
+    name = "tables"
+
+    def users(self) -> pl.DataFrame:
+        countries = ["fr", "de", "fr", "fr", "de", "fr"]  # a category: 2 values in 6 rows
+        return pl.DataFrame({"user_id": [1, 2, 3, 4, 5, 6], "country": countries})
+
+    def items(self) -> pl.DataFrame:
+        return pl.DataFrame({"item_id": [7, 8, 9, 10], "price": [1.5, 2.0, 0.5, 9.0]})
+
+
+@pytest.mark.parametrize("name", FEATURES_FILES)
+def test_each_features_file_declares_both_towers(name):
+    """A declared file parses (`FeaturesConfig.parse`); an `auto: true` one gives, through
+    train.py, a spec inferred from the tables with the history length it states. Either way the
+    spec writes itself back as YAML that parses to the same spec, and a user history has the
+    item id's table to read."""
+    config = _yaml("features", name)
+    if config.get("auto"):
+        features = train._features(OmegaConf.create({"features": config}), _Tables())
+        assert features.user.of_kind("history").length == config["history_length"]
+        assert features.user.of_kind("categorical").column == "country"
+        assert features.item.of_kind("numeric").column == "price"
+    else:
+        features = FeaturesConfig.parse(config)
+    assert FeaturesConfig.parse(yaml.safe_load(features.to_yaml())) == features
+    assert features.user.of_kind("history") is None or features.item.of_kind("id") is not None
+
+
+@pytest.mark.parametrize("name", DATA_FILES)
+def test_each_data_config_has_the_features_file_of_its_name(name):
+    """conf/train.yaml's `features: ${data}` picks conf/features/<data>.yaml: it must exist,
+    and the composed config's features node is that file."""
+    assert (CONF / "features" / f"{name}.yaml").is_file(), f"conf/features/{name}.yaml is missing"
+    composed = OmegaConf.to_container(_compose(f"data={name}").features, resolve=True)
+    assert composed == _yaml("features", name)

@@ -26,10 +26,9 @@ from towers.towers import FeatureSpec, ItemTower, TowerConfig, UserTower
 
 @dataclass
 class ItemCatalogue:
-    """Side features and training popularity of every item, indexed by item index."""
+    """Every catalogue item's tower inputs and training popularity, indexed by item row."""
 
-    genres: torch.Tensor  # (I, G) genre indices padded with num_genres
-    year: torch.Tensor  # (I,) year bucket
+    inputs: dict[str, torch.Tensor]  # the item tower's inputs, (I, ...) each (towers.inputs)
     counts: torch.Tensor  # (I,) training interactions per item
 
 
@@ -103,10 +102,11 @@ class TwoTowerModule(L.LightningModule):
         self.automatic_optimization = False  # one optimiser each: id tables, dense tables, the rest
         self.user_tower = UserTower(spec, towers)
         self.item_tower = ItemTower(spec, towers)
-        if towers.share_item_embeddings and self.user_tower.history_embedding is not None:
+        history, item_ids = self.user_tower.history_encoder, self.item_tower.id_table()
+        if towers.share_item_embeddings and history is not None and item_ids is not None:
             # Tied in training; export writes each tower's own copy. The pooled history makes the
             # tied table's gradient dense, so it is updated as one (see _row_wise).
-            self.user_tower.history_embedding = self.item_tower.item_embedding
+            history.table = item_ids
         self.popularity_prior = popularity_prior
         # What validation ranks by: the towers plus the prior (from the training counts).
         self.scorer = Scorer(
@@ -115,8 +115,10 @@ class TwoTowerModule(L.LightningModule):
             item_counts=catalogue.counts,
         )
         self.loss = loss or SampledSoftmaxLoss()
-        self.register_buffer("item_genres", catalogue.genres.long(), persistent=False)
-        self.register_buffer("item_year", catalogue.year.long(), persistent=False)
+        # The catalogue's item inputs, as buffers (they follow the module to its device).
+        self._item_input_names = list(catalogue.inputs)
+        for i, name in enumerate(self._item_input_names):
+            self.register_buffer(f"_item_input_{i}", catalogue.inputs[name], persistent=False)
         self.register_buffer(
             "log_popularity", log_popularity(catalogue.counts).float(), persistent=False
         )
@@ -130,21 +132,25 @@ class TwoTowerModule(L.LightningModule):
         return Similarity.parse(self.tower_config.similarity)
 
     # -- encoding -------------------------------------------------------------------------
-    def encode_users(self, user: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-        return self.user_tower(user, history)  # (B, D)
+    def item_inputs(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The item tower's inputs for catalogue rows (B,)."""
+        return {
+            name: getattr(self, f"_item_input_{i}")[rows]
+            for i, name in enumerate(self._item_input_names)
+        }
 
-    def encode_items(self, item: torch.Tensor) -> torch.Tensor:
-        return self.item_tower(item, self.item_genres[item], self.item_year[item])  # (B, D)
+    def encode_users(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.user_tower(inputs)  # (B, D)
+
+    def encode_items(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.item_tower(self.item_inputs(rows))  # (B, D)
 
     @torch.no_grad()
     def encode_catalogue(self, chunk: int = 65536) -> torch.Tensor:
         """Served vectors of every item (I, D'): what validation ranks (towers.scoring)."""
-        items = torch.arange(self.spec.num_items, device=self.item_year.device)
+        items = torch.arange(self.spec.num_items, device=self.log_popularity.device)
         return torch.cat(
-            [
-                self.scorer.encode_items(part, self.item_genres[part], self.item_year[part])
-                for part in items.split(chunk)
-            ]
+            [self.scorer.encode_items(self.item_inputs(part), part) for part in items.split(chunk)]
         )
 
     # -- training ---------------------------------------------------------------------------
@@ -158,19 +164,23 @@ class TwoTowerModule(L.LightningModule):
             log_q = math.log(m) + self.log_popularity[ids]
         return ids, log_q
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        items = batch["item"]
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        items = batch["item"]  # (B,) catalogue rows
         negatives, negative_log_q = (
             self._sample_negatives(items.device)
             if self.negatives.num_negatives > 0
             else (None, None)
         )
-        self._catch_up_rows(batch, negatives)
-        user_vectors = self.encode_users(batch["user"], batch["history"])  # (B, D)
-        item_vectors = self.item_tower(items, batch["item_genres"], batch["item_year"])  # (B, D)
+        user_inputs = batch["user_inputs"]
+        item_inputs = self.item_inputs(items)
+        negative_inputs = None if negatives is None else self.item_inputs(negatives)
+        self._catch_up_rows(user_inputs, item_inputs, negative_inputs)
+        user_vectors = self.encode_users(self._id_dropped("user", user_inputs))  # (B, D)
+        item_vectors = self.item_tower(self._id_dropped("item", item_inputs))  # (B, D)
         extra = {}
         if negatives is not None:
-            extra = {"negative_vectors": self.encode_items(negatives), "negatives": negatives}
+            negative_vectors = self.item_tower(self._id_dropped("item", negative_inputs))
+            extra = {"negative_vectors": negative_vectors, "negatives": negatives}  # (M, D)
         if self.loss.corrects_sampling_bias:
             extra["item_log_q"] = math.log(len(items)) + self.log_popularity[items]  # (B,)
             if negatives is not None:
@@ -179,7 +189,7 @@ class TwoTowerModule(L.LightningModule):
             user_vectors, item_vectors, items, **extra, in_batch=self.negatives.in_batch
         )
         if self.optim.embedding_l2 > 0:
-            loss = loss + self.optim.embedding_l2 * self._touched_l2(batch)
+            loss = loss + self.optim.embedding_l2 * self._touched_l2(user_inputs, item_inputs)
 
         optimizers = self.optimizers()
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
@@ -202,25 +212,39 @@ class TwoTowerModule(L.LightningModule):
             self.log("train/loss_step", value, prog_bar=True, on_step=True, on_epoch=False)
         return loss
 
+    def _id_dropped(self, side: str, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`inputs` with the id input of a random share of the examples dropped (-1: read as
+        unknown), the share `TowerConfig.{side}_id_dropout` (DropoutNet); unchanged at 0."""
+        rate = getattr(self.tower_config, f"{side}_id_dropout")
+        tower = self.user_tower if side == "user" else self.item_tower
+        if rate <= 0 or tower.id_name is None:
+            return inputs
+        codes = inputs[tower.id_name]  # (B,)
+        dropped = torch.rand(codes.shape, device=codes.device) < rate
+        return {**inputs, tower.id_name: codes.masked_fill(dropped, -1)}
+
     def _catch_up_rows(
-        self, batch: dict[str, torch.Tensor], negatives: torch.Tensor | None
+        self,
+        user_inputs: dict[str, torch.Tensor],
+        item_inputs: dict[str, torch.Tensor],
+        negative_inputs: dict[str, torch.Tensor] | None,
     ) -> None:
         """`RowAdam` applies a row's idle steps when the row is next updated; the rows this step
         reads are brought up to date first, so their gradients are taken where dense Adam's
-        would be. Every id table the towers read and the ids they read from it (the bags, the
-        history and the genres, are never row-wise)."""
+        would be. Every index table the towers read and the rows they read from it (the bags,
+        the history and the multi-hot lists, are never row-wise)."""
         if not self._row_adams:
             return
-        items = batch["item"] if negatives is None else torch.cat([batch["item"], negatives])
-        reads = [
-            (self.user_tower.user_embedding, lambda: batch["user"]),
-            (self.item_tower.item_embedding, lambda: items),
-            (self.item_tower.year_embedding, lambda: self.item_year[items]),
-        ]
+        reads = [(table, user_inputs[name]) for name, table in self.user_tower.index_tables()]
+        for name, table in self.item_tower.index_tables():
+            ids = item_inputs[name]
+            if negative_inputs is not None:
+                ids = torch.cat([ids, negative_inputs[name]])
+            reads.append((table, ids))
         for table, ids in reads:
-            if table is not None and self._row_wise(table):
+            if self._row_wise(table):
                 for optimizer in self._row_adams:
-                    optimizer.catch_up(table.weight, ids())
+                    optimizer.catch_up(table.weight, ids[ids >= 0])
 
     def on_train_epoch_start(self) -> None:
         self._epoch_loss, self._epoch_steps = None, 0
@@ -250,16 +274,22 @@ class TwoTowerModule(L.LightningModule):
         for optimizer in self._row_adams:
             optimizer.flush()
 
-    def _touched_l2(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        rows = [self.item_tower.item_embedding(batch["item"])]
-        if self.user_tower.user_embedding is not None:
-            rows.append(self.user_tower.user_embedding(batch["user"]))
-        return sum(r.pow(2).sum(-1).mean() for r in rows)
+    def _touched_l2(
+        self, user_inputs: dict[str, torch.Tensor], item_inputs: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """Mean squared norm of the id rows the batch reads, on each side that has an id."""
+        total = torch.zeros((), device=self.log_popularity.device)
+        for tower, inputs in ((self.item_tower, item_inputs), (self.user_tower, user_inputs)):
+            if tower.id_name is not None:
+                codes = inputs[tower.id_name]
+                total = total + tower.id_table()(codes[codes >= 0]).pow(2).sum(-1).mean()
+        return total
 
     def _row_wise(self, table: nn.Embedding) -> bool:
         """Whether `RowAdam` updates `table`: a table with sparse gradients, except the history
         table (its pooled gradient is dense, also when tied to the item table)."""
-        return table.sparse and table is not self.user_tower.history_embedding
+        history = self.user_tower.history_encoder
+        return table.sparse and (history is None or table is not history.table)
 
     def configure_optimizers(self):
         """Embedding tables with sparse gradients: `RowAdam` (a step touches only the batch's
@@ -308,8 +338,8 @@ class TwoTowerModule(L.LightningModule):
         self.metrics.reset()
         self._catalogue_vectors = self.encode_catalogue()
 
-    def _rank(self, batch: dict[str, torch.Tensor]) -> None:
-        user_vectors = self.scorer.encode_users(batch["user"], batch["history"])  # (U, D')
+    def _rank(self, batch: dict) -> None:
+        user_vectors = self.scorer.encode_users(batch["user_inputs"])  # (U, D')
         _, top = exact_top_k(
             user_vectors, self._catalogue_vectors, self.metrics.max_k, batch["seen"]
         )

@@ -21,7 +21,7 @@ it, and their output never depends on train / eval mode. The loss sees the tower
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -93,11 +93,9 @@ class Scorer:
         self.item_prior = (log_p - log_p[:-1].mean()).float()
 
     # -- the served vectors -----------------------------------------------------------------
-    def encode_users(
-        self, user: torch.Tensor, history: torch.Tensor, has_id: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Query vectors (B, output_dim); `has_id` as in `UserTower.forward`."""
-        parts = [tower(user, history, has_id) for tower, _ in self.members]  # M x (B, D_m)
+    def encode_users(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Query vectors (B, output_dim) from the user tower's inputs (towers.inputs)."""
+        parts = [tower(inputs) for tower, _ in self.members]  # M x (B, D_m)
         vectors = self._side_by_side(parts)
         if not self.popularity_prior:
             return vectors
@@ -105,17 +103,18 @@ class Scorer:
         return torch.cat([vectors, prior], dim=1)
 
     def encode_items(
-        self, item: torch.Tensor, *features: torch.Tensor, has_id: torch.Tensor | None = None
+        self, inputs: Mapping[str, torch.Tensor], rows: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Candidate vectors (B, output_dim): `features` are the item tower's other inputs
-        (genres, year); `has_id` as in `ItemTower.forward` (an item without an id row reads the
-        prior's never-seen entry)."""
-        parts = [tower(item, *features, has_id=has_id) for _, tower in self.members]
+        """Candidate vectors (B, output_dim) from the item tower's inputs; `rows` (B,) are the
+        items' catalogue rows, which the popularity prior reads (a row past the training catalogue
+        counts as never seen; needed only with a prior)."""
+        parts = [tower(inputs) for _, tower in self.members]
         vectors = self._side_by_side(parts)
         if not self.popularity_prior:
             return vectors
-        pad = self.spec.num_items
-        rows = item if has_id is None else torch.where(has_id.to(torch.bool), item, pad)
+        if rows is None:
+            raise ValueError("Scorer.encode_items: a popularity prior needs the items' rows")
+        rows = rows.clamp(max=self.spec.num_items)  # past the catalogue: the never-seen entry
         prior = self.item_prior.to(vectors.device)[rows].to(vectors.dtype)[:, None] / PRIOR_SCALE
         return torch.cat([vectors, prior, torch.zeros_like(prior)], dim=1)
 

@@ -1,59 +1,98 @@
 """The user tower and the item tower: plain nn.Modules that never see each other.
 
-Each returns a (B, D) batch of vectors in one shared space; the relevance of an item to a user
-is their inner product (cosine when the similarity is `cosine`, in which case both towers return
-unit vectors). This file knows nothing of losses, optimisers or indexes.
+Each reads its side's inputs (a dict of tensors named after the declared features, see
+towers.inputs), encodes each one into a (B, D) part, combines the parts (a sum, or a
+concatenation mapped back to D) and returns a (B, D) batch of vectors in one shared space; the
+relevance of an item to a user is their inner product (cosine when the similarity is `cosine`, in
+which case both towers return unit vectors). This file knows nothing of losses, optimisers or
+indexes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from towers.inputs import HISTORY, ID_KIND, INDEX, TowerInput, build_encoder
 from towers.similarity import Similarity
 
 
 @dataclass
 class FeatureSpec:
-    """Sizes of the towers' inputs, read off the prepared data."""
+    """What each tower reads (the fitted features' inputs, in declaration order), how it combines
+    them, and the table sizes the towers were trained with."""
 
-    num_users: int  # user-id vocabulary
-    num_items: int  # item-id vocabulary; index num_items pads histories
-    num_genres: int  # genre vocabulary; index num_genres pads genre bags
-    num_year_buckets: int  # release-year buckets; bucket 0 = unknown
-    history_length: int  # recent items per user fed to the user tower
+    user_inputs: tuple[TowerInput, ...]
+    item_inputs: tuple[TowerInput, ...]
+    num_users: int  # rows of the users table at training
+    num_items: int  # rows of the items table at training (the catalogue)
+    user_combine: str = "sum"  # "sum" or "concat" (features.spec's SideFeatures.combine)
+    item_combine: str = "sum"
+
+    def __post_init__(self) -> None:
+        self.user_inputs = tuple(_as_input(i) for i in self.user_inputs)
+        self.item_inputs = tuple(_as_input(i) for i in self.item_inputs)
+        for side, combine in (("user", self.user_combine), ("item", self.item_combine)):
+            if combine not in COMBINES:
+                raise ValueError(f"FeatureSpec.{side}_combine: {combine!r} not in {COMBINES}")
+
+    def inputs(self, side: str) -> tuple[TowerInput, ...]:
+        return self.user_inputs if side == "user" else self.item_inputs
+
+    def id_input(self, side: str) -> TowerInput | None:
+        """The side's id input, or None when the tower has none."""
+        return next((i for i in self.inputs(side) if i.kind == ID_KIND), None)
+
+    def history_input(self) -> TowerInput | None:
+        return next((i for i in self.user_inputs if i.encoding == HISTORY), None)
+
+    @property
+    def history_length(self) -> int:
+        history = self.history_input()
+        return history.width if history is not None else 0
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        values = asdict(self)
+        values["user_inputs"] = [i.to_dict() for i in self.user_inputs]
+        values["item_inputs"] = [i.to_dict() for i in self.item_inputs]
+        return values
+
+
+def _as_input(value: TowerInput | Mapping) -> TowerInput:
+    return value if isinstance(value, TowerInput) else TowerInput.parse(value)
+
+
+COMBINES = ("sum", "concat")
 
 
 @dataclass
 class TowerConfig:
     """Hyper-parameters of both towers. The defaults are the shipped recipe (conf/model/two_tower.yaml
-    states the same values; tests/test_config.py checks that they agree)."""
+    states the same values; tests/test_config.py checks that they agree). Which inputs each tower
+    reads is declared apart (conf/features, features.spec)."""
 
     embedding_dim: int = 64  # D: the dimension of the shared space and of every embedding table
     similarity: str = "cosine"  # "cosine" or "dot" (see towers.similarity)
-    use_user_id: bool = True  # user-id embedding on the user side
-    use_history: bool = True  # mean-pooled recent history on the user side
     history_gate: float | None = 0.5  # weight of the id embedding vs history; None = learned
     history_projection: bool = True  # a linear map (no bias) on the pooled history (SimpleX's W)
     share_item_embeddings: bool = False  # history items read the item tower's id table (tied)
-    use_genres: bool = True  # genre bag on the item side
-    use_year: bool = True  # release-year bucket on the item side
-    mlp_layers: int = 0  # residual MLP blocks on top of each tower's fused features
+    mlp_layers: int = 0  # residual MLP blocks on top of each tower's combined features
     dropout: float = 0.0  # dropout inside the MLP blocks
-    user_dropout: float = 0.0  # on the fused user vector, in training (SimpleX's net_dropout)
-    # Sparse gradients for the id tables (user, item, year), updated row by row
-    # (towers.optim.RowAdam); the bags (history, genres) stay dense. Pays on large tables only.
+    user_dropout: float = 0.0  # on the combined user vector, in training (SimpleX's net_dropout)
+    # DropoutNet: the share of training examples whose id input is dropped (read as unknown), so
+    # the tower's other inputs alone are a trained path (cold users and items).
+    user_id_dropout: float = 0.0
+    item_id_dropout: float = 0.0
+    # Sparse gradients for the index tables (ids, categories, buckets), updated row by row
+    # (towers.optim.RowAdam); the bags (history, multi-hot) stay dense. Pays on large tables only.
     sparse: bool = False
     init_std: float = 0.1  # normal init of embedding tables
 
     def __post_init__(self) -> None:
-        for name in ("dropout", "user_dropout"):
+        for name in ("dropout", "user_dropout", "user_id_dropout", "item_id_dropout"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"TowerConfig.{name}: expected a rate in [0, 1), got {value!r}")
@@ -84,129 +123,96 @@ class ResidualMLP(nn.Module):
         return x
 
 
-def _embedding(
-    rows: int, dim: int, cfg: TowerConfig, padding_idx: int | None = None, sparse: bool = True
-) -> nn.Embedding:
-    table = nn.Embedding(rows, dim, padding_idx=padding_idx, sparse=cfg.sparse and sparse)
-    nn.init.normal_(table.weight, std=cfg.init_std)
-    if padding_idx is not None:
-        with torch.no_grad():
-            table.weight[padding_idx].zero_()
-    return table
+class Tower(nn.Module):
+    """One side's tower: an encoder per input (towers.inputs), the parts combined, an optional
+    residual MLP, then the similarity's normalisation.
 
+    Combining by `sum`: the parts are added; when the user tower has both an id and a history,
+    those two are weighted gate : 1 - gate (SimpleX's gate). By `concat`: the parts side by side,
+    mapped back to D by a linear layer. An input missing from the batch is an error; an id input
+    of -1 reads a zero vector (an id without a row: unknown, or dropped in training)."""
 
-def bag_mean(table: nn.Embedding, ids: torch.Tensor, sparse: bool | None = None) -> torch.Tensor:
-    """Mean of `table` rows over the non-padding ids of each row: (B, L) → (B, D); zeros for
-    empty rows. One fused gather-and-reduce (embedding_bag); sparse gradients if `sparse` (default:
-    the table's own setting)."""
-    return F.embedding_bag(
-        ids,
-        table.weight,
-        mode="mean",
-        padding_idx=table.padding_idx,
-        sparse=table.sparse if sparse is None else sparse,
-    )
-
-
-class UserTower(nn.Module):
-    """User id embedding fused with the mean of the user's recent history, then an optional MLP."""
+    side: str
 
     def __init__(self, spec: FeatureSpec, cfg: TowerConfig):
         super().__init__()
-        if not (cfg.use_user_id or cfg.use_history):
-            raise ValueError("TowerConfig: the user tower needs use_user_id or use_history")
         self.spec, self.cfg = spec, cfg
+        self.inputs = spec.inputs(self.side)
+        if not self.inputs:
+            raise ValueError(f"FeatureSpec: the {self.side} tower has no inputs")
         self.similarity = Similarity.parse(cfg.similarity)
+        self.combine = spec.user_combine if self.side == "user" else spec.item_combine
         dim = cfg.embedding_dim
-        self.pad = spec.num_items
-        self.user_embedding = _embedding(spec.num_users, dim, cfg) if cfg.use_user_id else None
-        self.history_embedding = (
-            _embedding(spec.num_items + 1, dim, cfg, padding_idx=self.pad, sparse=False)
-            if cfg.use_history
-            else None
-        )
-        # SimpleX-style gate between the id embedding and the pooled history.
+        # The item id's table gets a padding row, so that a history can read it (tied).
+        extra = 1 if self.side == "item" else 0
+        self.encoders = nn.ModuleDict(
+            {
+                i.name: build_encoder(
+                    i, dim, cfg.init_std, cfg.sparse and i.encoding == INDEX,
+                    cfg.history_projection, extra if i.kind == ID_KIND else 0,
+                )
+                for i in self.inputs
+            }
+        )  # fmt: skip
+        self.id_name = next((i.name for i in self.inputs if i.kind == ID_KIND), None)
+        self.history_name = next((i.name for i in self.inputs if i.encoding == HISTORY), None)
         gate = 0.5 if cfg.history_gate is None else cfg.history_gate
         self.gate_logit = nn.Parameter(
             torch.logit(torch.tensor(gate)), requires_grad=cfg.history_gate is None
         )
-        self.history_projection = (
-            nn.Linear(dim, dim, bias=False) if cfg.use_history and cfg.history_projection else None
+        self.joint = (
+            nn.Linear(dim * len(self.inputs), dim, bias=False) if self.combine == "concat" else None
         )
         self.mlp = ResidualMLP(dim, cfg.mlp_layers, cfg.dropout)
-        self.dropout = nn.Dropout(cfg.user_dropout)
+        self.dropout = nn.Dropout(cfg.user_dropout if self.side == "user" else 0.0)
 
-    def forward(
-        self, user: torch.Tensor, history: torch.Tensor, has_id: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """user (B,), history (B, N) item indices padded with num_items → (B, D).
-
-        has_id (B,) bool: False for a user the id table does not know (served from the history
-        alone; its `user` index is then ignored). None: every user has an id row."""
-        parts = []
-        if self.user_embedding is not None:
-            parts.append(_id_rows(self.user_embedding, user, has_id))  # (B, D)
-        if self.history_embedding is not None:
-            # Dense gradient even when the table is the item tower's (tied): pooled histories
-            # touch a large part of the catalogue each step.
-            pooled = bag_mean(self.history_embedding, history, sparse=False)  # (B, D)
-            if self.history_projection is not None:
-                pooled = self.history_projection(pooled)
-            parts.append(pooled)
-        if len(parts) == 2:
-            gate = torch.sigmoid(self.gate_logit)
-            x = gate * parts[0] + (1 - gate) * parts[1]
-        else:
-            x = parts[0]
+    def forward(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """inputs: one tensor per input name (see towers.inputs for their shapes) → (B, D)."""
+        parts = {
+            name: encoder(_input(inputs, name, self.side))
+            for name, encoder in self.encoders.items()
+        }
+        x = self._combined(parts)  # (B, D)
         return self.similarity.prepare(self.dropout(self.mlp(x)))  # (B, D)
 
+    def _combined(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.joint is not None:
+            return self.joint(torch.cat(list(parts.values()), dim=1))
+        if self.id_name is not None and self.history_name is not None:
+            gate = torch.sigmoid(self.gate_logit)
+            parts[self.id_name] = gate * parts[self.id_name]
+            parts[self.history_name] = (1 - gate) * parts[self.history_name]
+        values = list(parts.values())
+        x = values[0]
+        for part in values[1:]:
+            x = x + part
+        return x
 
-class ItemTower(nn.Module):
-    """Item id embedding + genre bag + release-year bucket, summed, then an optional MLP; index
-    num_items (the padding row) stands for an item the id table does not know."""
+    def id_table(self) -> nn.Embedding | None:
+        """The id input's embedding table, or None."""
+        return None if self.id_name is None else self.encoders[self.id_name].table
 
-    def __init__(self, spec: FeatureSpec, cfg: TowerConfig):
-        super().__init__()
-        self.spec, self.cfg = spec, cfg
-        self.similarity = Similarity.parse(cfg.similarity)
-        dim = cfg.embedding_dim
-        # One padding row (index num_items) so the table can double as the user tower's history table.
-        self.item_embedding = _embedding(spec.num_items + 1, dim, cfg, padding_idx=spec.num_items)
-        self.genre_pad = spec.num_genres
-        # A bag like the history: dense gradient (a small vocabulary, many ids a step).
-        self.genre_embedding = (
-            _embedding(spec.num_genres + 1, dim, cfg, padding_idx=self.genre_pad, sparse=False)
-            if cfg.use_genres and spec.num_genres > 0
-            else None
-        )
-        self.year_embedding = (
-            _embedding(spec.num_year_buckets, dim, cfg, padding_idx=0) if cfg.use_year else None
-        )
-        self.mlp = ResidualMLP(dim, cfg.mlp_layers, cfg.dropout)
-
-    def forward(
-        self,
-        item: torch.Tensor,
-        genres: torch.Tensor,
-        year: torch.Tensor,
-        has_id: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """item (B,), genres (B, G) padded with num_genres, year (B,) bucket → (B, D).
-
-        has_id (B,) bool: False for an item the id table does not know (a new item, encoded from
-        its features alone; its `item` index is then ignored). None: every item has an id row."""
-        x = _id_rows(self.item_embedding, item, has_id)  # (B, D)
-        if self.genre_embedding is not None:
-            x = x + bag_mean(self.genre_embedding, genres)
-        if self.year_embedding is not None:
-            x = x + self.year_embedding(year)
-        return self.similarity.prepare(self.mlp(x))  # (B, D)
+    def index_tables(self) -> list[tuple[str, nn.Embedding]]:
+        """(input name, table) of every index input: the tables a batch reads row by row."""
+        return [(i.name, self.encoders[i.name].table) for i in self.inputs if i.encoding == INDEX]
 
 
-def _id_rows(table: nn.Embedding, ids: torch.Tensor, has_id: torch.Tensor | None) -> torch.Tensor:
-    """Rows (B, D) of an id table; zeros where `has_id` is False (the id, which may lie past the
-    table, is not read)."""
-    if has_id is None:
-        return table(ids)
-    has_id = has_id.to(torch.bool)
-    return table(torch.where(has_id, ids, 0)) * has_id[:, None].to(table.weight.dtype)
+def _input(inputs: Mapping[str, torch.Tensor], name: str, side: str) -> torch.Tensor:
+    try:
+        return inputs[name]
+    except KeyError:
+        raise KeyError(
+            f"the {side} tower reads input {name!r}; the batch has {sorted(inputs)}"
+        ) from None
+
+
+class UserTower(Tower):
+    side = "user"
+
+    @property
+    def history_encoder(self) -> nn.Module | None:
+        return None if self.history_name is None else self.encoders[self.history_name]
+
+
+class ItemTower(Tower):
+    side = "item"

@@ -17,69 +17,29 @@ leading zeros or more than 64 bits keep the text; `ids="str"` keeps every id as 
 
 Duplicated rows are kept by the source; `prepare` then keeps one interaction per
 (user, item): the earliest when there is a timestamp, else the first in the file.
+
+Beside the interactions, a users table and an items table (`users=`, `items=`: CSV, TSV or
+Parquet, keyed by `user_key` / `item_key`) hand over every column they have, one row per key;
+see `features.sources.tables` for how they are read and what is an error.
+
+    Interactions("events.csv", users="users.csv", items="items.parquet", item_key="sku",
+                 list_columns=["tags"])
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 
 from features import schema
-from features.sources.base import existing_file, positives
-from features.sources.checks import check_text, id_values, number_values, reading, time_values
+from features.sources.base import existing_file, positives, table_label
+from features.sources.checks import id_values, number_values, reading, time_values
+from features.sources.files import check_file, scan_table
+from features.sources.tables import check_list_columns, read_table, table_columns
 
-SEPARATORS = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".txt": "\t", ".dat": "\t"}
-PARQUET = (".parquet", ".pq")
 OUR_COLUMNS = (schema.USER_ID, schema.ITEM_ID, schema.TIMESTAMP, schema.RATING)
-
-
-def _suffix(path: Path) -> str:
-    """ ".csv" for both "x.csv" and "x.csv.gz"."""
-    suffixes = [s.lower() for s in path.suffixes]
-    return (
-        suffixes[-2]
-        if suffixes and suffixes[-1] == ".gz" and len(suffixes) > 1
-        else path.suffix.lower()
-    )
-
-
-def _separator(path: Path, separator: str | None) -> str:
-    """The text file's field separator: `separator`, else the one its suffix implies."""
-    sep = separator or SEPARATORS.get(_suffix(path))
-    if sep is None:
-        raise ValueError(
-            f"{path}: cannot tell the format from {_suffix(path)!r}; name it .csv / .tsv / "
-            ".parquet or set separator"
-        )
-    return sep
-
-
-def scan_table(
-    path: str | Path,
-    separator: str | None = None,
-    has_header: bool = True,
-    strings: Sequence[str] = (),
-) -> pl.LazyFrame:
-    """A CSV / TSV (optionally .gz) or Parquet file as a LazyFrame; the format from the suffix.
-
-    `strings`: text columns read as strings whatever they look like (for the caller to parse).
-    Errors surface when the frame is collected: read it inside `checks.reading`."""
-    path = existing_file(path, "interactions")
-    suffix = _suffix(path)
-    if suffix in PARQUET:
-        return pl.scan_parquet(path)
-    options = {
-        "separator": _separator(path, separator),
-        "has_header": has_header,
-        "infer_schema_length": 10_000,
-        "schema_overrides": {name: pl.String for name in strings} or None,
-    }
-    if path.suffix.lower() == ".gz":  # polars scans plain text lazily; gzip has to be read eagerly
-        return pl.read_csv(path, **options).lazy()
-    return pl.scan_csv(path, **options)
 
 
 _TYPE_OK = {
@@ -148,10 +108,7 @@ def read_interactions(
     ratings that do not parse. Duplicated rows are all kept here (`prepare` keeps one
     interaction per (user, item): the earliest)."""
     path = existing_file(path, what)
-    parquet = _suffix(path) in PARQUET
-    if not parquet:
-        _separator(path, separator)  # an unknown format is named before the content is read
-        check_text(path)
+    parquet = check_file(path, separator)  # an unknown format is named before the content is read
     with reading(path):
         found = scan_table(path, separator, has_header).collect_schema()
     mapping = {ours: ours for ours in OUR_COLUMNS if ours in found}
@@ -176,25 +133,52 @@ def read_interactions(
     return pl.DataFrame(out)
 
 
-@dataclass
 class Interactions:
-    """One interactions file; `columns` maps our names (user_id, item_id, timestamp, rating) to its.
+    """One interactions file, and optionally a users and an items table beside it.
 
-    Read and checked by `read_interactions` (see the module docstring for what is an error)."""
+    `columns` maps our names (user_id, item_id, timestamp, rating) to the file's; unmapped ones
+    keep our name. The interactions are read and checked by `read_interactions`, the tables by
+    `tables.read_table` (keys typed to join the interactions' ids; see the module docstrings)."""
 
-    path: str
-    columns: Mapping[str, str] | None = (
-        None  # our name → the file's column; unmapped ones keep our name
-    )
-    separator: str | None = None  # None: from the suffix (.csv ",", .tsv / .tab / .txt tab)
-    has_header: bool = True  # without a header polars names columns column_1, column_2, ...
-    min_rating: float | None = None  # keep rows rated at least this (needs a rating column)
-    timestamp_format: str | None = None  # strptime format when the time column holds strings
-    ids: str = "auto"  # "auto": integer ids when every id is one (see checks); "str": as written
-    name: str = "interactions"
+    def __init__(
+        self,
+        path: str,
+        columns: Mapping[str, str] | None = None,
+        separator: str | None = None,
+        has_header: bool = True,
+        min_rating: float | None = None,
+        timestamp_format: str | None = None,
+        ids: str = "auto",
+        name: str = "interactions",
+        *,
+        users: str | None = None,
+        items: str | None = None,
+        user_key: str = schema.USER_ID,
+        item_key: str = schema.ITEM_ID,
+        list_columns: Sequence[str] | None = None,
+        list_separator: str = "|",
+    ) -> None:
+        self.path = path
+        self.columns = columns  # our name → the file's column; unmapped ones keep our name
+        self.separator = separator  # every text file's; None: from the suffix
+        self.has_header = has_header  # the interactions file's (tables have a header)
+        self.min_rating = min_rating  # keep rows rated at least this (needs a rating column)
+        self.timestamp_format = timestamp_format  # strptime format when times are strings
+        self.ids = ids  # "auto": integer ids when every id is one (see checks); "str": as written
+        self.name = name
+        self.table_paths = {"user": users, "item": items}  # side → its table file, or None
+        self.keys = {"user": user_key, "item": item_key}  # side → the table's key column
+        self.list_columns = tuple(list_columns or ())  # text table columns split into lists
+        self.list_separator = list_separator
+        self._id_dtypes: dict[str, pl.DataType] | None = None  # side → id type, once read
+        if not list_separator:
+            raise ValueError(f"{name}: list_separator must be a non-empty string")
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"Interactions({shown})"
 
     def interactions(self) -> pl.LazyFrame:
-        what = f"{self.name} interactions"
         required, reasons = (schema.USER_ID, schema.ITEM_ID), {}
         if self.min_rating is not None:
             required += (schema.RATING,)
@@ -209,10 +193,47 @@ class Interactions:
             self.timestamp_format,
             self.ids,
             required,
-            what,
+            f"{self.name} interactions",
             reasons,
         )
+        self._id_dtypes = {side: df[key].dtype for side, key in schema.KEYS.items()}
         return positives(df.lazy(), self.min_rating)
 
-    def items(self) -> None:
-        return None
+    def users(self) -> pl.DataFrame | None:
+        return self._table("user")
+
+    def items(self) -> pl.DataFrame | None:
+        return self._table("item")
+
+    def table_path(self, side: str) -> str:
+        return table_label(self.name, side, self.table_paths)
+
+    def _table(self, side: str) -> pl.DataFrame | None:
+        """The `side` table, or None without one."""
+        if self.table_paths[side] is None:
+            return None
+        what = f"{self.name} {side}s"
+        if self.list_columns:
+            self._check_list_columns(what)
+        if self._id_dtypes is None:
+            self.interactions()  # the keys take the type of the interactions' ids
+        return read_table(
+            self.table_paths[side],
+            side,
+            self.keys[side],
+            self._id_dtypes[side],
+            self.ids,
+            self.list_columns,
+            self.list_separator,
+            self.separator,
+            what,
+        )
+
+    def _check_list_columns(self, what: str) -> None:
+        """Every name in `list_columns` is a column of the users or the items table."""
+        found = {
+            str(path): table_columns(path, self.separator, f"{self.name} {side}s")
+            for side, path in self.table_paths.items()
+            if path is not None
+        }
+        check_list_columns(self.list_columns, found, what)

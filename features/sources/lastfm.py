@@ -5,7 +5,12 @@
   play count arrives in `rating` for anyone who wants to threshold or weight it.
 - `artists.dat`: id, name, url, pictureURL (UTF-8, tab-separated; names hold stray quotes).
 - `tags.dat`: tagID, tagValue (Latin-1); `user_taggedartists.dat`: userID, artistID, tagID,
-  day, month, year. An artist's genres are its `top_tags` most-assigned tags.
+  day, month, year.
+
+`items()`: item_id, title (the artist's name), genres (its `top_tags` most-assigned tags) and
+tags (its `max_tags` most-assigned tags), one row per artist of artists.dat; tags are stripped
+and lower-cased ("Hip-Hop " and "hip-hop" are one), ties broken by name, most used first. There
+is no users table (users() is None).
 
 There is no interaction time (the tag dates are when users tagged, not when they listened), so
 splits are random (`RandomSplit`), not temporal. Licence: non-commercial use (see readme.txt).
@@ -13,13 +18,14 @@ splits are random (`RandomSplit`), not temporal. Licence: non-commercial use (se
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 
 from features import schema
-from features.sources.base import positives
+from features.sources.base import normalised_tag, positives, table_label
 from features.sources.text import read_delimited
 
 TAG_ID, TAG, COUNT = "tag_id", "tag", "count"
@@ -61,13 +67,11 @@ def scan_tag_assignments(path: str | Path) -> pl.LazyFrame:
     return lf.select(schema.ITEM_ID, TAG_ID)
 
 
-def normalised_tag(tag: pl.Expr) -> pl.Expr:
-    """ " Hip-Hop " → "hip-hop": tags differ by case and spacing only too often."""
-    return tag.str.strip_chars().str.to_lowercase()
-
-
-def top_tags(assignments_lf: pl.LazyFrame, tags_lf: pl.LazyFrame, k: int) -> pl.LazyFrame:
-    """item_id, genres: each artist's `k` most-assigned tags (ties by name), most frequent first."""
+def top_tags(
+    assignments_lf: pl.LazyFrame, tags_lf: pl.LazyFrame, heads: Mapping[str, int]
+) -> pl.LazyFrame:
+    """item_id, then for each `column: k` of `heads` the artist's `k` most-assigned tags (ties
+    by name), most frequent first; artists without tags are left out."""
     named = assignments_lf.join(tags_lf, on=TAG_ID, how="inner").with_columns(
         normalised_tag(pl.col(TAG))
     )
@@ -78,16 +82,18 @@ def top_tags(assignments_lf: pl.LazyFrame, tags_lf: pl.LazyFrame, k: int) -> pl.
         .sort([schema.ITEM_ID, COUNT, TAG], descending=[False, True, False])
     )
     return counted.group_by(schema.ITEM_ID, maintain_order=True).agg(
-        pl.col(TAG).head(k).alias(schema.GENRES)
+        pl.col(TAG).head(k).alias(column) for column, k in heads.items()
     )
 
 
 @dataclass
 class LastFMHetRec:
-    """The hetrec2011-lastfm-2k folder; `top_tags` tags per artist become its genres."""
+    """The hetrec2011-lastfm-2k folder; each artist's most-assigned tags become its genres (the
+    `top_tags` first) and its tags (the `max_tags` first)."""
 
     root: str
     top_tags: int = 5  # tags per artist kept as genres (0: none)
+    max_tags: int = 20  # tags per artist kept as tags (0: none)
     min_plays: float | None = (
         None  # keep pairs with at least this play count (None: all, as RecBole)
     )
@@ -101,19 +107,25 @@ class LastFMHetRec:
         return positives(scan_user_artists(self.folder / "user_artists.dat"), self.min_plays)
 
     def items(self) -> pl.DataFrame:
-        artists_lf = scan_artists(self.folder / "artists.dat")
-        if self.top_tags > 0:
-            genres_lf = top_tags(
-                scan_tag_assignments(self.folder / "user_taggedartists.dat"),
-                scan_tags(self.folder / "tags.dat"),
-                self.top_tags,
-            )
-        else:
-            genres_lf = pl.LazyFrame(
-                schema={schema.ITEM_ID: pl.Int64, schema.GENRES: pl.List(pl.String)}
-            )
-        return (
-            artists_lf.join(genres_lf, on=schema.ITEM_ID, how="left", maintain_order="left")
-            .with_columns(pl.col(schema.GENRES).fill_null(pl.lit([], pl.List(pl.String))))
+        """item_id, title, genres, tags: every artist of artists.dat ([] for untagged ones)."""
+        path = self.folder / "artists.dat"
+        heads = {schema.GENRES: self.top_tags, schema.TAGS: self.max_tags}
+        tagged_lf = top_tags(
+            scan_tag_assignments(self.folder / "user_taggedartists.dat"),
+            scan_tags(self.folder / "tags.dat"),
+            heads,
+        )
+        no_tags = pl.lit([], pl.List(pl.String))
+        items_df = (
+            scan_artists(path)
+            .join(tagged_lf, on=schema.ITEM_ID, how="left", maintain_order="left")
+            .with_columns(pl.col(column).fill_null(no_tags) for column in heads)
             .collect()
         )
+        return schema.validate_table(items_df, schema.ITEM_ID, f"{self.name} items", path)
+
+    def users(self) -> None:
+        return None
+
+    def table_path(self, side: str) -> str:
+        return table_label(self.name, side, {"item": self.folder / "artists.dat"})

@@ -20,7 +20,7 @@ from pathlib import Path
 import polars as pl
 
 from features import schema
-from features.sources.base import existing_file
+from features.sources.base import existing_file, table_label
 from features.sources.checks import check_text, reading
 
 log = logging.getLogger(__name__)
@@ -107,3 +107,9 @@ class LightGCN:
 
     def items(self) -> None:
         return None
+
+    def users(self) -> None:
+        return None
+
+    def table_path(self, side: str) -> str:
+        return table_label(self.name, side)

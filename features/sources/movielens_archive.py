@@ -7,7 +7,12 @@ checked against the MD5 GroupLens publishes beside it (`ml-1m.zip.md5`), and ext
 
 Layouts: 100K is `u.data` / `u.item` / `u.user` (see `movielens_100k`); 1M is `::`-separated
 Latin-1 `ratings.dat` / `movies.dat` / `users.dat`; 20M and 25M are the CSV layout of
-`ratings.csv` / `movies.csv` (see `movielens`). Licence: research use, no redistribution.
+`ratings.csv` / `movies.csv` / `tags.csv` (see `movielens`). Licence: research use, no
+redistribution.
+
+Tables: items are item_id, title, genres, year (and tags for 20M / 25M). Users are user_id, age,
+gender, occupation, zip_prefix for 100K and 1M (1M's age is its age-group code, its occupation
+the name of its occupation code), user_id and tags for 20M / 25M (see `movielens`).
 """
 
 from __future__ import annotations
@@ -19,17 +24,19 @@ from pathlib import Path
 import polars as pl
 
 from features import schema
-from features.sources.base import positives
+from features.sources.base import positives, table_label
 from features.sources.download import ChecksumError, download, extract_zip, md5_of
-from features.sources.movielens import genre_list, release_year, scan_movies, scan_ratings
+from features.sources.movielens import MovieLens, genre_list, release_year
 from features.sources.movielens_100k import (
     AGE,
     GENDER,
     OCCUPATION,
     RATING_COLUMNS,
     RATING_KINDS,
-    USERS,
+    ZIP_PREFIX,
     MovieLens100K,
+    users_table,
+    zip_prefix,
 )
 from features.sources.text import read_delimited
 
@@ -95,19 +102,29 @@ def occupation_name(code: pl.Expr) -> pl.Expr:
 
 
 def scan_ml1m_users(path: str | Path) -> pl.LazyFrame:
-    """users.dat (UserID::Gender::Age::Occupation::Zip-code) → user_id, age, gender, occupation.
+    """users.dat (UserID::Gender::Age::Occupation::Zip-code) → user_id, age, gender, occupation,
+    zip_prefix.
 
-    `age` is 1M's age-group code (1: under 18, 18: 18-24, 25, 35, 45, 50, 56: 56+)."""
+    `age` is 1M's age-group code (1: under 18, 18: 18-24, 25, 35, 45, 50, 56: 56+), best read as
+    a category; `occupation` the name of its code (0-20, `OCCUPATIONS_1M`): a category either
+    way, and a name reads as text too."""
     columns = (schema.USER_ID, GENDER, AGE, OCCUPATION, "zip_code")
     kinds = {schema.USER_ID: "int", GENDER: "str", AGE: "int", OCCUPATION: "int"}
     lf = read_delimited(
-        path, columns, kinds, "movielens-1m users", separator="::", encoding="latin-1"
+        path,
+        columns,
+        kinds,
+        "movielens-1m users",
+        separator="::",
+        encoding="latin-1",
+        strings=["zip_code"],
     )
     return lf.select(
         schema.USER_ID,
         pl.col(AGE).cast(pl.Int32),
         GENDER,
         occupation_name(pl.col(OCCUPATION)).alias(OCCUPATION),
+        zip_prefix(pl.col("zip_code")).alias(ZIP_PREFIX),
     )
 
 
@@ -176,30 +193,40 @@ class MovieLensArchive:
             download(self.url, archive, spec.md5)
         return self._from_zip(archive)
 
-    def interactions(self) -> pl.LazyFrame:
+    def _layout_source(self) -> MovieLens100K | MovieLens | None:
+        """The source that reads this release's layout (None for 1M's, read here)."""
         layout = self.spec.layout
         if layout == "100k":
-            return MovieLens100K(str(self.folder), self.min_rating, name=self.name).interactions()
-        if layout == "dat":
-            return positives(scan_ml1m_ratings(self.folder / "ratings.dat"), self.min_rating)
-        return positives(scan_ratings(self.folder / "ratings.csv"), self.min_rating)
+            return MovieLens100K(str(self.folder), self.min_rating, name=self.name)
+        if layout == "csv":
+            return MovieLens(str(self.folder), self.min_rating, name=self.name)
+        return None
+
+    def interactions(self) -> pl.LazyFrame:
+        source = self._layout_source()
+        if source is not None:
+            return source.interactions()
+        return positives(scan_ml1m_ratings(self.folder / "ratings.dat"), self.min_rating)
 
     def items(self) -> pl.DataFrame:
-        layout = self.spec.layout
-        if layout == "100k":
-            return MovieLens100K(str(self.folder), name=self.name).items()
-        if layout == "dat":
-            return scan_ml1m_movies(self.folder / "movies.dat").collect()
-        return scan_movies(self.folder / "movies.csv").collect()
+        source = self._layout_source()
+        if source is not None:
+            return source.items()
+        path = self.folder / "movies.dat"
+        items_df = scan_ml1m_movies(path).collect()
+        return schema.validate_table(items_df, schema.ITEM_ID, f"{self.name} items", path)
 
     def users(self) -> pl.DataFrame | None:
-        """user_id, age, gender, occupation for 100K and 1M (None for 20M / 25M, which have none).
-        Not yet used by the towers."""
-        layout = self.spec.layout
-        if layout == "100k":
-            return MovieLens100K(str(self.folder), name=self.name).users()
-        if layout == "dat":
-            return schema.validate(
-                scan_ml1m_users(self.folder / "users.dat"), USERS, f"{self.name} users"
-            ).collect()
-        return None
+        """100K, 1M: user_id, age, gender, occupation, zip_prefix; 20M, 25M: user_id, tags."""
+        source = self._layout_source()
+        if source is not None:
+            return source.users()
+        path = self.folder / "users.dat"
+        return users_table(scan_ml1m_users(path), f"{self.name} users", path)
+
+    def table_path(self, side: str) -> str:
+        source = self._layout_source()
+        if source is not None:
+            return source.table_path(side)
+        paths = {"user": self.folder / "users.dat", "item": self.folder / "movies.dat"}
+        return table_label(self.name, side, paths)

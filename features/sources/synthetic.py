@@ -15,6 +15,7 @@ import numpy as np
 import polars as pl
 
 from features import schema
+from features.sources.base import table_label
 
 USER_ID_OFFSET = 100_000
 ITEM_ID_OFFSET = 500_000
@@ -95,4 +96,11 @@ class Synthetic:
         return self._tables[0].lazy()
 
     def items(self) -> pl.DataFrame:
+        """item_id, title, genres, year."""
         return self._tables[1]
+
+    def users(self) -> None:
+        return None
+
+    def table_path(self, side: str) -> str:
+        return table_label(self.name, side)

@@ -29,11 +29,13 @@ def read_delimited(
     separator: str = "\t",
     has_header: bool = False,
     encoding: str = "utf-8",
+    strings: Sequence[str] = (),
 ) -> pl.LazyFrame:
     """A delimited file as a LazyFrame named `columns` and checked against `kinds` (schema kinds).
 
     `separator` may be several characters ("::" in MovieLens 1M); with `has_header` the file's
-    header row is checked against nothing and replaced by `columns`. Every problem is a
+    header row is checked against nothing and replaced by `columns`; the `strings` columns keep
+    their text whatever it looks like (a zip code "02138", not 2138). Every problem is a
     `schema.DataFileError` naming the file: not text (NUL bytes) or not UTF-8 when no other
     `encoding` is given, empty, a wrong number of fields, a column whose values are not of its
     kind (with a sample of them), or a row missing a user, item, rating or timestamp.
@@ -56,13 +58,7 @@ def read_delimited(
     if single != separator:
         raw = raw.replace(separator.encode(), single.encode())
     try:
-        df = pl.read_csv(
-            raw,
-            separator=single,
-            has_header=has_header,
-            quote_char=None,
-            infer_schema_length=None,
-        )
+        df = _parse(raw, single, has_header)
     except pl.exceptions.NoDataError:
         raise schema.DataFileError(path, None, "the file is empty", what=what) from None
     except pl.exceptions.PolarsError as error:
@@ -84,12 +80,33 @@ def read_delimited(
         )
     if df.height == 0:
         raise schema.DataFileError(path, None, "has no data rows", what=what)
+    if strings:  # read again with those columns as text, now that the fields are known good
+        df = _parse(raw, single, has_header, columns, strings)
     df = df.rename(dict(zip(df.columns, columns, strict=True)))
     _check_kinds(df, kinds, path, what)
     for name in _VALUES_REQUIRED:
         if name in kinds:
             require_values(df[name], path, name, name, what)
     return df.lazy()
+
+
+def _parse(
+    raw: bytes,
+    separator: str,
+    has_header: bool,
+    columns: Sequence[str] | None = None,
+    strings: Sequence[str] = (),
+) -> pl.DataFrame:
+    """`raw` (UTF-8) as a DataFrame with inferred types, the `strings` of `columns` as text."""
+    return pl.read_csv(
+        raw,
+        separator=separator,
+        has_header=has_header,
+        quote_char=None,
+        infer_schema_length=None,
+        new_columns=list(columns) if columns is not None else None,
+        schema_overrides={name: pl.String for name in strings} or None,
+    )
 
 
 def _check_kinds(df: pl.DataFrame, kinds: Mapping[str, str], path: Path, what: str) -> None:

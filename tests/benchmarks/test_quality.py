@@ -7,8 +7,8 @@ import json
 import sys
 
 import pytest
-from hydra.utils import instantiate
 
+import train
 from tests.conftest import ROOT, TINY, compose_config
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -17,8 +17,7 @@ import quality
 
 @pytest.mark.slow  # one training run through train.train (about 10 s on 2 cores)
 def test_popularity_and_twotower_rows_match_train_py(tmp_path):
-    datamodule = instantiate(compose_config(tmp_path / "unused").data)
-    datamodule.setup()
+    datamodule = train._prepare_data(compose_config(tmp_path / "unused"))
     popularity = quality.run_popularity(datamodule.data)
 
     overrides = [o for o in TINY if not o.startswith("trainer.max_epochs=")]
@@ -34,6 +33,7 @@ def test_popularity_and_twotower_rows_match_train_py(tmp_path):
     assert twotower["metrics"] == {k: v for k, v in written.items() if k.startswith("test/")}
     assert twotower["recipe"]["trainer"]["max_epochs"] == 1
     assert "popularity_prior" in twotower["recipe"]["model"]
+    assert twotower["recipe"]["features"]["user"]["features"]["history"]["length"] == 10
 
     results = {
         "tiny": {

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 import torch
-from hydra.utils import instantiate
 
+import train
 from tests.conftest import ROOT, compose_config
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -20,8 +20,7 @@ STEPS, WARMUP = 5, 2
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     cfg = compose_config(tmp_path_factory.mktemp("speed"))
-    datamodule = instantiate(cfg.data)
-    datamodule.setup()
+    datamodule = train._prepare_data(cfg)
     return cfg, datamodule.data, train_speed.fixed_batches(datamodule, STEPS)
 
 

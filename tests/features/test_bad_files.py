@@ -33,6 +33,7 @@ from features.sources import (
 from features.sources.checks import MISSING_TOKENS
 from features.sources.movielens_100k import MovieLens100K
 from features.split import EmptySplitError, RandomSplit, ShippedSplit, TemporalSplit
+from tests.features.test_sources import IDS_AND_HISTORY
 
 FUZZ = settings(
     max_examples=50,
@@ -242,8 +243,12 @@ def test_duplicated_rows_keep_one_interaction_per_user_and_item(tmp_path):
     text = "uid,iid,ts\n" + "".join(f"{u},{i},{t}\n" for u, i, t in rows)
     dup = text + "".join(f"{u},{i},{t + 1000}\n" for u, i, t in rows[::3]) + "0,0,0\n"
     assert _read(_csv(tmp_path, dup, "dup.csv")).height == len(rows) + len(rows[::3]) + 1
-    once = prepare(Interactions(str(_csv(tmp_path, text)), columns=MAPPING), TemporalSplit())
-    twice = prepare(Interactions(str(tmp_path / "dup.csv"), columns=MAPPING), TemporalSplit())
+    once = prepare(
+        Interactions(str(_csv(tmp_path, text)), columns=MAPPING), TemporalSplit(), IDS_AND_HISTORY
+    )
+    twice = prepare(
+        Interactions(str(tmp_path / "dup.csv"), columns=MAPPING), TemporalSplit(), IDS_AND_HISTORY
+    )
     assert (once.train == twice.train).all() and len(twice.train) == len(once.train)
     assert (once.test.items == twice.test.items).all()
 
@@ -256,11 +261,11 @@ def test_the_observed_run_stops_with_what_is_wrong_with_the_data(tmp_path):
     # Null ids and a string among integers, in too few rows to validate: the ids are named first.
     path = _csv(tmp_path, "uid,iid,ts\n1,10,1\n,11,2\n2,x,3\n")
     with pytest.raises(DataFileError, match="1 of 3 rows have no user_id"):
-        prepare(Interactions(str(path), columns=MAPPING), TemporalSplit())
+        prepare(Interactions(str(path), columns=MAPPING), TemporalSplit(), IDS_AND_HISTORY)
     # Fixed ids, still too few rows: the split says so, with the numbers.
     path = _csv(tmp_path, "uid,iid,ts\n1,10,1\n1,11,2\n2,12,3\n")
     with pytest.raises(EmptySplitError) as caught:
-        prepare(Interactions(str(path), columns=MAPPING), TemporalSplit())
+        prepare(Interactions(str(path), columns=MAPPING), TemporalSplit(), IDS_AND_HISTORY)
     message = str(caught.value)
     assert message.startswith("data.split: validation split is empty: 3 interactions from 2 users;")
     assert "at least 3 interactions" in message and "the most any user has is 2" in message
@@ -388,6 +393,32 @@ def test_synthetic_rejects_sizes_that_make_no_data():
         Synthetic(num_users=0)
 
 
+def _items_table(tmp_path, data: bytes, name: str = "items.csv") -> tuple[Interactions, str]:
+    """An interactions file beside the items table `data`."""
+    events = _csv(tmp_path, "uid,iid,ts\n1,10,1\n2,11,2\n", "events.csv")
+    items = _csv(tmp_path, data, name)
+    return Interactions(str(events), columns=MAPPING, items=str(items)), str(items)
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        (b"", "the file is empty"),
+        (b"item_id,title\n", "has no data rows"),
+        (b"item_id,title\n10,a\x00b\n", "is binary, not delimited text"),
+        (gzip.compress(b"item_id,title\n10,a\n"), "a gzip file; name it with a .gz suffix"),
+        (b"item_id,title\n10,caf\xe9\n", "line 2 is not UTF-8 text"),
+        (b"item_id,title\n10,a\n11,b,c,d\n", "cannot be read"),
+    ],
+)
+def test_a_bad_table_file_is_named_like_a_bad_interactions_file(tmp_path, data, problem):
+    source, items = _items_table(tmp_path, data)
+    with pytest.raises(DataFileError, match=problem) as caught:
+        source.items()
+    assert caught.value.path == items and items in str(caught.value)
+    assert source.table_path("item") == items
+
+
 # ---------------------------------------------------------------------------------------------
 # Properties: bad values injected anywhere are named; any bytes give a frame or a named error
 
@@ -465,3 +496,10 @@ def test_any_bytes_give_a_frame_or_a_named_error(tmp_path, body):
         _ml100k(tmp_path, body).interactions()
     except DataFileError as error:
         assert error.path.endswith("u.data")
+    source, items = _items_table(tmp_path, b"item_id,x\n" + body)
+    try:
+        table = source.items()
+    except DataFileError as error:
+        assert error.path == items
+    else:
+        assert table["item_id"].is_unique().all() and table["item_id"].null_count() == 0

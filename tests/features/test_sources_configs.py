@@ -7,6 +7,7 @@ from hydra.utils import instantiate
 from features import prepare
 from features.sources import Interactions, LastFMHetRec, LightGCN, MovieLens100K, MovieLensArchive
 from tests.conftest import ROOT, shared_dataset
+from tests.features.test_sources import IDS_AND_HISTORY
 
 SOURCES = {
     "lastfm_hetrec": LastFMHetRec,
@@ -46,6 +47,7 @@ def test_interactions_config_takes_a_column_mapping(tmp_path):
         "user_id": "uid",
         "item_id": "iid",
     }
+    assert source.table_paths == {"user": None, "item": None}
 
 
 def test_every_data_config_is_covered():
@@ -57,5 +59,5 @@ def test_real_bars_electronics_through_its_config(tmp_path):
     shared_dataset("bars-amazon-electronics")
     cfg = compose_config(tmp_path, ["data=bars_electronics"])
     datamodule = instantiate(cfg.data)
-    data = prepare(datamodule.source, instantiate(cfg.data.split))
+    data = prepare(datamodule.source, instantiate(cfg.data.split), IDS_AND_HISTORY)
     assert data.num_users == 1_435 and data.test.num_interactions == 4_044

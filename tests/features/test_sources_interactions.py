@@ -6,6 +6,7 @@ from features import prepare, schema
 from features.sources import Interactions
 from features.split import TemporalSplit
 from tests.conftest import shared_dataset
+from tests.features.test_sources import IDS_AND_HISTORY
 
 
 def _write(tmp_path, name, df: pl.DataFrame, **options):
@@ -109,7 +110,7 @@ def test_prepares_end_to_end(tmp_path):
     raw = pl.DataFrame(rows, schema=["u", "i", "t"], orient="row")
     path = _write(tmp_path, "x.parquet", raw)
     source = Interactions(str(path), columns={"user_id": "u", "item_id": "i", "timestamp": "t"})
-    data = prepare(source, TemporalSplit())
+    data = prepare(source, TemporalSplit(), IDS_AND_HISTORY)
     assert data.num_users == 5 and len(data.train) == 40 and data.test.num_interactions == 5
 
 

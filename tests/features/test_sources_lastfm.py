@@ -1,3 +1,6 @@
+import csv
+from collections import Counter
+
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
@@ -6,6 +9,7 @@ from features import prepare, schema
 from features.sources import LastFMHetRec
 from features.split import RandomSplit
 from tests.conftest import shared_dataset
+from tests.features.test_sources import IDS_AND_HISTORY
 
 
 def _write_lastfm(root):
@@ -28,7 +32,7 @@ def _write_lastfm(root):
 
 
 def test_all_pairs_are_positives_and_artists_get_top_tags(tmp_path):
-    source = LastFMHetRec(str(_write_lastfm(tmp_path / "lastfm")), top_tags=2)
+    source = LastFMHetRec(str(_write_lastfm(tmp_path / "lastfm")), top_tags=2, max_tags=3)
     df = source.interactions().collect()
     assert df.rows() == [(2, 51, 13883.0), (2, 52, 11690.0), (3, 51, 7.0)]
     items = source.items()
@@ -38,14 +42,14 @@ def test_all_pairs_are_positives_and_artists_get_top_tags(tmp_path):
             "title": ['Duran "Duran', "Morcheeba", "Never Played"],
             # "Pop" and "pop " are one tag (2 uses), tied with "new wave" (2): ties by name.
             "genres": [["new wave", "pop"], ["trip-hop"], []],
+            "tags": [["new wave", "pop", "café"], ["trip-hop"], []],  # 53: kept, untagged
         }
     )
     assert_frame_equal(items, expected)
-    assert LastFMHetRec(str(tmp_path / "lastfm"), top_tags=0).items()["genres"].to_list() == [
-        [],
-        [],
-        [],
-    ]
+    untagged = LastFMHetRec(str(tmp_path / "lastfm"), top_tags=0, max_tags=0).items()
+    assert untagged["genres"].to_list() == untagged["tags"].to_list() == [[], [], []]
+    assert source.users() is None
+    assert source.table_path("item") == str(tmp_path / "lastfm" / "artists.dat")
 
 
 def test_missing_column_names_the_file(tmp_path):
@@ -68,8 +72,33 @@ def test_real_lastfm_recbole_protocol():
     assert df.height == 92_834 and df["user_id"].n_unique() == 1_892
     items = source.items()
     assert items.height == 17_632 and items["genres"].list.len().max() == 5
-    data = prepare(source, RandomSplit(seed=0))
+    assert items["tags"].list.len().max() == 20
+    data = prepare(source, RandomSplit(seed=0), IDS_AND_HISTORY)
     assert len(data.train) + data.val.num_interactions + data.test.num_interactions == 92_834
     # RecBole's per-user 8:1:1: a user with 2 pairs has one in test, with 3 or more one in each.
     per_user = df.group_by("user_id").len()["len"]
     assert len(data.test) == (per_user >= 2).sum() and len(data.val) == (per_user >= 3).sum()
+
+
+def _dat(path, encoding="utf-8") -> list[dict[str, str]]:
+    with open(path, encoding=encoding, newline="") as f:
+        return list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+
+
+def test_real_lastfm_artists_names_and_tags_match_the_raw_files():
+    folder = shared_dataset("lastfm-hetrec2011-2k")
+    names = {int(r["id"]): r["name"] for r in _dat(folder / "artists.dat")}
+    tag_names = {r["tagID"]: r["tagValue"] for r in _dat(folder / "tags.dat", "latin-1")}
+    counts: dict[int, Counter] = {}
+    for r in _dat(folder / "user_taggedartists.dat"):
+        tag = tag_names[r["tagID"]].strip().lower()
+        if tag:
+            counts.setdefault(int(r["artistID"]), Counter())[tag] += 1
+    items = LastFMHetRec(str(folder)).items()
+    for artist in (1, 89, 289, 292, 18_745):  # MALICE MIZER, Lady Gaga, Britney Spears, ...
+        ranked = sorted(counts.get(artist, Counter()).items(), key=lambda kv: (-kv[1], kv[0]))
+        row = items.filter(pl.col("item_id") == artist).row(0, named=True)
+        assert row["title"] == names[artist]
+        assert row["tags"] == [tag for tag, _ in ranked[:20]]
+        assert row["genres"] == row["tags"][:5]
+    assert sum(1 for n in items["tags"].list.len() if n) == len(counts.keys() & names.keys())

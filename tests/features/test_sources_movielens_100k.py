@@ -7,6 +7,7 @@ from features.sources import MovieLens100K
 from features.sources.movielens_100k import GENRES
 from features.split import ShippedSplit, TemporalSplit
 from tests.conftest import shared_dataset
+from tests.features.test_sources import IDS_AND_HISTORY
 
 
 def _flags(*names):
@@ -30,7 +31,9 @@ def _write_ml100k(root):
         f"3|Heat (1995)|15-Dec-1995||http://z|{_flags('Action', 'Thriller')}",
     ]
     (root / "u.item").write_bytes(("\n".join(items) + "\n").encode("latin-1"))
-    (root / "u.user").write_text("1|24|M|technician|85711\n2|53|F|other|94043\n")
+    (root / "u.user").write_text(
+        "1|24|M|technician|85711\n2|53|F|other|02138\n3|39|M|scientist|t8h1n\n"
+    )
     (root / "u1.base").write_text("1\t1\t5\t100\n1\t2\t4\t101\n2\t1\t4\t200\n2\t3\t5\t201\n")
     (root / "u1.test").write_text("1\t3\t4\t102\n2\t2\t5\t202\n")
     return root
@@ -52,8 +55,14 @@ def test_ratings_items_and_users(tmp_path):
     )
     assert_frame_equal(items, expected)
     users = source.users()
-    assert users.columns == ["user_id", "age", "gender", "occupation"]
-    assert users.row(1) == (2, 53, "F", "other")
+    assert users.columns == ["user_id", "age", "gender", "occupation", "zip_prefix"]
+    assert users.rows() == [
+        (1, 24, "M", "technician", "857"),
+        (2, 53, "F", "other", "021"),  # the leading zero kept: a code, not a number
+        (3, 39, "M", "scientist", "T8H"),  # a Canadian postal code's forward sortation area
+    ]
+    assert source.table_path("user") == str(tmp_path / "ml-100k" / "u.user")
+    assert source.table_path("item") == str(tmp_path / "ml-100k" / "u.item")
 
 
 def test_rating_threshold_and_shipped_fold(tmp_path):
@@ -62,7 +71,9 @@ def test_rating_threshold_and_shipped_fold(tmp_path):
     fold = MovieLens100K(str(root), fold="u1", min_rating=None).interactions().collect()
     assert fold["split"].value_counts().sort("split").rows() == [("test", 2), ("train", 4)]
     data = prepare(
-        MovieLens100K(str(root), fold="u1", min_rating=None), ShippedSplit(val_ratio=0.0)
+        MovieLens100K(str(root), fold="u1", min_rating=None),
+        ShippedSplit(val_ratio=0.0),
+        IDS_AND_HISTORY,
     )
     assert data.test.num_interactions == 2
     with pytest.raises(ValueError, match="fold must be one of"):
@@ -83,6 +94,9 @@ def test_malformed_files_name_the_file_and_what_was_found(tmp_path):
         match=r"u\.user: expected 5 '\|'-separated fields .* found 3; first row: \(1, 24, 'M'\)",
     ):
         MovieLens100K(str(root)).users()
+    (root / "u.user").write_text("1|24|M|technician|85711\n1|53|F|other|94043\n")
+    with pytest.raises(schema.DataFileError, match="1 user_id values appear more than once"):
+        MovieLens100K(str(root)).users()
 
 
 def test_real_ml100k():
@@ -92,7 +106,19 @@ def test_real_ml100k():
     assert items.height == 1682 and items.filter(pl.col("item_id") == 1)["genres"].to_list() == [
         ["Animation", "Children's", "Comedy"]
     ]
-    users = source.users()
-    assert users.height == 943 and set(users["gender"].unique()) == {"M", "F"}
-    data = prepare(MovieLens100K(str(shared_dataset("ml-100k"))), TemporalSplit())
-    assert data.num_users > 900 and data.num_genres == 18
+    assert items["genres"].explode().drop_nulls().n_unique() == 18
+    data = prepare(MovieLens100K(str(shared_dataset("ml-100k"))), TemporalSplit(), IDS_AND_HISTORY)
+    assert data.num_users > 900
+
+
+def test_real_ml100k_users_match_u_user():
+    folder = shared_dataset("ml-100k")
+    lines = (folder / "u.user").read_text(encoding="latin-1").splitlines()
+    expected = []
+    for line in lines:
+        user, age, gender, occupation, zip_code = line.split("|")
+        expected.append((int(user), int(age), gender, occupation, zip_code[:3].upper()))
+    users = MovieLens100K(str(folder)).users()
+    assert users.rows() == expected and users.height == 943
+    assert users.filter(pl.col("user_id") == 74).row(0) == (74, 39, "M", "scientist", "T8H")
+    assert users["zip_prefix"].n_unique() == 382

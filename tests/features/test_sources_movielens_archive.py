@@ -15,11 +15,12 @@ from features.sources import ChecksumError, MovieLensArchive
 from features.sources import movielens_archive as archive_module
 from features.split import TemporalSplit
 from tests.conftest import shared_dataset
+from tests.features.test_sources import IDS_AND_HISTORY
 
 ML1M = {
     "ratings.dat": "1::10::5::978300760\n1::20::3::978302109\n2::10::4::978301968\n2::30::5::978300275\n",
     "movies.dat": "10::Toy Story (1995)::Animation|Children's|Comedy\n20::Léon: The Professional (1994)::Crime|Drama\n30::Heat (1995)::Action\n",
-    "users.dat": "1::F::1::10::48067\n2::M::56::16::70072\n",
+    "users.dat": "1::F::1::10::48067\n2::M::56::16::70072\n3::M::25::15::02139-4307\n",
 }
 ML25M = {
     "ratings.csv": "userId,movieId,rating,timestamp\n1,10,4.5,100\n1,20,2.0,101\n2,10,5.0,102\n",
@@ -76,7 +77,13 @@ def test_ml1m_from_a_local_folder(tmp_path):
         assert df.columns == ["user_id", "item_id", "rating", "timestamp"] and df.height == 4
     items = source.items()
     assert items.row(1) == (20, "Léon: The Professional (1994)", ["Crime", "Drama"], 1994)
-    assert source.users().rows() == [(1, 1, "F", "K-12 student"), (2, 56, "M", "self-employed")]
+    assert source.users().columns == ["user_id", "age", "gender", "occupation", "zip_prefix"]
+    assert source.users().rows() == [
+        (1, 1, "F", "K-12 student", "480"),
+        (2, 56, "M", "self-employed", "700"),
+        (3, 25, "M", "scientist", "021"),
+    ]
+    assert source.table_path("user") == str(root / "users.dat")
     assert (
         MovieLensArchive("1m", root=str(root)).interactions().collect().height == 3
     )  # rating >= 4
@@ -87,9 +94,19 @@ def test_ml25m_csv_layout_and_prepare(tmp_path):
     source = MovieLensArchive("25m", root=str(tmp_path), min_rating=None)
     assert source.interactions().collect()["rating"].to_list() == [4.5, 2.0, 5.0]
     assert source.items()["genres"].to_list() == [["Animation", "Comedy"], ["Action"]]
-    assert source.users() is None
+    assert source.users() is None and source.table_path("user") == "movielens_archive users"
     # 3 ratings from 2 users are too few to hold any out (see test_bad_files): all train.
-    assert prepare(source, TemporalSplit(val_ratio=0.0, test_ratio=0.0)).num_items == 2
+    split = TemporalSplit(val_ratio=0.0, test_ratio=0.0)
+    assert prepare(source, split, IDS_AND_HISTORY).num_items == 2
+
+
+def test_ml25m_with_tags_has_item_and_user_tags(tmp_path):
+    tags = "userId,movieId,tag,timestamp\n1,10,Pixar,99\n2,20,noir,1\n"
+    _folder(tmp_path, "ml-25m", {**ML25M, "tags.csv": tags})
+    source = MovieLensArchive("25m", root=str(tmp_path), min_rating=None)
+    assert source.items()["tags"].to_list() == [["pixar"], ["noir"]]
+    # User 1's median rating time is 100.5: the tag at 99 is earlier; user 2's (102) too.
+    assert source.users().rows() == [(1, ["pixar"]), (2, ["noir"])]
 
 
 def test_local_zip_is_checked_and_extracted(tmp_path, monkeypatch):
@@ -157,5 +174,5 @@ def test_published_md5s_are_pinned():
 def test_real_ml100k_through_the_archive_source():
     source = MovieLensArchive("100k", root=str(shared_dataset("ml-100k")), min_rating=None)
     assert source.interactions().collect().height == 100_000
-    assert source.users().height == 943
+    assert source.users().height == 943 and "zip_prefix" in source.users().columns
     assert source.items().schema["genres"] == pl.List(pl.String)

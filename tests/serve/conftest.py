@@ -20,9 +20,18 @@ import torch
 import uvicorn
 
 from features import schema
-from features.prepare import year_bucket
-from features.serving import GENRE_IDS, HISTORY, SEEN, YEAR_BUCKET
+from features.fitted import FittedFeatures
+from features.fitting import FittedSide
+from features.serving import CONTENT_ONLY, HISTORY, SEEN
 from features.sources.synthetic import ITEM_ID_OFFSET, USER_ID_OFFSET
+from features.spec import (
+    FeaturesConfig,
+    HistoryFeature,
+    IdFeature,
+    MultiHotFeature,
+    NumericFeature,
+    SideFeatures,
+)
 from serve import Recommender, export_bundle, read_bundle
 from serve.http import create_app
 from towers import FeatureSpec, ItemTower, Scorer, TowerConfig, UserTower
@@ -34,8 +43,22 @@ NUM_ITEMS = 150
 NUM_CLUSTERS = 6  # taste clusters; cluster c's items carry genre "g{c}" (and maybe one more)
 EMBEDDING_DIM = 32
 HISTORY_LENGTH = 10
-NUM_YEAR_BUCKETS = 28  # features.prepare's default buckets: 5 years each from 1900
 REFINE = "IVF{nlist},PQ{half_dim}x4fs,RFlat"  # conf/index/ivfpq_refine.yaml's factory
+# The planted towers' declared inputs (what conf/features/*.yaml declares for a real source).
+FEATURES = FeaturesConfig(
+    user=SideFeatures(
+        "user",
+        (IdFeature("user", "user_id"), HistoryFeature("user", "history", length=HISTORY_LENGTH)),
+    ),
+    item=SideFeatures(
+        "item",
+        (
+            IdFeature("item", "item_id"),
+            MultiHotFeature("item", "genres", column=schema.GENRES),
+            NumericFeature("item", "year", column=schema.YEAR, normalization="quantile"),
+        ),
+    ),
+)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -47,9 +70,10 @@ def planted_tables(
 ) -> tuple[pl.DataFrame, pl.DataFrame, np.ndarray, np.ndarray]:
     """(items_df, users_df, each item's cluster, each user's cluster). The tables have the
     layout of features.serving's item_table and user_table: raw ids offset like the synthetic
-    source's (users from 100_000, items from 500_000), unique titles "Item i (cluster c)", one
-    or two genres per item, release years 1950-2023; each user has 5-20 seen items, four in
-    five from their own cluster."""
+    source's (users from 100_000, items from 500_000); items: unique titles "Item i
+    (cluster c)", one or two genres per item, release years 1950-2023, none content-only;
+    users: history and seen as item rows, each user with 5-20 seen items, four in five from
+    their own cluster."""
     item_cluster = rng.integers(0, NUM_CLUSTERS, NUM_ITEMS)
     item_cluster[:NUM_CLUSTERS] = np.arange(NUM_CLUSTERS)  # no empty cluster
     extra_genre = rng.integers(0, NUM_CLUSTERS, NUM_ITEMS)
@@ -61,11 +85,8 @@ def planted_tables(
                 sorted({f"g{c}", f"g{e}"}) for c, e in zip(item_cluster, extra_genre, strict=True)
             ],
             schema.YEAR: rng.integers(1950, 2024, NUM_ITEMS).astype(np.int32),
+            CONTENT_ONLY: np.zeros(NUM_ITEMS, dtype=bool),
         }
-    ).with_columns(
-        # genre "g{c}" has index c in the item tower's genre vocabulary
-        pl.col(schema.GENRES).list.eval(pl.element().str.slice(1).cast(pl.Int64)).alias(GENRE_IDS),
-        year_bucket(pl.col(schema.YEAR), 1900, 5, NUM_YEAR_BUCKETS).alias(YEAR_BUCKET),
     )
     members = [np.flatnonzero(item_cluster == c) for c in range(NUM_CLUSTERS)]
     user_cluster = rng.integers(0, NUM_CLUSTERS, NUM_USERS)
@@ -86,24 +107,44 @@ def planted_tables(
     return items_df, users_df, item_cluster, user_cluster
 
 
-def _plant(table: torch.nn.Embedding, rows: np.ndarray, start: int = 0) -> None:
+def planted_features(items_df: pl.DataFrame, users_df: pl.DataFrame) -> FittedFeatures:
+    """FEATURES fitted on the planted tables, every row a training row, each row's count its
+    interactions in the seen lists: every user and item has an id row, and the genre
+    vocabulary is sorted ("g0".."g5" are rows 0..5)."""
+    seen = np.concatenate(users_df[SEEN].to_list())  # (n,) item rows
+    item_counts = np.bincount(seen, minlength=items_df.height)  # (I,)
+    user_counts = users_df[SEEN].list.len().to_numpy()  # (U,)
+    return FittedFeatures(
+        FittedSide.fit(FEATURES.user, users_df, user_counts, "the planted users"),
+        FittedSide.fit(FEATURES.item, items_df, item_counts, "the planted items"),
+    )
+
+
+def _plant(table: torch.nn.Embedding, rows: np.ndarray, at: np.ndarray | None = None) -> None:
+    """Table rows `at` (default 0..len(rows)-1) set to `rows`."""
+    at = np.arange(len(rows)) if at is None else at
     with torch.no_grad():
-        table.weight[start : start + len(rows)] = torch.as_tensor(rows, dtype=torch.float32)
+        table.weight[torch.as_tensor(at)] = torch.as_tensor(rows, dtype=torch.float32)
 
 
 def planted_towers(
-    rng: np.random.Generator, item_cluster: np.ndarray, user_cluster: np.ndarray
+    rng: np.random.Generator,
+    item_cluster: np.ndarray,
+    user_cluster: np.ndarray,
+    features: FittedFeatures,
+    items_df: pl.DataFrame,
+    users_df: pl.DataFrame,
 ) -> tuple[UserTower, ItemTower]:
     """Tiny towers with weights planted from random clustered vectors instead of trained: an
     item's id embedding is its cluster's centre plus noise, genre g{c}'s embedding half of
-    centre c, a user's id embedding their cluster's centre plus noise, and the history table
-    is the item id table (no projection). Items and users of a cluster thus point alike."""
+    centre c, each year bucket a little noise, a user's id embedding their cluster's centre plus
+    noise, and the history table is the item id table (no projection). Items and users of a
+    cluster thus point alike."""
     spec = FeatureSpec(
+        user_inputs=features.user_inputs(),
+        item_inputs=features.item.inputs(),
         num_users=NUM_USERS,
         num_items=NUM_ITEMS,
-        num_genres=NUM_CLUSTERS,
-        num_year_buckets=NUM_YEAR_BUCKETS,
-        history_length=HISTORY_LENGTH,
     )
     cfg = TowerConfig(embedding_dim=EMBEDDING_DIM)
     user, item = UserTower(spec, cfg), ItemTower(spec, cfg)
@@ -112,14 +153,20 @@ def planted_towers(
     def noise(rows: int, scale: float) -> np.ndarray:
         return scale * rng.normal(size=(rows, EMBEDDING_DIM)) / np.sqrt(EMBEDDING_DIM)
 
+    item_codes = features.item.transform(items_df)["item_id"]  # (I,) id rows
+    user_codes = features.user.transform(users_df)["user_id"]  # (U,) id rows
+    assert (item_codes >= 0).all() and (user_codes >= 0).all(), "every planted id has a row"
     item_rows = centres[item_cluster] + noise(NUM_ITEMS, 0.8)
-    _plant(item.item_embedding, item_rows)  # the padding row (index NUM_ITEMS) stays zero
-    _plant(item.genre_embedding, 0.5 * centres)
-    _plant(item.year_embedding, noise(NUM_YEAR_BUCKETS - 1, 0.1), start=1)  # bucket 0: unknown
-    _plant(user.user_embedding, centres[user_cluster] + noise(NUM_USERS, 0.8))
-    _plant(user.history_embedding, item_rows)
+    _plant(item.encoders["item_id"].table, item_rows, item_codes)  # the padding row stays zero
+    _plant(item.encoders["genres"].table, 0.5 * centres)  # the padding row (g5 + 1) stays zero
+    years = item.encoders["year"].table
+    _plant(years, noise(years.num_embeddings, 0.1))  # the buckets and the missing row
+    _plant(
+        user.encoders["user_id"].table, centres[user_cluster] + noise(NUM_USERS, 0.8), user_codes
+    )
+    _plant(user.encoders["history"].table, item_rows, item_codes)
     with torch.no_grad():
-        user.history_projection.weight.copy_(torch.eye(EMBEDDING_DIM))
+        user.encoders["history"].projection.weight.copy_(torch.eye(EMBEDDING_DIM))
     return user.eval(), item.eval()
 
 
@@ -128,10 +175,17 @@ def planted_bundle(path: Path, seed: int = 0) -> Path:
     conf/index/flat.yaml): what train.py exports, without training."""
     rng = np.random.default_rng(seed)
     items_df, users_df, item_cluster, user_cluster = planted_tables(rng)
-    towers = planted_towers(rng, item_cluster, user_cluster)
+    features = planted_features(items_df, users_df)
+    towers = planted_towers(rng, item_cluster, user_cluster, features, items_df, users_df)
     return export_bundle(
-        path, Scorer([towers]), items_df, users_df, index_config={"factory": "Flat"}
+        path, Scorer([towers]), features, items_df, users_df, index_config={"factory": "Flat"}
     )
+
+
+def planted_clusters(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(each item's cluster, each user's cluster) of the bundle `planted_bundle(path, seed)`."""
+    _, _, item_cluster, user_cluster = planted_tables(np.random.default_rng(seed))
+    return item_cluster, user_cluster
 
 
 @pytest.fixture(scope="session")
@@ -148,7 +202,15 @@ def recommender(bundle_dir) -> Recommender:
 def reexport(bundle_dir: Path, path: Path, index_config: dict) -> Path:
     """The towers and tables of `bundle_dir`, exported again with another index."""
     bundle = read_bundle(bundle_dir)
-    return export_bundle(path, bundle.scorer, bundle.items, bundle.users, index_config=index_config)
+    return export_bundle(
+        path,
+        bundle.scorer,
+        bundle.features,
+        bundle.items,
+        bundle.users,
+        index_config=index_config,
+        num_train_users=bundle.manifest["num_train_users"],
+    )
 
 
 def _ann_bundle(bundle_dir: Path, tmp_path_factory, name: str, factory: str) -> Path:
@@ -244,11 +306,13 @@ def ensemble_bundle(bundle_dir, tmp_path_factory) -> Path:
     user, item = copy.deepcopy(model)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for table in (user.user_embedding, user.history_embedding, item.item_embedding):
+        for table in (user.id_table(), user.encoders["history"].table, item.id_table()):
             rows = table.weight[: table.padding_idx]  # the padding row stays zero
             rows.add_(0.1 * torch.randn(rows.shape, generator=generator))
     path = tmp_path_factory.mktemp("ensemble") / "bundle"
-    return export_bundle(path, Scorer([model, (user, item)]), bundle.items, bundle.users)
+    return export_bundle(
+        path, Scorer([model, (user, item)]), bundle.features, bundle.items, bundle.users
+    )
 
 
 @pytest.fixture
@@ -267,7 +331,7 @@ def prior_bundle(bundle_dir, tmp_path_factory) -> Path:
     counts = torch.arange(bundle.scorer.spec.num_items) % 7
     scorer = Scorer(bundle.scorer.members, popularity_prior=PRIOR, item_counts=counts)
     path = tmp_path_factory.mktemp("prior") / "bundle"
-    return export_bundle(path, scorer, bundle.items, bundle.users)
+    return export_bundle(path, scorer, bundle.features, bundle.items, bundle.users)
 
 
 @pytest.fixture

@@ -8,12 +8,14 @@ import shutil
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from serve import FORMAT_VERSION, BundleError, Recommender, read_bundle
-from serve.files import INDEX, MANIFEST, PLOT
+from serve.files import FEATURES, INDEX, MANIFEST, PLOT
 from serve.index import DEFAULT_K_FACTOR, K_FACTOR, NPROBE
 from serve.versions import CURRENT, resolve, write_version
+from tests.serve.conftest import planted_features, planted_tables
 
 
 def version_dir(root: Path) -> Path:
@@ -70,6 +72,32 @@ def test_reranked_export_sweeps_nprobe_at_its_k_factor(refine_bundle):
 def test_missing_file_is_named(bundle_copy):
     (version_dir(bundle_copy) / INDEX).unlink()
     with pytest.raises(BundleError, match=r"missing index\.faiss"):
+        read_bundle(bundle_copy)
+
+
+def test_features_json_carries_the_fitted_features(bundle_dir):
+    # The planted tables fitted again give exactly the bundle's features (features.json).
+    items_df, users_df, _, _ = planted_tables(np.random.default_rng(0))
+    expected = planted_features(items_df, users_df)
+    bundle = read_bundle(bundle_dir)
+    assert bundle.features.to_json() == expected.to_json()
+    assert json.loads((version_dir(bundle_dir) / FEATURES).read_text()) == expected.to_json()
+    manifest = json.loads((version_dir(bundle_dir) / MANIFEST).read_text())
+    assert FEATURES in manifest["files"]  # checksummed with the rest
+    inputs = [i["name"] for i in manifest["model"]["spec"]["item_inputs"]]
+    assert inputs == ["item_id", "genres", "year"]
+
+
+def test_missing_or_unreadable_features_are_named(bundle_copy):
+    features = version_dir(bundle_copy) / FEATURES
+    text = features.read_text()
+    features.write_text(text.replace('"format": 1', '"format": 7'))
+    with pytest.raises(BundleError, match=r"features\.json: cannot read the fitted features"):
+        read_bundle(bundle_copy, verify="off")
+    with pytest.raises(BundleError, match=r"features\.json: sha256 mismatch"):
+        read_bundle(bundle_copy)
+    features.unlink()
+    with pytest.raises(BundleError, match=r"missing features\.json"):
         read_bundle(bundle_copy)
 
 

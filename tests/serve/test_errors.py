@@ -151,7 +151,7 @@ def test_update_input_errors_name_their_field(bundle_copy, tmp_path):
         ),
         (
             _raised(
-                update_items, bundle_copy, upsert=pl.DataFrame({"item_id": [5], "year": [1234]})
+                update_items, bundle_copy, upsert=pl.DataFrame({"item_id": [5], "year": ["soon"]})
             ),
             RequestError,
             "upsert",
@@ -170,7 +170,8 @@ def test_update_input_errors_name_their_field(bundle_copy, tmp_path):
         ),
         (_raised(_read_table, str(tmp_path / "new.txt")), RequestError, "--upsert"),
     ]
-    values = [123456789, item, 1234, ["item_id", "colour"], [7, 7], str(tmp_path / "new.txt")]
+    year_type = {"item_id": pl.Int64, "year": pl.String}  # not the table's Int32
+    values = [123456789, item, year_type, ["item_id", "colour"], [7, 7], str(tmp_path / "new.txt")]
     for (err, kind, field), value in zip(cases, values, strict=True):
         assert type(err) is kind and err.field == field, err
         assert (err.value if kind is RequestError else err.raw_id) == value, err

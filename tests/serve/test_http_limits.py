@@ -220,7 +220,8 @@ def test_the_document_carries_the_limits_and_every_answer(limited):
     assert batch["histories"]["anyOf"][0]["items"]["anyOf"][0]["maxItems"] == 5
     # The bundle's filterable columns, typed as the item table has them.
     filters = recommend["filters"]["anyOf"][0]
-    assert set(filters["properties"]) == {"item_id", "title", "genres", "year"}
+    assert set(filters["properties"]) == {"item_id", "title", "genres", "year", "content_only"}
+    assert {"type": "boolean"} in filters["properties"]["content_only"]["anyOf"]
     assert filters["additionalProperties"] is False
     for path in ROUTES:
         responses = document["paths"][path]["post"]["responses"]

@@ -8,12 +8,32 @@ import pytest
 import torch
 
 from serve import BundleError, Recommender, UnknownItemError, read_bundle, update_items
+from serve.errors import RequestError
 from serve.versions import CURRENT
 from towers.scoring import PRIOR_SCALE
 
 
 def item_row(bundle, item_id) -> int:
     return bundle.items["item_id"].to_list().index(item_id)
+
+
+def item_vector(bundle, item_code: int, genres: list[str], year: int | None) -> np.ndarray:
+    """The item towers on inputs built here: id row `item_code` (-1: none), the `genres`' rows
+    ("g{c}" is row c of the sorted vocabulary, 6 the padding row), the year's bucket of the
+    fitted edges (None: the missing row, past the buckets)."""
+    _, fitted_genres, fitted_year = bundle.features.item.features
+    assert fitted_genres.lookup.vocabulary.to_list() == [f"g{c}" for c in range(6)]
+    bag = [int(g[1:]) for g in genres]
+    bag += [6] * (fitted_genres.feature.max_length - len(bag))
+    edges = np.asarray(fitted_year.edges)
+    bucket = len(edges) + 1 if year is None else int(np.searchsorted(edges, year, side="right"))
+    inputs = {
+        "item_id": torch.tensor([item_code]),
+        "genres": torch.tensor([bag]),
+        "year": torch.tensor([bucket]),
+    }
+    with torch.inference_mode():
+        return bundle.scorer.encode_items(inputs).numpy()[0]  # (D,)
 
 
 @pytest.mark.parametrize(
@@ -51,13 +71,13 @@ def test_add_replace_remove(request, fixture):
     )  # +1 new, -1 removed
     # Vectors come from the item tower on the given features: the replaced item keeps its id
     # embedding, the new one has none (features alone).
-    genre_ids = torch.tensor([items["genre_ids"][2].to_list()])
-    year = torch.tensor([items["year_bucket"][2]])
-    with torch.inference_mode():
-        expected = before.scorer.encode_items(torch.tensor([0]), genre_ids, year).numpy()[0]
-    np.testing.assert_allclose(after.item_vectors[0], expected, rtol=1e-5, atol=1e-6)
     new_row = item_row(after.bundle, 999_001)
     assert new_row == items.height  # appended: no other row moved
+    for row, item_code in ((0, 0), (new_row, -1)):
+        expected = item_vector(before, item_code, genres, items["year"][2])
+        np.testing.assert_allclose(after.item_vectors[row], expected, rtol=1e-5, atol=1e-6)
+    # The replaced item keeps its mark (trained), the new one is content-only.
+    assert after.bundle.items["content_only"].gather([0, new_row]).to_list() == [False, True]
     np.testing.assert_array_equal(after.item_vectors[2:new_row], before.item_vectors[2:])
     # The new item is searchable, the removed one is gone everywhere.
     similar = after.similar_items(999_001, 5)
@@ -91,21 +111,32 @@ def test_update_errors_are_named(bundle_copy):
     item = read_bundle(bundle_copy).items["item_id"][0]
     with pytest.raises(ValueError, match="both upserted and removed"):
         update_items(bundle_copy, upsert=pl.DataFrame({"item_id": [item]}), remove=[item])
-    with pytest.raises(ValueError, match=r"upsert item 5: year must be .*, got 1234"):
-        update_items(bundle_copy, upsert=pl.DataFrame({"item_id": [5], "year": [1234]}))
-    with pytest.raises(ValueError, match="colour"):
-        update_items(bundle_copy, upsert=pl.DataFrame({"item_id": [5], "colour": ["red"]}))
+    with pytest.raises(
+        RequestError, match="upsert columns must fit the bundle's item table"
+    ) as err:
+        update_items(bundle_copy, upsert=pl.DataFrame({"item_id": [5], "year": ["soon"]}))
+    assert err.value.field == "upsert"
+    for column, value in (("colour", "red"), ("content_only", True), ("active", False)):
+        with pytest.raises(RequestError, match=column) as err:
+            update_items(bundle_copy, upsert=pl.DataFrame({"item_id": [5], column: [value]}))
+        assert err.value.field == "upsert"
     with pytest.raises(BundleError, match="version directory"):
         update_items(bundle_copy / "v000001", remove=[item])
     assert (bundle_copy / CURRENT).read_text().strip() == "v000001"  # nothing was written
 
 
-def test_unknown_genres_are_reported(bundle_copy):
-    report = update_items(
-        bundle_copy,
-        upsert=pl.DataFrame({"item_id": [77_777], "genres": [["Neo-Noir"]], "year_bucket": [3]}),
-    )
-    assert report.unknown_genres == ["Neo-Noir"] and report.added == [77_777]
+def test_values_the_features_never_saw_read_as_missing(bundle_copy):
+    # A genre the fitted vocabulary lacks reads nothing; no year reads the missing bucket.
+    before = read_bundle(bundle_copy)
+    upsert = pl.DataFrame({"item_id": [77_777], "genres": [["g1", "Neo-Noir"]]})
+    report = update_items(bundle_copy, upsert=upsert)
+    assert report.added == [77_777]
+    after = read_bundle(bundle_copy)
+    row = item_row(after, 77_777)
+    assert after.items["genres"][row].to_list() == ["g1", "Neo-Noir"]  # the raw table keeps it
+    assert after.items["year"][row] is None and after.items["content_only"][row]
+    expected = item_vector(before, -1, ["g1"], None)
+    np.testing.assert_allclose(after.item_vectors[row], expected, rtol=1e-5, atol=1e-6)
 
 
 def test_an_item_added_under_a_popularity_prior_counts_as_never_seen(prior_copy):

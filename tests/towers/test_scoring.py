@@ -6,14 +6,29 @@ import pytest
 import torch
 
 from towers import FeatureSpec, ItemTower, Scorer, TowerConfig, UserTower
+from towers.inputs import TowerInput
 from towers.scoring import PRIOR_DIMS, log_popularity
 
-SPEC = FeatureSpec(num_users=6, num_items=9, num_genres=3, num_year_buckets=4, history_length=4)
-USERS = torch.tensor([0, 3, 5])
-HISTORIES = torch.tensor([[1, 2, 9, 9], [4, 5, 6, 8], [9, 9, 9, 9]])  # the last user: no history
-ITEMS = torch.arange(9)
-GENRES = torch.tensor([[0, 3], [1, 2], [3, 3]] * 3)
-YEARS = torch.tensor([0, 1, 2] * 3)
+USER_INPUTS = (
+    TowerInput("user_id", "id", "index", rows=6),
+    TowerInput("history", "history", "history", rows=9, width=4, pooling="mean"),
+)
+ITEM_INPUTS = (
+    TowerInput("item_id", "id", "index", rows=9),
+    TowerInput("genres", "multi_hot", "bag", rows=4, width=2, pooling="mean"),  # 3 genres, pad 3
+    TowerInput("year", "numeric", "index", rows=5),  # 4 buckets, then missing
+)
+SPEC = FeatureSpec(USER_INPUTS, ITEM_INPUTS, num_users=6, num_items=9)
+USERS = {
+    "user_id": torch.tensor([0, 3, 5]),
+    "history": torch.tensor([[1, 2, -1, -1], [4, 5, 6, 8], [-1, -1, -1, -1]]),  # last: none
+}
+ITEMS = {
+    "item_id": torch.arange(9),
+    "genres": torch.tensor([[0, 3], [1, 2], [3, 3]] * 3),
+    "year": torch.tensor([0, 1, 2] * 3),
+}
+ROWS = torch.arange(9)  # the items' catalogue rows
 COUNTS = torch.tensor([3, 0, 1, 7, 2, 2, 0, 1, 5])
 
 
@@ -24,12 +39,12 @@ def member(cfg: TowerConfig, seed: int) -> tuple[UserTower, ItemTower]:
 
 def scores(user: UserTower, item: ItemTower) -> torch.Tensor:
     with torch.no_grad():
-        return user(USERS, HISTORIES) @ item(ITEMS, GENRES, YEARS).T
+        return user(USERS) @ item(ITEMS).T
 
 
 def served(scorer: Scorer) -> torch.Tensor:
     with torch.no_grad():
-        return scorer.encode_users(USERS, HISTORIES) @ scorer.encode_items(ITEMS, GENRES, YEARS).T
+        return scorer.encode_users(USERS) @ scorer.encode_items(ITEMS, ROWS).T
 
 
 @pytest.mark.parametrize(
@@ -46,7 +61,7 @@ def test_an_ensemble_of_cosine_members_scores_the_mean_of_their_cosines(cfg):
     assert scorer.output_dim == 12
     torch.testing.assert_close(served(scorer), sum(scores(*m) for m in members) / 3)
     with torch.no_grad():  # still unit vectors: one cosine index serves them
-        norms = scorer.encode_users(USERS, HISTORIES).norm(dim=1)
+        norms = scorer.encode_users(USERS).norm(dim=1)
     torch.testing.assert_close(norms, torch.ones(3))
 
 
@@ -68,7 +83,8 @@ def test_one_member_without_a_prior_serves_the_towers_unchanged():
     user, item = member(TowerConfig(embedding_dim=4), 1)
     scorer = Scorer([(user, item)])
     with torch.no_grad():
-        torch.testing.assert_close(scorer.encode_users(USERS, HISTORIES), user(USERS, HISTORIES))
+        torch.testing.assert_close(scorer.encode_users(USERS), user(USERS))
+        torch.testing.assert_close(scorer.encode_items(ITEMS), item(ITEMS))  # no rows needed
     vectors = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
     assert scorer.item_queries(vectors) is vectors
 
@@ -82,14 +98,21 @@ def test_the_prior_adds_beta_times_the_centred_log_popularity(similarity):
     log_p = ((COUNTS + 1.0) / (COUNTS + 1.0).sum()).log()  # written out apart from the code
     centred = log_p - log_p.mean()
     torch.testing.assert_close(served(scorer), scores(*members[0]) + 0.05 * centred)
-    # An item without an id row (added after training) reads the never-seen entry: count 0.
+    # An item without an id row (added after training, row 20) reads the never-seen entry:
+    # count 0; its tower part is that of its other inputs.
     unseen = (1.0 / (COUNTS + 1.0).sum()).log() - log_p.mean()
+    new_item = {
+        "item_id": torch.tensor([-1]),
+        "genres": ITEMS["genres"][:1],
+        "year": ITEMS["year"][:1],
+    }
     with torch.no_grad():
-        new = scorer.encode_items(
-            torch.tensor([20]), GENRES[:1], YEARS[:1], has_id=torch.tensor([False])
-        )
+        new = scorer.encode_items(new_item, torch.tensor([20]))
+        torch.testing.assert_close(new[0, :-PRIOR_DIMS], members[0][1](new_item)[0])
     torch.testing.assert_close(new[0, -2], (unseen / 10.0).float())
     assert new[0, -1] == 0.0
+    with pytest.raises(ValueError, match="a popularity prior needs the items' rows"):
+        scorer.encode_items(ITEMS)
 
 
 def test_an_ensemble_with_a_prior_adds_it_once_and_items_query_as_users():
@@ -102,8 +125,8 @@ def test_an_ensemble_with_a_prior_adds_it_once_and_items_query_as_users():
     expected = 0.3 * scores(*members[0]) + 0.7 * scores(*members[1]) + prior
     torch.testing.assert_close(served(scorer), expected)
     with torch.no_grad():
-        items = scorer.encode_items(ITEMS, GENRES, YEARS).numpy()
-        users = scorer.encode_users(USERS, HISTORIES).numpy()
+        items = scorer.encode_items(ITEMS, ROWS).numpy()
+        users = scorer.encode_users(USERS).numpy()
     queries = scorer.item_queries(items)
     np.testing.assert_array_equal(
         queries[:, -PRIOR_DIMS:], np.repeat(users[:1, -PRIOR_DIMS:], 9, 0)
@@ -127,9 +150,7 @@ def test_bad_members_weights_and_priors_are_named():
         Scorer(pair, weights=[1.0, 1.0, 1.0])
     with pytest.raises(ValueError, match=r"expected positive weights, got \[1.0, 0.0\]"):
         Scorer(pair, weights=[1.0, 0.0])
-    bigger = FeatureSpec(
-        num_users=7, num_items=9, num_genres=3, num_year_buckets=4, history_length=4
-    )
+    bigger = FeatureSpec(USER_INPUTS, ITEM_INPUTS, num_users=7, num_items=9)
     with pytest.raises(ValueError, match="member 1's user tower is built for other data"):
         Scorer([pair[0], (UserTower(bigger, cfg), ItemTower(bigger, cfg))])
     dot = member(TowerConfig(embedding_dim=4, similarity="dot"), 3)
