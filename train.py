@@ -300,7 +300,9 @@ def _features(cfg: DictConfig, source: Source) -> FeaturesConfig:
     return FeaturesConfig(**sides)
 
 
-def _prepare_data(cfg: DictConfig) -> InteractionDataModule:
+def prepare_data(cfg: DictConfig) -> InteractionDataModule:
+    """The data config's datamodule with its features (declared or inferred), set up: what
+    train() trains on (tests and benchmarks use it too)."""
     source = instantiate(cfg.data.source)
     datamodule: InteractionDataModule = instantiate(cfg.data, source=source)
     datamodule.features = _features(cfg, source)  # not through instantiate: it stays a dataclass
@@ -410,7 +412,7 @@ def _evaluate(bundle_dir: Path, data: PreparedData, ks) -> dict[str, float]:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, select on validation, refit, export, evaluate on test. Returns the metrics it writes."""
     output_dir = _start_run(cfg)
-    datamodule = _prepare_data(cfg)
+    datamodule = prepare_data(cfg)
     data = datamodule.data
     selected, metrics = _select(cfg, datamodule, output_dir)
     scorer = _served_scorer(cfg, selected, data, metrics, output_dir)

@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = train_module.compose([*overrides, "paths.output_dir=/tmp/unused"])
         torch.manual_seed(cfg.seed)
         started = time.perf_counter()
-        datamodule = train_module._prepare_data(cfg)  # the declared features fitted, as train.py
+        datamodule = train_module.prepare_data(cfg)  # the declared features fitted, as train.py
         data: PreparedData = datamodule.data
         prepare_seconds = time.perf_counter() - started
         print(

@@ -626,11 +626,12 @@ def build_bundle(path: Path, args) -> None:
     from towers import Scorer
 
     started = time.perf_counter()
-    user_tower, item_tower, items_df, users_df = synthetic_tables(
+    user_tower, item_tower, features, items_df, users_df = synthetic_tables(
         args.items, "clustered", seed=args.items
     )
     config = {**INDEXES[args.index], "device": "cpu", "sweep_k": 100, "sweep_queries": 500}
-    export_bundle(path, Scorer([(user_tower, item_tower)]), items_df, users_df, index_config=config)
+    scorer = Scorer([(user_tower, item_tower)])
+    export_bundle(path, scorer, features, items_df, users_df, index_config=config)
     print(f"bundle: {args.items:,} items ({args.index}), {time.perf_counter() - started:.1f} s")
 
 

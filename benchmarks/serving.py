@@ -9,9 +9,10 @@ What is measured, and on what:
 - Vectors are synthetic, not from a trained model: `clustered` (default) draws each item
   around one of N/50 random centres on the unit sphere (noise as large as the centre), which
   is closer to trained embeddings than `random` (i.i.d. unit vectors, the hardest case for any
-  ANN index; `--vectors random`). They are written into real towers (item-id and history
-  embeddings, cosine similarity) and exported with `export_bundle`, so the bundle, the operating
-  point sweep and the `Recommender` are the production ones. Users: 10,000, each with a 20-item
+  ANN index; `--vectors random`). They are written into real towers (declared features: the
+  item id, the user id and the user's history, cosine similarity; the id features fitted on the
+  tables) and exported with `export_bundle`, so the bundle, the operating point sweep and the
+  `Recommender` are the production ones. Users: 10,000, each with a 20-item
   history from their own cluster (also their seen items, excluded from results).
 - build: `build_index` (train + add); bytes/item: FAISS's serialised index size / items.
 - faiss b1: `index.search` of one user vector, k=10, with the bundle's chosen setting, on one
@@ -50,6 +51,12 @@ import numpy as np
 import polars as pl
 import torch
 
+from features.fitted import FittedFeatures
+from features.fitting import FittedSide
+from features.schema import ITEM_ID, TITLE, USER_ID
+from features.serving import CONTENT_ONLY, SEEN
+from features.serving import HISTORY as HISTORY_COLUMN
+from features.spec import FeaturesConfig, HistoryFeature, IdFeature, SideFeatures
 from serve import Recommender, export_bundle
 from serve.index import build_index, index_bytes, search_parameters, set_search_threads
 from serve.sweep import exact_neighbours, recall_at_k
@@ -61,6 +68,13 @@ DIM = 64
 NUM_USERS = 10_000
 HISTORY = 20
 K = 10
+# What the towers read (what conf/features/*.yaml declares for a source without side tables).
+FEATURES = FeaturesConfig(
+    user=SideFeatures(
+        "user", (IdFeature("user", "user_id"), HistoryFeature("user", "history", length=HISTORY))
+    ),
+    item=SideFeatures("item", (IdFeature("item", "item_id"),)),
+)
 INDEXES = {  # name → conf/index settings (the shipped files' factories)
     "flat": {"factory": "Flat"},
     "ivf": {"factory": "IVF{nlist},Flat"},
@@ -99,23 +113,12 @@ def item_vectors(
 
 
 def synthetic_tables(num_items: int, kind: str, seed: int = 0, clusters: int | None = None):
+    """(user tower, item tower, fitted features, items_df, users_df): `item_vectors` planted as
+    the item id embeddings and the history's table (read as they are: no projection), each user's
+    id embedding the unit mean of their history; the tables in features.serving's layout, every
+    row a training row (so every id has an embedding row)."""
     rng = np.random.default_rng(seed)
     xb, cluster = item_vectors(num_items, kind, rng, clusters)
-    spec = FeatureSpec(
-        num_users=NUM_USERS,
-        num_items=num_items,
-        num_genres=0,
-        num_year_buckets=2,
-        history_length=HISTORY,
-    )
-    cfg = TowerConfig(
-        embedding_dim=DIM,
-        similarity="cosine",
-        history_projection=False,  # the history reads the item vectors as they are
-        use_genres=False,
-        use_year=False,
-    )
-    user_tower, item_tower = UserTower(spec, cfg), ItemTower(spec, cfg)
     # Each user: a history of items from one cluster (found by sorting items by cluster).
     clusters = int(cluster.max()) + 1
     by_cluster = np.argsort(cluster, kind="stable")
@@ -124,27 +127,45 @@ def synthetic_tables(num_items: int, kind: str, seed: int = 0, clusters: int | N
     user_cluster = rng.choice(np.flatnonzero(sizes >= HISTORY), size=NUM_USERS)
     offsets = rng.integers(0, sizes[user_cluster] - HISTORY + 1)
     histories = by_cluster[(starts[user_cluster] + offsets)[:, None] + np.arange(HISTORY)]  # (U, H)
-    with torch.no_grad():
-        item_tower.item_embedding.weight[:num_items].copy_(torch.from_numpy(xb))
-        user_tower.history_embedding.weight[:num_items].copy_(torch.from_numpy(xb))
-        user_tower.user_embedding.weight.copy_(torch.from_numpy(unit(xb[histories].mean(1))))
     history_list = pl.Series(histories.tolist(), dtype=pl.List(pl.Int64))
     items_df = pl.DataFrame(
         {
-            "item_id": np.arange(num_items, dtype=np.int64),
-            "title": pl.repeat(None, num_items, dtype=pl.String, eager=True),
-            "genre_ids": pl.repeat([], num_items, dtype=pl.List(pl.Int64), eager=True),
-            "year_bucket": np.zeros(num_items, dtype=np.int64),
+            ITEM_ID: np.arange(num_items, dtype=np.int64),
+            TITLE: pl.repeat(None, num_items, dtype=pl.String, eager=True),
+            CONTENT_ONLY: np.zeros(num_items, dtype=bool),
         }
     )
     users_df = pl.DataFrame(
         {
-            "user_id": np.arange(NUM_USERS, dtype=np.int64),
-            "history": history_list,
-            "seen": history_list,
+            USER_ID: np.arange(NUM_USERS, dtype=np.int64),
+            HISTORY_COLUMN: history_list,
+            SEEN: history_list,
         }
     )
-    return user_tower, item_tower, items_df, users_df
+    features = FittedFeatures(
+        FittedSide.fit(FEATURES.user, users_df, None, "the synthetic users"),
+        FittedSide.fit(FEATURES.item, items_df, None, "the synthetic items"),
+    )
+    spec = FeatureSpec(
+        user_inputs=features.user_inputs(),
+        item_inputs=features.item.inputs(),
+        num_users=NUM_USERS,
+        num_items=num_items,
+    )
+    cfg = TowerConfig(
+        embedding_dim=DIM,
+        similarity="cosine",
+        history_projection=False,  # the history reads the item vectors as they are
+    )
+    user_tower, item_tower = UserTower(spec, cfg), ItemTower(spec, cfg)
+    item_codes = torch.from_numpy(features.item.transform(items_df)["item_id"])  # (I,) id rows
+    user_codes = torch.from_numpy(features.user.transform(users_df)["user_id"])  # (U,) id rows
+    with torch.no_grad():
+        item_tower.encoders["item_id"].table.weight[item_codes] = torch.from_numpy(xb)
+        user_tower.encoders["history"].table.weight[item_codes] = torch.from_numpy(xb)
+        user_rows = torch.from_numpy(unit(xb[histories].mean(1)))  # (U, D)
+        user_tower.encoders["user_id"].table.weight[user_codes] = user_rows
+    return user_tower, item_tower, features, items_df, users_df
 
 
 # -- in-process measurements ---------------------------------------------------------------------
@@ -343,7 +364,7 @@ def run_size(num_items: int, names: list[str], args, workdir: Path, rng) -> list
     shape = f", {args.clusters} clusters" if args.clusters and args.vectors == "clustered" else ""
     print(f"\n== {num_items:,} items ({args.vectors} vectors{shape}) ==", flush=True)
     started = time.perf_counter()
-    user_tower, item_tower, items_df, users_df = synthetic_tables(
+    user_tower, item_tower, features, items_df, users_df = synthetic_tables(
         num_items, args.vectors, seed=num_items, clusters=args.clusters
     )
     print(f"   tables and towers: {time.perf_counter() - started:.1f}s", flush=True)
@@ -352,9 +373,8 @@ def run_size(num_items: int, names: list[str], args, workdir: Path, rng) -> list
         config = {**INDEXES[name], "device": "cpu", "sweep_k": 100, "sweep_queries": 500}
         path = workdir / f"{name}-{num_items}"
         started = time.perf_counter()
-        export_bundle(
-            path, Scorer([(user_tower, item_tower)]), items_df, users_df, index_config=config
-        )
+        scorer = Scorer([(user_tower, item_tower)])
+        export_bundle(path, scorer, features, items_df, users_df, index_config=config)
         export_s = time.perf_counter() - started
         recommender = Recommender.load(path, cache_user_vectors=False)
         vectors = recommender.item_vectors

@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> dict:
         ]  # fmt: skip
     overrides = [*overrides, *args.override, "paths.output_dir=/tmp/unused"]
     cfg = train.compose(overrides)
-    datamodule = train._prepare_data(cfg)  # the declared features fitted, as train.py
+    datamodule = train.prepare_data(cfg)  # the declared features fitted, as train.py
     data = datamodule.data
     batches = fixed_batches(datamodule, args.steps)
     examples = _examples(batches, args.warmup)

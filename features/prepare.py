@@ -284,7 +284,7 @@ def _encoded_splits(
     warm = cold.is_null() & (pl.col(USER) < num_train_users)
     parts = {name: encoded.filter(warm & (pl.col(schema.SPLIT) == name)) for name in SPLIT_NAMES}
     if COLD in encoded.columns:
-        parts["items"] = encoded.filter(cold == "item")
+        parts["items"] = encoded.filter((cold == "item") & (pl.col(USER) < num_train_users))
         parts["users"] = encoded.filter(cold == "user")
     return parts
 

@@ -326,6 +326,9 @@ class FeaturesConfig:
     @classmethod
     def parse(cls, config: Mapping[str, Any]) -> FeaturesConfig:
         """From a config mapping ({user: {combine, features: {name: {kind, ...}}}, item: ...})."""
+        if config.get("auto"):
+            raise FeatureSpecError("user", None, "auto", True,
+                                   "an inferred spec comes from the tables (train.py), not a parse")  # fmt: skip
         unknown = set(config) - set(SIDES) - {"auto"}
         if unknown:
             raise FeatureSpecError(sorted(unknown)[0], None, None, sorted(unknown),

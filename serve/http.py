@@ -163,6 +163,7 @@ def _add_recommend_routes(app: FastAPI, service: Service, batcher: Batcher, limi
                 body.k,
                 body.exclude_seen,
                 history=body.history,
+                features=body.features,
                 exclude=body.exclude,
                 filters=body.filters,
             )
@@ -181,6 +182,7 @@ def _add_recommend_routes(app: FastAPI, service: Service, batcher: Batcher, limi
             body.k,
             body.exclude_seen,
             histories=body.histories,
+            features=body.features,
             exclude=body.exclude,
             filters=body.filters,
         )

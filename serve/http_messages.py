@@ -63,6 +63,14 @@ Filters = Annotated[
     Field(description='item attributes: {column: value or [values]}, e.g. {"genres": "Comedy"}'),
 ]
 
+# A user the bundle does not know, described by the users table's columns.
+UserFeatures = Annotated[
+    dict[str, FilterValue | None] | None,
+    Field(
+        description='user features for a user unseen in training: {column: value}, e.g. {"age": 31}'
+    ),
+]
+
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -96,13 +104,19 @@ def request_models(limits: Limits) -> RequestModels:
         k: K = 10
         exclude_seen: bool = True
         history: History = None
+        features: UserFeatures = None
         exclude: Exclude = None
         filters: Filters = None
 
         @property
         def plain(self) -> bool:
             """A known user's id, k and exclude_seen only: what the Batcher coalesces."""
-            return self.history is None and self.exclude is None and not self.filters
+            return (
+                self.history is None
+                and self.features is None
+                and self.exclude is None
+                and not self.filters
+            )
 
     class BatchRecommendRequest(_Body):
         user_ids: list[RawId] = Field(min_length=1, max_length=limits.max_batch)
@@ -110,6 +124,9 @@ def request_models(limits: Limits) -> RequestModels:
         exclude_seen: bool = True
         histories: list[ItemIds | None] | None = Field(
             None, max_length=limits.max_batch, description="one history (or null) per user"
+        )
+        features: list[UserFeatures] | None = Field(
+            None, max_length=limits.max_batch, description="one user's features (or null) per user"
         )
         exclude: Exclude = None
         filters: Filters = None

@@ -24,7 +24,7 @@ class _Answer(BaseModel):
 
 
 AnyId = int | str
-Source = Literal["model", "history", "popularity"]
+Source = Literal["model", "features", "history", "popularity"]  # serve.users.Source
 
 
 class Item(_Answer):

@@ -5,7 +5,7 @@ rows, titles, filters, popularity), the user store (serve.users: user ids, histo
 items, user vectors, users the bundle does not know as `cold_start` says) and the search
 (serve.search: the best k eligible rows per query vector, exactly k whenever k eligible items
 exist). It turns requests into their calls, and their answers into results, which say in
-`.source` where they came from ("model", "history" or "popularity"). Offline evaluation goes
+`.source` where they came from (serve.users.Source). Offline evaluation goes
 through `top_k`, the same path as `recommend`.
 """
 
@@ -21,7 +21,6 @@ from serve.bundle import Bundle
 from serve.catalogue import EMPTY, Catalogue
 from serve.errors import RequestError, check_k
 from serve.index import resolve_device
-from serve.inputs import UserInputs, item_codes, item_inputs
 from serve.search import Search
 from serve.users import COLD_START, Source, UserStore
 from serve.versions import read_bundle
@@ -39,8 +38,8 @@ class Recommendation(NamedTuple):
 
 
 class Recommendations(list):
-    """A list of `Recommendation`s that also says where it came from: `source` is "model" (the
-    towers on a known user), "history" (the user tower on a given history) or "popularity"."""
+    """A list of `Recommendation`s that says in `source` where it came from (serve.users.Source:
+    "model", "features", "history" or "popularity")."""
 
     def __init__(self, items=(), source: str = Source.MODEL):
         super().__init__(items)
@@ -59,12 +58,7 @@ class Recommender:
             raise RequestError("cold_start", cold_start, f"must be one of {COLD_START}")
         device = resolve_device(device or bundle.index_config.device)
         self.bundle, self.cold_start, self.scorer = bundle, cold_start, bundle.scorer
-        codes = item_codes(bundle.features, item_inputs(bundle.features, bundle.items))
-        inputs = UserInputs(bundle.features, bundle.users, codes)
-        num_train_users = bundle.manifest.get("num_train_users")
-        self.users = users = UserStore(
-            bundle.users, bundle.scorer, inputs, cache_user_vectors, num_train_users
-        )
+        self.users = users = UserStore.from_bundle(bundle, cache_user_vectors)
         self.catalogue = catalogue = Catalogue(bundle.items, users.seen_items)
         self.search = Search(
             bundle.index, bundle.item_vectors, catalogue.active, bundle.search_params, device
@@ -91,11 +85,9 @@ class Recommender:
         *,
         verify: str = "full",
     ) -> Recommender:
-        """`device` overrides the bundle's `index.device` (auto | cpu | gpu); `cache_user_vectors`
-        encodes every known user once at load (U x D floats) instead of at each request: True,
-        False, or None to cache when that table is at most serve.users.USER_CACHE_AUTO_BYTES.
-        `verify`: each file checked against the manifest's size and sha256 first ("full"), its
-        size alone ("size", for very large indexes), or not at all ("off")."""
+        """`device` overrides the bundle's `index.device` (auto | cpu | gpu); `cache_user_vectors`:
+        encode every known user at load (True), never (False), or up to USER_CACHE_AUTO_BYTES
+        (None); `verify`: each file's size and sha256 ("full"), size ("size") or nothing ("off")."""
         return cls(read_bundle(path, verify=verify), cold_start, device, cache_user_vectors)
 
     @property
@@ -136,15 +128,11 @@ class Recommender:
         exclude: raw item ids never to return. filters: `{column: value or [values]}` over the
         item table."""
         histories = None if history is None else [history]
+        described = None if features is None else [features]
         return self.recommend_many(
-            [user_id],
-            k,
-            exclude_seen,
-            histories=histories,
-            features=None if features is None else [features],
-            exclude=exclude,
+            [user_id], k, exclude_seen, histories=histories, features=described, exclude=exclude,
             filters=filters,
-        )[0]
+        )[0]  # fmt: skip
 
     def recommend_many(
         self,
@@ -162,18 +150,13 @@ class Recommender:
         histories, features: one per user (None = the stored one / none); exclude and filters
         apply to all."""
         check_k(k)
-        if (
-            len(user_ids) == 1
-            and histories is None
-            and features is None
-            and not exclude
-            and not filters
-        ):
+        plain = histories is None and features is None and not exclude and not filters
+        if len(user_ids) == 1 and plain:
             user = self.users.index_of(user_ids[0])
             if user is not None:  # the hot path: a known user, nothing but their seen items out
                 seen = self.users.seen(user) if exclude_seen else EMPTY
                 rows, scores = self.search.nearest_one(self.users.known_user_vector(user), k, seen)
-                return [self._recommendations(rows, scores, Source.MODEL)]
+                return [self._recommendations(rows, scores, self.users.stored_source(user))]
         for name, given in (("histories", histories), ("features", features)):
             if given is not None and len(given) != len(user_ids):
                 raise RequestError(name, given, f"must hold one per user ({len(user_ids)} users)")
@@ -246,16 +229,7 @@ class Recommender:
         for start in range(0, len(users), chunk):
             part = users[start : start + chunk]
             given = None if histories is None else histories[start : start + chunk]
-            exclude = [self.users.seen(u) for u in part] if exclude_seen else None
-            if exclude is not None and given is not None:
-                exclude = [
-                    np.concatenate([e, g[g < self.num_items]]) for e, g in zip(exclude, given, strict=True)
-                ]
-            vectors = (
-                self.users.known_user_vectors(part)
-                if given is None
-                else self.users.encode_users(part, given)
-            )
+            vectors, exclude = self.users.ranked(part, given, exclude_seen)
             found = self.search.nearest(vectors, k, exclude, item_filter)
             scores.append(found[0])
             rows.append(found[1])

@@ -26,9 +26,10 @@ from features import serving
 from features.arrays import padded_rows
 from features.schema import USER_ID
 from features.vocab import Vocabulary
+from serve.bundle import Bundle
 from serve.catalogue import EMPTY, IdLookup
 from serve.errors import UnknownUserError
-from serve.inputs import UserInputs
+from serve.inputs import UserInputs, item_codes, item_inputs
 from towers.scoring import Scorer
 
 
@@ -73,6 +74,14 @@ class UserStore:
         self.seen_items = seen.explode().drop_nulls().to_numpy().astype(np.int64)
         self.user_vectors = self._cached_vectors(cache_user_vectors)  # (U, D) or None
 
+    @classmethod
+    def from_bundle(cls, bundle: Bundle, cache_user_vectors: bool | None) -> UserStore:
+        """The users of a bundle, their inputs through its fitted features."""
+        codes = item_codes(bundle.features, item_inputs(bundle.features, bundle.items))
+        inputs = UserInputs(bundle.features, bundle.users, codes)
+        num_train_users = bundle.manifest.get("num_train_users")
+        return cls(bundle.users, bundle.scorer, inputs, cache_user_vectors, num_train_users)
+
     def _cached_vectors(self, cache: bool | None) -> np.ndarray | None:
         if cache is None:
             cache = len(self.user_vocab) * self.scorer.output_dim * 4 <= USER_CACHE_AUTO_BYTES
@@ -110,7 +119,7 @@ class UserStore:
         if user is not None:
             if given is not None:
                 return user, Source.HISTORY
-            return user, Source.MODEL if user < self.num_train_users else Source.FEATURES
+            return user, self.stored_source(user)
         if cold_start != "error" and given is not None and len(given):
             return None, Source.HISTORY
         if cold_start != "error" and features:
@@ -118,6 +127,11 @@ class UserStore:
         if cold_start == "popularity":
             return None, Source.POPULARITY
         raise UnknownUserError(user_id, len(self.user_vocab))
+
+    def stored_source(self, user: int) -> Source:
+        """What serves a known user from their stored features: the model with their id, or
+        their features alone (a user the table holds without training interactions)."""
+        return Source.MODEL if user < self.num_train_users else Source.FEATURES
 
     def seen(self, user: int) -> np.ndarray:
         """Item rows a known user has seen."""
@@ -137,6 +151,20 @@ class UserStore:
         users = np.asarray(users, dtype=np.int64)
         given = None if histories is None else np.asarray(histories)
         return self.scorer.encode_users(self.inputs(users, given)).float().numpy()
+
+    def ranked(self, users: np.ndarray, histories: np.ndarray | None, exclude_seen: bool):
+        """(vectors (U, D), rows to leave out or None) of known users by row: from their stored
+        features, or `histories` (U, L) item rows given (left out too, like seen items)."""
+        if histories is None:
+            vectors = self.known_user_vectors(users)
+            return vectors, [self.seen(u) for u in users] if exclude_seen else None
+        vectors = self.encode_users(users, histories)
+        if not exclude_seen:
+            return vectors, None
+        given = [h[h < self.history_pad] for h in histories]
+        return vectors, [
+            np.concatenate([self.seen(u), g]) for u, g in zip(users, given, strict=True)
+        ]
 
     def known_user_vectors(self, users: np.ndarray) -> np.ndarray:
         """Vectors (U, D) of known users from their stored features: the cache, or the tower."""
@@ -177,7 +205,9 @@ class UserStore:
         stored = self.histories[torch.from_numpy(rows)]
         given = torch.stack(
             [
-                stored[i] if history is None else self.history_tensor([history])[0]
+                stored[i]
+                if history is None and known[i]
+                else self.history_tensor([EMPTY if history is None else history])[0]
                 for i, history in enumerate(histories)
             ]
         ).numpy()  # (U, L) item rows

@@ -17,7 +17,7 @@ import quality
 
 @pytest.mark.slow  # one training run through train.train (about 10 s on 2 cores)
 def test_popularity_and_twotower_rows_match_train_py(tmp_path):
-    datamodule = train._prepare_data(compose_config(tmp_path / "unused"))
+    datamodule = train.prepare_data(compose_config(tmp_path / "unused"))
     popularity = quality.run_popularity(datamodule.data)
 
     overrides = [o for o in TINY if not o.startswith("trainer.max_epochs=")]

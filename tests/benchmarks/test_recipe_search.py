@@ -49,7 +49,7 @@ def test_prepare_writes_the_split_train_py_trains_on(prepared):
     assert meta["mask_target_in_history"] is True
     assert meta["model"]["negatives"]["num_negatives"] == 64
     assert not any(name.startswith("test") for name in tensors)  # a search never sees test
-    data = train._prepare_data(compose_config(prepared / "unused")).data
+    data = train.prepare_data(compose_config(prepared / "unused")).data
     assert meta["features"] == meta["prepared"] == data.features.config.to_config()
     assert torch.equal(tensors["train"].long(), torch.from_numpy(data.train))
     for side, inputs in (("user", data.user_inputs), ("item", data.item_inputs)):

@@ -20,7 +20,7 @@ STEPS, WARMUP = 5, 2
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     cfg = compose_config(tmp_path_factory.mktemp("speed"))
-    datamodule = train._prepare_data(cfg)
+    datamodule = train.prepare_data(cfg)
     return cfg, datamodule.data, train_speed.fixed_batches(datamodule, STEPS)
 
 

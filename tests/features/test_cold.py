@@ -10,7 +10,7 @@ import pytest
 
 from features.prepare import HeldOut, PreparedData, prepare
 from features.serving import CONTENT_ONLY, item_table
-from features.spec import FeaturesConfig
+from features.spec import FeaturesConfig, SideFeatures
 from features.split import COLD, TemporalSplit
 
 WARM = TemporalSplit(val_ratio=0.15, test_ratio=0.15)
@@ -88,10 +88,11 @@ def _items(rare: dict[int, str] | None = None, price: dict[int, float] | None = 
 
 
 def _users(age: dict[int, float] | None = None) -> pl.DataFrame:
+    """Countries and ages by id (user 11 has no interaction); `age` overrides some ages."""
     ids = [*USERS, 11]
     ages = [20.0 + u if u not in (age or {}) else age[u] for u in ids]
-    return pl.DataFrame({"user_id": ids, "country": [["fr", "de", "it"][u % 3] for u in ids],
-                         "age": ages})  # fmt: skip
+    countries = [["fr", "de", "it"][u % 3] for u in ids]
+    return pl.DataFrame({"user_id": ids, "country": countries, "age": ages})
 
 
 def _split_frame(split: TemporalSplit) -> pl.DataFrame:
@@ -117,15 +118,11 @@ def _raw_pairs(data: PreparedData, held_out: HeldOut) -> list[tuple]:
 
 
 def _categorical_codes(values: list, vocabulary: list) -> list[int]:
-    """A categorical input with one OOV bucket: vocabulary row, else the bucket, else missing."""
-    return [
-        len(vocabulary) + 1
-        if v is None
-        else vocabulary.index(v)
-        if v in vocabulary
-        else len(vocabulary)
-        for v in values
-    ]
+    """A categorical input with one OOV bucket: the vocabulary row, else the bucket, else (no
+    value) the missing row."""
+    bucket, missing = len(vocabulary), len(vocabulary) + 1
+    codes = {v: row for row, v in enumerate(vocabulary)}
+    return [missing if v is None else codes.get(v, bucket) for v in values]
 
 
 def _z(values: np.ndarray, training: np.ndarray) -> np.ndarray:
@@ -237,6 +234,17 @@ def test_cold_users_have_rows_past_the_training_users_read_from_their_table(cold
     np.testing.assert_allclose(data.user_inputs["age"][rows, 0], z, rtol=1e-6)
 
 
+def test_cold_users_have_rows_without_a_users_table():
+    ids_only = FeaturesConfig(SideFeatures("user", FEATURES.user.features[:2]), FEATURES.item)
+    data = prepare(Tables(_interactions(), _items(), None), COLD_SPLIT, ids_only)
+    split_df = _split_frame(COLD_SPLIT)
+    cold_users = sorted(_ids(split_df, "user_id", ("user", "both")))
+    trained = sorted(set(split_df.filter(pl.col("split") == "train")["user_id"].to_list()))
+    assert data.user_vocab.frame["raw_id"].to_list() == trained + cold_users
+    expected = split_df.filter(pl.col(COLD) == "user").select("user_id", "item_id").rows()
+    assert expected and sorted(_raw_pairs(data, data.cold["users"])) == sorted(expected)
+
+
 # --- fitting sees the training rows only -------------------------------------------------------
 
 
@@ -257,12 +265,12 @@ def test_fitting_sees_the_training_rows_only():
     assert data.item_inputs["shelf"][row] == len(shelves)  # the OOV bucket
     prices = train_items_df["price"].to_numpy()
     price = _state(data, "item", "price")
-    assert price["mean"] == pytest.approx(prices.mean()) and price["std"] == pytest.approx(
-        prices.std()
-    )
+    assert price["mean"] == pytest.approx(prices.mean())
+    assert price["std"] == pytest.approx(prices.std())
 
     trained_users = split_df.filter(pl.col("split") == "train")["user_id"].unique()
     ages = users_df.filter(pl.col("user_id").is_in(trained_users.implode()))["age"].to_numpy()
     age = _state(data, "user", "age")
-    assert age["mean"] == pytest.approx(ages.mean()) and age["std"] == pytest.approx(ages.std())
+    assert age["mean"] == pytest.approx(ages.mean())
+    assert age["std"] == pytest.approx(ages.std())
     assert _state(data, "user", "user_id")["vocabulary"] == sorted(trained_users.to_list())

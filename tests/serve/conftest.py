@@ -107,24 +107,33 @@ def planted_tables(
     return items_df, users_df, item_cluster, user_cluster
 
 
-def planted_features(items_df: pl.DataFrame, users_df: pl.DataFrame) -> FittedFeatures:
-    """FEATURES fitted on the planted tables, every row a training row, each row's count its
-    interactions in the seen lists: every user and item has an id row, and the genre
-    vocabulary is sorted ("g0".."g5" are rows 0..5)."""
+def planted_features(
+    items_df: pl.DataFrame,
+    users_df: pl.DataFrame,
+    config: FeaturesConfig = FEATURES,
+    num_train_users: int = NUM_USERS,
+) -> FittedFeatures:
+    """`config` fitted on the planted tables, every item and the first `num_train_users` users
+    training rows, each row's count its interactions in the seen lists. With the defaults every
+    user and item has an id row, and the genre vocabulary is sorted ("g0".."g5" are rows
+    0..5)."""
     seen = np.concatenate(users_df[SEEN].to_list())  # (n,) item rows
     item_counts = np.bincount(seen, minlength=items_df.height)  # (I,)
-    user_counts = users_df[SEEN].list.len().to_numpy()  # (U,)
+    train_users_df = users_df.head(num_train_users)
+    user_counts = train_users_df[SEEN].list.len().to_numpy()  # (U',)
     return FittedFeatures(
-        FittedSide.fit(FEATURES.user, users_df, user_counts, "the planted users"),
-        FittedSide.fit(FEATURES.item, items_df, item_counts, "the planted items"),
+        FittedSide.fit(config.user, train_users_df, user_counts, "the planted users"),
+        FittedSide.fit(config.item, items_df, item_counts, "the planted items"),
     )
 
 
 def _plant(table: torch.nn.Embedding, rows: np.ndarray, at: np.ndarray | None = None) -> None:
-    """Table rows `at` (default 0..len(rows)-1) set to `rows`."""
+    """Table rows `at` (default 0..len(rows)-1; -1: no row, skipped) set to `rows`."""
     at = np.arange(len(rows)) if at is None else at
     with torch.no_grad():
-        table.weight[torch.as_tensor(at)] = torch.as_tensor(rows, dtype=torch.float32)
+        table.weight[torch.as_tensor(at[at >= 0])] = torch.as_tensor(
+            rows[at >= 0], dtype=torch.float32
+        )
 
 
 def planted_towers(
@@ -137,9 +146,10 @@ def planted_towers(
 ) -> tuple[UserTower, ItemTower]:
     """Tiny towers with weights planted from random clustered vectors instead of trained: an
     item's id embedding is its cluster's centre plus noise, genre g{c}'s embedding half of
-    centre c, each year bucket a little noise, a user's id embedding their cluster's centre plus
-    noise, and the history table is the item id table (no projection). Items and users of a
-    cluster thus point alike."""
+    centre c, each year bucket a little noise, a user's id embedding (where they have an id row)
+    their cluster's centre plus noise, and the history table is the item id table (no
+    projection); an input of `features` not named here keeps its random initial weights. Items
+    and users of a cluster thus point alike."""
     spec = FeatureSpec(
         user_inputs=features.user_inputs(),
         item_inputs=features.item.inputs(),
@@ -154,8 +164,7 @@ def planted_towers(
         return scale * rng.normal(size=(rows, EMBEDDING_DIM)) / np.sqrt(EMBEDDING_DIM)
 
     item_codes = features.item.transform(items_df)["item_id"]  # (I,) id rows
-    user_codes = features.user.transform(users_df)["user_id"]  # (U,) id rows
-    assert (item_codes >= 0).all() and (user_codes >= 0).all(), "every planted id has a row"
+    user_codes = features.user.transform(users_df)["user_id"]  # (U,) id rows, -1: none
     item_rows = centres[item_cluster] + noise(NUM_ITEMS, 0.8)
     _plant(item.encoders["item_id"].table, item_rows, item_codes)  # the padding row stays zero
     _plant(item.encoders["genres"].table, 0.5 * centres)  # the padding row (g5 + 1) stays zero

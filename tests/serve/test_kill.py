@@ -62,7 +62,10 @@ def write_and_die(operation, point, path):
         update_items(path, remove=[read_bundle(path).items["item_id"][0]])
     else:
         bundle = read_bundle(source)
-        export_bundle(path, bundle.scorer, bundle.items, bundle.users, index_config={"factory": "Flat"})
+        export_bundle(
+            path, bundle.scorer, bundle.features, bundle.items, bundle.users,
+            index_config={"factory": "Flat"},
+        )
 
 
 statuses = {}
