@@ -131,7 +131,7 @@ def _merge_log(earlier: pl.DataFrame, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _build_model(cfg: DictConfig, data: PreparedData) -> TwoTowerModule:
+def build_model(cfg: DictConfig, data: PreparedData) -> TwoTowerModule:
     catalogue = ItemCatalogue(
         inputs={name: torch.from_numpy(a) for name, a in data.item_inputs.items()},
         counts=torch.from_numpy(data.item_counts),
@@ -169,7 +169,7 @@ def _refit(
     L.seed_everything(seed, workers=True)
     datamodule: InteractionDataModule = instantiate(cfg.data, seed=seed)
     datamodule.data = data.with_validation_merged()
-    model = _build_model(cfg, datamodule.data)
+    model = build_model(cfg, datamodule.data)
     # One directory per epoch count and seed: a refit resumes only towards the same schedule (a
     # resumed selection that picks another epoch count starts its refit afresh).
     name = f"refit-{epochs}" if seed == cfg.seed else f"refit-{epochs}-seed{seed}"
@@ -282,7 +282,7 @@ def _start_run(cfg: DictConfig) -> Path:
     return output_dir
 
 
-def _features(cfg: DictConfig, source: Source) -> FeaturesConfig:
+def features_config(cfg: DictConfig, source: Source) -> FeaturesConfig:
     """The declared features (conf/features), or with `auto` those inferred from the source's
     tables (printed, ready to paste into a config file); a side declared as well wins."""
     config = OmegaConf.to_container(cfg.features, resolve=True) if cfg.get("features") else {}
@@ -305,7 +305,8 @@ def prepare_data(cfg: DictConfig) -> InteractionDataModule:
     train() trains on (tests and benchmarks use it too)."""
     source = instantiate(cfg.data.source)
     datamodule: InteractionDataModule = instantiate(cfg.data, source=source)
-    datamodule.features = _features(cfg, source)  # not through instantiate: it stays a dataclass
+    # Set apart from instantiate, which would turn the dataclass into a config node.
+    datamodule.features = features_config(cfg, source)
     datamodule.setup()
     data = datamodule.data
     log.info(
@@ -325,7 +326,7 @@ def _select(
 ) -> tuple[TwoTowerModule, dict[str, float]]:
     """Fit with validation every epoch; the best epoch's model (on CPU, eval mode), its
     validation metrics, the fit's seconds and the epoch count; training.png drawn."""
-    model = _build_model(cfg, datamodule.data)
+    model = build_model(cfg, datamodule.data)
     callbacks = _instantiate_all(cfg.get("callbacks"))
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=_instantiate_all(cfg.get("logger")) or False

@@ -132,7 +132,7 @@ def prepare(experiment: str | None, out: Path, overrides: list[str]) -> None:
     chosen = [f"experiment={experiment}"] if experiment else []
     cfg = train.compose([*chosen, *overrides])
     source = instantiate(cfg.data.source)
-    declared = train._features(cfg, source)  # what train.py declares (conf/features, or auto)
+    declared = train.features_config(cfg, source)  # what train.py declares (conf/features, or auto)
     datamodule = instantiate(cfg.data, source=source)
     datamodule.features = with_ids(declared)
     datamodule.setup()

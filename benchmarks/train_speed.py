@@ -57,7 +57,7 @@ OVERHEAD_TARGET = 0.10  # Lightning's overhead over the bare loop, at most
 
 def build_model(cfg, data: PreparedData, seed: int):
     L.seed_everything(seed, verbose=False)
-    return train._build_model(cfg, data)  # the catalogue's inputs and the spec, as train.py
+    return train.build_model(cfg, data)  # the catalogue's inputs and the spec, as train.py
 
 
 def fixed_batches(datamodule, steps: int) -> list[dict[str, torch.Tensor]]:

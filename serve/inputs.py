@@ -38,6 +38,11 @@ class UserInputs:
         self.length = features.history_length
         self.pad = len(codes) - 1  # the padding row: num_items
         self.histories = padded(users_df[HISTORY], self.pad, self.length)  # (U, L) item rows
+        # Whether the user tower reads anything a request's features can give (not only an id).
+        id_feature = features.user.spec.of_kind("id")
+        self.describes_users = any(
+            id_feature is None or name != id_feature.name for name in self.tables
+        )
         # The source's user columns: what a request may give for a user the table lacks.
         self.schema = {
             name: dtype for name, dtype in users_df.schema.items() if name not in SERVING_COLUMNS

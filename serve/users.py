@@ -122,7 +122,7 @@ class UserStore:
             return user, self.stored_source(user)
         if cold_start != "error" and given is not None and len(given):
             return None, Source.HISTORY
-        if cold_start != "error" and features:
+        if cold_start != "error" and features and self.inputs.describes_users:
             return None, Source.FEATURES
         if cold_start == "popularity":
             return None, Source.POPULARITY

@@ -283,7 +283,7 @@ def test_each_features_file_declares_both_towers(name):
     item id's table to read."""
     config = _yaml("features", name)
     if config.get("auto"):
-        features = train._features(OmegaConf.create({"features": config}), _Tables())
+        features = train.features_config(OmegaConf.create({"features": config}), _Tables())
         assert features.user.of_kind("history").length == config["history_length"]
         assert features.user.of_kind("categorical").column == "country"
         assert features.item.of_kind("numeric").column == "price"

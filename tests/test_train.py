@@ -189,7 +189,7 @@ def test_a_popularity_prior_is_served_with_the_known_interactions_counts(ensembl
     data = instantiate_data(cfg)
     known = np.bincount(data.before_test[:, 1], minlength=data.num_items) + 1.0
     train_counts = np.bincount(data.train[:, 1], minlength=data.num_items) + 1.0
-    validated = train_module._build_model(cfg, data).scorer.item_prior  # what validation ranks by
+    validated = train_module.build_model(cfg, data).scorer.item_prior  # what validation ranks by
     np.testing.assert_allclose(
         validated[:-1].numpy(),
         np.log(train_counts) - np.log(train_counts).mean(),
