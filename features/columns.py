@@ -20,7 +20,7 @@ READS = {  # the value kinds (see value_kind) a feature kind reads; the first fo
     "categorical": ("str", "int", "bool"),
     "multi_hot": ("list[str]", "list[int]"),
     "numeric": ("float", "int"),
-    "text": ("str",),
+    "text": ("str", "list[str]"),  # a list's values joined by ", " (tags)
 }
 DTYPES = {"str": pl.String, "int": pl.Int64, "bool": pl.Boolean, "float": pl.Float64}
 
@@ -118,9 +118,17 @@ def check_log1p(numbers: np.ndarray, feature: NumericFeature, where: str) -> Non
 
 
 def joined_text(table_df: pl.DataFrame, feature: TextFeature, where: str) -> pl.Series:
-    """Each row's text: the feature's columns joined by its separator, blank ones skipped; null
-    where every column is blank."""
-    parts = [typed_column(table_df, feature, c, where) for c in feature.columns]
+    """Each row's text: the feature's columns joined by its separator, blank ones skipped (a list
+    column's values joined by ", " first); null where every column is blank."""
+    parts = [_as_text(typed_column(table_df, feature, c, where)) for c in feature.columns]
     kept = [pl.when(~missing(part, blank=True)).then(part) for part in parts]
     joined = pl.concat_str(kept, separator=feature.separator, ignore_nulls=True)
     return table_df.select(joined.replace("", None).alias("text"))["text"]
+
+
+def _as_text(series: pl.Series) -> pl.Series:
+    """A str column as it is; a list[str] column's values joined by ", " (an empty list: null)."""
+    if not isinstance(series.dtype, pl.List):
+        return series
+    joined = series.list.drop_nulls().list.join(", ")
+    return joined.replace("", None)

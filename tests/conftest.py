@@ -5,12 +5,16 @@ and the shared datasets folder. torch and FAISS run on one thread here (OMP_NUM_
 from __future__ import annotations
 
 import os
+import tempfile
 
 # One OpenMP thread for torch and FAISS, in this process and the subprocesses tests start (set
 # before either is imported; `OMP_NUM_THREADS=2 pytest` overrides it). The tests' tensors are
 # tiny: on a small machine shared with other jobs, threads wait for each other far longer than
 # they compute (one train() of TINY took 37 s on 2 threads beside a benchmark, 3.5 s on one).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Text vectors are cached on disk (features.text_encoder): in a directory of this session's,
+# not the user's ~/.cache, so a test sees no vectors another run left.
+os.environ["TWOTOWER_CACHE"] = tempfile.mkdtemp(prefix="twotower-test-cache-")
 
 from pathlib import Path
 

@@ -152,5 +152,6 @@ def test_a_user_the_bundle_does_not_know_is_served_from_features(run):
         assert results.source == "features"
         return np.mean([category[r.item_id] == segment for r in results])
 
-    assert share("gaming") > 0.5
-    assert share("hiking") > 0.5
+    shares = {segment: share(segment) for segment in CATEGORIES}
+    assert min(shares.values()) > 0.25, shares  # every segment above chance (one in four)
+    assert np.mean(list(shares.values())) > 0.5, shares

@@ -355,3 +355,15 @@ def test_a_transform_refuses_values_of_another_kind_than_fitted():
         fitted.transform(pl.DataFrame({"genre": ["1"]}), where="request")
     assert (caught.value.path, caught.value.column) == ("request", "genre")
     assert "feature 'genre' (categorical) reads int values" in str(caught.value)
+
+
+def test_a_text_feature_joins_a_list_column_s_values():
+    """Tags (a list column) join the title as "title. tag, tag"; blank parts are skipped."""
+    from features.columns import joined_text
+
+    feature = parse_feature("item", "text", {"kind": "text", "columns": ["title", "tags"]})
+    table = pl.DataFrame(
+        {"title": ["A film", None, " "], "tags": [["pixar", "fun"], ["noir"], None]},
+        schema={"title": pl.String, "tags": pl.List(pl.String)},
+    )
+    assert joined_text(table, feature, "items.csv").to_list() == ["A film. pixar, fun", "noir", None]
