@@ -24,7 +24,7 @@ from features.arrays import csr_by_user, padded_rows
 from features.fitted import FittedFeatures, history_codes, item_codes_of
 from features.fitting import FittedSide, TextEncoderFactory
 from features.sources.base import Source
-from features.spec import FeaturesConfig
+from features.spec import FeaturesConfig, SideFeatures
 from features.split import COLD
 from features.vocab import INDEX, RAW_ID, Vocabulary
 
@@ -160,7 +160,8 @@ def prepare(
     timed = schema.TIMESTAMP in interactions_lf.collect_schema().names()
     split_df = _checked_split(split(interactions_lf).collect(), source.name)
     tables = {"user": source.users(), "item": source.items()}
-    user_vocab, item_vocab, num_train = _vocabularies(split_df, tables)
+    listed = {side: tables[side] if _reads_table(features.side(side)) else None for side in tables}
+    user_vocab, item_vocab, num_train = _vocabularies(split_df, listed)
     by_split = _encoded_splits(split_df, user_vocab, item_vocab, timed, num_train["user"])
     _log_unknown_items(by_split, source.name)
     train, before_test = _pairs(by_split[TRAIN]), _pairs(_before_test(by_split))
@@ -229,8 +230,9 @@ def _vocabularies(
 ) -> tuple[Vocabulary, Vocabulary, dict[str, int]]:
     """(users, items) vocabularies and how many rows of each have training interactions.
 
-    Rows: the ids in the training interactions, sorted, then the others a side table lists or
-    (users) the cold split holds out, sorted: rows exist for them, but the id features (fitted on
+    Rows: the ids in the training interactions, sorted, then the others a side table lists (when
+    its tower reads the table: `tables` holds only those) or (users) the cold split holds out,
+    sorted: rows exist for them, but the id features (fitted on
     training rows) have none, so their vectors come from their other features."""
     train_raw = split_df.filter(pl.col(schema.SPLIT) == TRAIN)
     cold_users = (
@@ -254,6 +256,12 @@ def _vocabularies(
         vocabularies.append(Vocabulary.from_ids(pl.concat([trained, rest]).alias(key)))
         num_train[side] = trained.len()
     return vocabularies[0], vocabularies[1], num_train
+
+
+def _reads_table(side: SideFeatures) -> bool:
+    """Whether a tower reads any column of its side's table besides the id: only then can a row
+    the table lists without interactions be encoded (an item the catalogue can rank)."""
+    return any(f.kind not in ("id", "history") for f in side.features)
 
 
 def _table_ids(table: pl.DataFrame | None, key: str) -> pl.Series | None:

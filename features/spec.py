@@ -106,6 +106,12 @@ def _check_count(feature: Feature, option: str, value: object, minimum: int) -> 
         raise feature.error(option, value, f"expected an integer >= {minimum}")
 
 
+def _check_vocabulary(feature: Feature) -> None:
+    """A vocabulary's options: min_count >= 1, oov_buckets and hash_buckets >= 0."""
+    for option, minimum in (("min_count", 1), ("oov_buckets", 0), ("hash_buckets", 0)):
+        _check_count(feature, option, getattr(feature, option), minimum)
+
+
 def _check_choice(feature: Feature, option: str, value: object, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise feature.error(option, value, f"expected one of {list(choices)}")
@@ -124,9 +130,7 @@ class IdFeature(Feature):
     hash_buckets: int = 0
 
     def check(self) -> None:
-        _check_count(self, "min_count", self.min_count, 1)
-        _check_count(self, "oov_buckets", self.oov_buckets, 0)
-        _check_count(self, "hash_buckets", self.hash_buckets, 0)
+        _check_vocabulary(self)
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -146,9 +150,7 @@ class CategoricalFeature(Feature):
     hash_buckets: int = 0
 
     def check(self) -> None:
-        _check_count(self, "min_count", self.min_count, 1)
-        _check_count(self, "oov_buckets", self.oov_buckets, 0)
-        _check_count(self, "hash_buckets", self.hash_buckets, 0)
+        _check_vocabulary(self)
 
     @property
     def columns(self) -> tuple[str, ...]:

@@ -111,20 +111,27 @@ def scan_ml100k_users(path: str | Path) -> pl.LazyFrame:
     """u.user → user_id, age, gender, occupation, zip_prefix."""
     columns = [schema.USER_ID, AGE, GENDER, OCCUPATION, "zip_code"]
     kinds = {schema.USER_ID: "int", AGE: "int", GENDER: "str", OCCUPATION: "str"}
+    return scan_users(path, columns, kinds, "movielens-100k users", "|", pl.col(OCCUPATION))
+
+
+def scan_users(
+    path: str | Path,
+    columns: list[str],
+    kinds: dict[str, str],
+    what: str,
+    separator: str,
+    occupation: pl.Expr,
+) -> pl.LazyFrame:
+    """A MovieLens users file (Latin-1, zip codes kept as text) → user_id, age, gender,
+    occupation (as `occupation` reads it), zip_prefix."""
     lf = read_delimited(
-        path,
-        columns,
-        kinds,
-        "movielens-100k users",
-        separator="|",
-        encoding="latin-1",
-        strings=["zip_code"],
+        path, columns, kinds, what, separator=separator, encoding="latin-1", strings=["zip_code"]
     )
     return lf.select(
         schema.USER_ID,
         pl.col(AGE).cast(pl.Int32),
         GENDER,
-        OCCUPATION,
+        occupation.alias(OCCUPATION),
         zip_prefix(pl.col("zip_code")).alias(ZIP_PREFIX),
     )
 

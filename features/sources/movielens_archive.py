@@ -33,10 +33,9 @@ from features.sources.movielens_100k import (
     OCCUPATION,
     RATING_COLUMNS,
     RATING_KINDS,
-    ZIP_PREFIX,
     MovieLens100K,
+    scan_users,
     users_table,
-    zip_prefix,
 )
 from features.sources.text import read_delimited
 
@@ -108,24 +107,10 @@ def scan_ml1m_users(path: str | Path) -> pl.LazyFrame:
     `age` is 1M's age-group code (1: under 18, 18: 18-24, 25, 35, 45, 50, 56: 56+), best read as
     a category; `occupation` the name of its code (0-20, `OCCUPATIONS_1M`): a category either
     way, and a name reads as text too."""
-    columns = (schema.USER_ID, GENDER, AGE, OCCUPATION, "zip_code")
+    columns = [schema.USER_ID, GENDER, AGE, OCCUPATION, "zip_code"]
     kinds = {schema.USER_ID: "int", GENDER: "str", AGE: "int", OCCUPATION: "int"}
-    lf = read_delimited(
-        path,
-        columns,
-        kinds,
-        "movielens-1m users",
-        separator="::",
-        encoding="latin-1",
-        strings=["zip_code"],
-    )
-    return lf.select(
-        schema.USER_ID,
-        pl.col(AGE).cast(pl.Int32),
-        GENDER,
-        occupation_name(pl.col(OCCUPATION)).alias(OCCUPATION),
-        zip_prefix(pl.col("zip_code")).alias(ZIP_PREFIX),
-    )
+    occupation = occupation_name(pl.col(OCCUPATION))
+    return scan_users(path, columns, kinds, "movielens-1m users", "::", occupation)
 
 
 @dataclass

@@ -194,14 +194,8 @@ def _table_column(
         return series.cast(pl.Float64)
     if schema.table_kind(dtype) is not None:
         return series
-    raise DataFileError(
-        path,
-        series.name,
-        f"column {series.name!r} has type {dtype}; a table column holds integers, numbers, "
-        "booleans, text or lists of text",
-        series.head(SAMPLE_SIZE).to_list(),
-        what=what,
-    )
+    raise _unreadable(series, path, what, "a table column holds integers, numbers, booleans, "
+                      "text or lists of text")  # fmt: skip
 
 
 def typed_text(series: pl.Series) -> pl.Series:
@@ -250,13 +244,13 @@ def _string_lists(series: pl.Series, path: Path, what: str) -> pl.Series:
     inner = series.dtype.inner
     categories = inner.is_integer() or isinstance(inner, (pl.Categorical, pl.Enum))
     if not (categories or inner in (pl.String, pl.Boolean, pl.Null)):
-        raise DataFileError(
-            path,
-            series.name,
-            f"column {series.name!r} has type {series.dtype}; a list column holds text "
-            "(or integers), one value per category",
-            series.head(SAMPLE_SIZE).to_list(),
-            what=what,
-        )
+        raise _unreadable(series, path, what, "a list column holds text (or integers), one "
+                          "value per category")  # fmt: skip
     lists = series.cast(pl.List(inner)).cast(pl.List(pl.String)).list.drop_nulls()
     return lists.to_frame().select(pl.col(series.name).fill_null(NO_VALUES)).to_series()
+
+
+def _unreadable(series: pl.Series, path, what: str, holds: str) -> DataFileError:
+    """The error for a table column of a type no feature reads: its name, type and values."""
+    problem = f"column {series.name!r} has type {series.dtype}; {holds}"
+    return DataFileError(path, series.name, problem, series.head(SAMPLE_SIZE).to_list(), what=what)

@@ -274,3 +274,23 @@ def test_fitting_sees_the_training_rows_only():
     assert age["mean"] == pytest.approx(ages.mean())
     assert age["std"] == pytest.approx(ages.std())
     assert _state(data, "user", "user_id")["vocabulary"] == sorted(trained_users.to_list())
+
+
+def test_rows_a_table_lists_join_only_a_tower_that_reads_the_table():
+    """With ids (and history) alone a tower cannot encode a row that has no interaction: the
+    item-table-only items stay out of the catalogue, and the users-table-only user out of the
+    users table; every other row is as with the features."""
+    ids_only = FeaturesConfig.parse(
+        {
+            "user": {"features": {"user_id": {"kind": "id"}, "history": {"kind": "history"}}},
+            "item": {"features": {"item_id": {"kind": "id"}}},
+        }
+    )
+    source = Tables(_interactions(), _items(), _users())
+    plain = prepare(source, WARM, ids_only)
+    assert set(plain.item_vocab.frame["raw_id"].to_list()) <= set(INTERACTING_ITEMS)
+    assert 11 not in plain.user_vocab.frame["raw_id"].to_list()
+    assert plain.num_items == plain.num_train_items
+    with_features = prepare(source, WARM, FEATURES)
+    assert set(TABLE_ONLY_ITEMS) <= set(with_features.item_vocab.frame["raw_id"].to_list())
+    assert 11 in with_features.user_vocab.frame["raw_id"].to_list()
