@@ -83,9 +83,7 @@ def item_codes_of(item_inputs: dict[str, np.ndarray], item: FittedSide) -> np.nd
     indexing it with padded item rows gives a history input. All -1 without an item id."""
     feature = item.spec.of_kind("id")
     num_items = len(next(iter(item_inputs.values()))) if item_inputs else 0
-    codes = (
-        item_inputs[feature.name] if feature is not None else np.full(num_items, -1, np.int64)
-    )
+    codes = item_inputs[feature.name] if feature is not None else np.full(num_items, -1, np.int64)
     return np.append(codes.astype(np.int64), -1)
 
 
@@ -94,4 +92,3 @@ def history_codes(history_rows: np.ndarray, item_codes: np.ndarray) -> np.ndarra
     items without an id row (`item_codes` from `item_codes_of`; a row past it is unknown)."""
     rows = np.minimum(history_rows, len(item_codes) - 1)
     return item_codes[rows]
-

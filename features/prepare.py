@@ -327,9 +327,7 @@ def _side_table(
     if key not in table.columns:
         raise schema.SchemaError(f"{_table_path(source, side)}: no {key!r} column")
     table = table.with_columns(pl.col(key).cast(vocab.dtype, strict=False))
-    return (
-        rows_df.join(table, on=key, how="left", maintain_order="left").sort(INDEX).drop(INDEX)
-    )
+    return rows_df.join(table, on=key, how="left", maintain_order="left").sort(INDEX).drop(INDEX)
 
 
 def _table_path(source: Source, side: str) -> str:

@@ -366,4 +366,8 @@ def test_a_text_feature_joins_a_list_column_s_values():
         {"title": ["A film", None, " "], "tags": [["pixar", "fun"], ["noir"], None]},
         schema={"title": pl.String, "tags": pl.List(pl.String)},
     )
-    assert joined_text(table, feature, "items.csv").to_list() == ["A film. pixar, fun", "noir", None]
+    assert joined_text(table, feature, "items.csv").to_list() == [
+        "A film. pixar, fun",
+        "noir",
+        None,
+    ]
