@@ -117,7 +117,7 @@ def sample_user_vectors(
     """Served vectors (count', D) of a fixed random sample of users: the sweep's queries."""
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(users_df.height, size=min(count, users_df.height), replace=False))
-    codes = item_codes(features, item_inputs(features, items_df))
+    codes = item_codes(features, items_df)
     users = UserInputs(features, users_df[rows], codes)
     with torch.inference_mode():
         return scorer.encode_users(users(np.arange(len(rows)))).float().numpy()

@@ -9,7 +9,7 @@ import polars as pl
 import torch
 
 from features.arrays import padded
-from features.fitted import FittedFeatures, history_codes, item_codes_of
+from features.fitted import FittedFeatures, history_codes
 from features.schema import USER_ID, DataFileError
 from features.serving import HISTORY, SERVING_COLUMNS
 from serve.errors import RequestError
@@ -20,10 +20,13 @@ def item_inputs(features: FittedFeatures, items_df: pl.DataFrame) -> dict[str, t
     return {name: torch.from_numpy(a) for name, a in features.item.transform(items_df).items()}
 
 
-def item_codes(features: FittedFeatures, items: dict[str, torch.Tensor]) -> np.ndarray:
-    """(I + 1,) each row's item id code, then -1 (see features.fitted.item_codes_of)."""
-    arrays = {name: t.numpy() for name, t in items.items()}
-    return item_codes_of(arrays, features.item)
+def item_codes(features: FittedFeatures, items_df: pl.DataFrame) -> np.ndarray:
+    """(I + 1,) each row's item id code, then -1 (see features.fitted.item_codes_of): the item id
+    feature's transform alone (no text model is loaded for it)."""
+    id_feature = next((f for f in features.item.features if f.feature.kind == "id"), None)
+    if id_feature is None:
+        return np.full(items_df.height + 1, -1, dtype=np.int64)
+    return np.append(id_feature.transform(items_df).astype(np.int64), -1)
 
 
 class UserInputs:

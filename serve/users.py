@@ -29,7 +29,7 @@ from features.vocab import Vocabulary
 from serve.bundle import Bundle
 from serve.catalogue import EMPTY, IdLookup
 from serve.errors import UnknownUserError
-from serve.inputs import UserInputs, item_codes, item_inputs
+from serve.inputs import UserInputs, item_codes
 from towers.scoring import Scorer
 
 
@@ -77,7 +77,7 @@ class UserStore:
     @classmethod
     def from_bundle(cls, bundle: Bundle, cache_user_vectors: bool | None) -> UserStore:
         """The users of a bundle, their inputs through its fitted features."""
-        codes = item_codes(bundle.features, item_inputs(bundle.features, bundle.items))
+        codes = item_codes(bundle.features, bundle.items)
         inputs = UserInputs(bundle.features, bundle.users, codes)
         num_train_users = bundle.manifest.get("num_train_users")
         return cls(bundle.users, bundle.scorer, inputs, cache_user_vectors, num_train_users)
