@@ -34,8 +34,6 @@ KEYS = {"user": USER_ID, "item": ITEM_ID}  # a side's table is keyed by its id c
 # A column's allowed kinds: "id" (any integer or string), "int", "float", "bool", "str", "str_list".
 INTERACTIONS = {USER_ID: "id", ITEM_ID: "id"}
 INTERACTIONS_OPTIONAL = {TIMESTAMP: "int", RATING: "float", SPLIT: "str"}
-ITEMS = {ITEM_ID: "id"}
-ITEMS_OPTIONAL = {TITLE: "str", GENRES: "str_list", YEAR: "int"}
 TABLE_KINDS = ("int", "float", "bool", "str", "str_list")  # a side table's non-key columns
 
 SPLIT_NAMES = ("train", "val", "test")

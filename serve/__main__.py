@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     upd.add_argument("--bundle", required=True)
     upd.add_argument(
         "--upsert",
-        help="Parquet, CSV or JSON file: item_id and any of title, genres, year, year_bucket",
+        help="Parquet, CSV or JSON file: item_id and any of the items table's own columns",
     )
     upd.add_argument(
         "--remove", action="append", default=[], help="raw item id to remove (repeatable)"
