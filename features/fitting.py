@@ -10,6 +10,8 @@ A fitted feature turns a table into one numpy array, named after the feature, in
 - "bag": (N, width) int64 rows of a row's known values, padded with the last row: `multi_hot`.
 - "dense": (N, dim) float32. `numeric` standard / log1p: [z-score (0 when missing), missing
   flag]; `text`: the sentence encoder's vector of the joined columns (zeros when all are blank).
+- "tokens": (N, max_tokens) int64 token ids, -1 past the text's end: `text` with
+  `fine_tune_layers` (its encoder runs inside the tower and trains).
 - "history": the user's recent items, built from interactions by the caller (no transform).
 
 `features.columns` reads and checks the columns. A value unseen in training takes an OOV row by
@@ -43,7 +45,7 @@ from features.spec import (
     TextFeature,
     parse_feature,
 )
-from features.text_encoder import encoder_for
+from features.text_encoder import TOKEN_PADDING, backbone_width, encoder_for, tokenize
 
 TextEncoderFactory = Callable[[str], Any]  # model name -> encoder with .encode(texts) and .dim
 NO_ROW = -1
@@ -286,6 +288,42 @@ class FittedText(FittedFeature):
 
 
 @dataclass(frozen=True)
+class FittedTunedText(FittedFeature):
+    """A text feature whose encoder trains with the tower (`fine_tune_layers` > 0): each row's
+    joined text as `max_tokens` token ids of the model's tokenizer (-1 pads; all -1 for a row
+    without text, which the tower reads as zeros). The tower runs the encoder (towers.text_model)."""
+
+    encoding: ClassVar[str] = "tokens"
+    feature: TextFeature
+    dim: int  # the transformer's width
+
+    @classmethod
+    def fit(cls, feature: TextFeature, train_df, counts, where: str, text_encoder=None):
+        for column in feature.columns:
+            typed_column(train_df, feature, column, where)
+        return cls(feature, backbone_width(feature.model))
+
+    def input(self) -> dict[str, Any]:
+        tuned = {"model": self.feature.model, "tune_layers": self.feature.fine_tune_layers}
+        return self._input(dim=self.dim, width=self.feature.max_tokens) | tuned
+
+    def transform(self, table_df: pl.DataFrame, where: str = TRANSFORMED) -> np.ndarray:
+        texts = joined_text(table_df, self.feature, where)
+        tokens = tokenize(
+            self.feature.model, texts.fill_null("").to_list(), self.feature.max_tokens
+        )
+        tokens[texts.is_null().to_numpy()] = TOKEN_PADDING
+        return tokens  # (N, max_tokens)
+
+    def fitted(self) -> dict[str, Any]:
+        return {"model": self.feature.model, "dim": self.dim}
+
+    @classmethod
+    def from_state(cls, feature: TextFeature, state: dict[str, Any], text_encoder=None):
+        return cls(feature, int(state["dim"]))
+
+
+@dataclass(frozen=True)
 class FittedHistory(FittedFeature):
     """The user's `length` most recent items; the caller builds them from interactions."""
 
@@ -316,6 +354,8 @@ FITTED: dict[str, type[FittedFeature]] = {
 def _fitted_class(feature: Feature) -> Any:
     if isinstance(feature, NumericFeature):
         return FittedQuantile if feature.normalization == "quantile" else FittedNumeric
+    if isinstance(feature, TextFeature):
+        return FittedTunedText if feature.fine_tune_layers else FittedText
     return FITTED[feature.kind]
 
 

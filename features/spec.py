@@ -203,14 +203,20 @@ class NumericFeature(Feature):
 
 @dataclass(frozen=True)
 class TextFeature(Feature):
-    """String columns joined by `separator` (an empty one skipped), encoded once by a pretrained
+    """String columns joined by `separator` (an empty one skipped), encoded by a pretrained
     sentence bi-encoder (`model`: a sentence-transformers model name or local path; the default
-    is the bundled all-MiniLM-L6-v2) and fed to the tower through a learned projection."""
+    is the bundled all-MiniLM-L6-v2) and fed to the tower through a learned projection.
+
+    `fine_tune_layers` 0: the encoder is frozen and each text is encoded once (cached on disk).
+    N > 0: the encoder runs inside the tower on the text's first `max_tokens` tokens and its last
+    N layers train with the towers (at `model.optim.text_lr`); worth it on a GPU."""
 
     kind: ClassVar[str] = "text"
     columns_: tuple[str, ...] = field(default=(), metadata={"config": "columns"})
     model: str = DEFAULT_TEXT_MODEL
     separator: str = ". "
+    fine_tune_layers: int = 0
+    max_tokens: int = 64
 
     def check(self) -> None:
         if not self.columns_:
@@ -219,14 +225,19 @@ class TextFeature(Feature):
             raise self.error("columns", list(self.columns_), "expected a list of column names")
         if not isinstance(self.model, str) or not self.model:
             raise self.error("model", self.model, "expected a model name or a path")
+        _check_count(self, "fine_tune_layers", self.fine_tune_layers, 0)
+        _check_count(self, "max_tokens", self.max_tokens, 2)
 
     @property
     def columns(self) -> tuple[str, ...]:
         return self.columns_
 
     def to_config(self) -> dict[str, Any]:
-        return {"kind": self.kind, "columns": list(self.columns), "model": self.model,
-                "separator": self.separator}  # fmt: skip
+        config = {"kind": self.kind, "columns": list(self.columns), "model": self.model,
+                  "separator": self.separator}  # fmt: skip
+        if self.fine_tune_layers:
+            config |= {"fine_tune_layers": self.fine_tune_layers, "max_tokens": self.max_tokens}
+        return config
 
 
 POOLINGS = ("mean", "attention", "last")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import json
 import logging
 import os
 import re
@@ -94,13 +95,13 @@ def resolve_model(model: str) -> tuple[str, Path]:
     name, a local directory as itself, else the model's snapshot in the local Hugging Face cache.
     Raises TextModelError when the model is not available locally (nothing is downloaded)."""
     if model in BUNDLED_MODEL_NAMES:
-        bundled = _import_extra(BUNDLED_MODEL_PACKAGE)
+        bundled = import_extra(BUNDLED_MODEL_PACKAGE)
         return DEFAULT_TEXT_MODEL, Path(bundled.get_model_path())
     directory = Path(model).expanduser()
     if directory.is_dir():
         directory = directory.resolve()
         return str(directory), directory
-    hub = _import_extra("huggingface_hub")
+    hub = import_extra("huggingface_hub")
     try:
         return model, Path(hub.snapshot_download(model, local_files_only=True))
     except (OSError, ValueError) as error:
@@ -111,7 +112,7 @@ def resolve_model(model: str) -> tuple[str, Path]:
         ) from error
 
 
-def _import_extra(package: str) -> ModuleType:
+def import_extra(package: str) -> ModuleType:
     try:
         return importlib.import_module(package)
     except ImportError as error:
@@ -268,7 +269,7 @@ class TextEncoder:
 
     def _load(self) -> Any:
         if self._model is None:
-            sentence_transformers = _import_extra("sentence_transformers")
+            sentence_transformers = import_extra("sentence_transformers")
             try:
                 model = sentence_transformers.SentenceTransformer(
                     str(self.path), device=self.device, local_files_only=True
@@ -289,6 +290,60 @@ class TextEncoder:
                 f"gives vectors of dimension {dim} but {self.cache.directory} holds dimension "
                 f"{self.cache.dim} (the model changed under the same id: remove that directory)",
             )
+
+
+TRANSFORMER_MODULE = "sentence_transformers.models.Transformer"
+POOLING_MODULE = "sentence_transformers.models.Pooling"
+TOKEN_PADDING = -1  # a token position past the text's end
+
+
+def backbone_directory(model: str) -> Path:
+    """The directory of `model`'s transformer (config, weights, tokenizer) for fine-tuning. The
+    model must be a sentence-transformers model of a transformer then mean pooling (what
+    towers.text_model computes): anything else is a TextModelError."""
+    _, path = resolve_model(model)
+    modules_file = path / "modules.json"
+    if not modules_file.is_file():
+        return path  # a bare transformer directory: mean pooling is ours to choose
+    modules = json.loads(modules_file.read_text())
+    kinds = {m["type"]: m for m in modules}
+    if TRANSFORMER_MODULE not in kinds:
+        raise TextModelError(model, f"{modules_file} names no {TRANSFORMER_MODULE} to fine-tune")
+    pooling = kinds.get(POOLING_MODULE)
+    if pooling is not None:
+        config = json.loads((path / pooling["path"] / "config.json").read_text())
+        if not config.get("pooling_mode_mean_tokens"):
+            raise TextModelError(model, "fine-tuning needs a model that mean-pools its tokens")
+    return path / kinds[TRANSFORMER_MODULE]["path"]
+
+
+def backbone_width(model: str) -> int:
+    """The width of `model`'s transformer (its hidden size): the dimension of its vectors."""
+    config = json.loads((backbone_directory(model) / "config.json").read_text())
+    return int(config["hidden_size"])
+
+
+_TOKENIZERS: dict[str, Any] = {}
+
+
+def tokenize(model: str, texts: Sequence[str], max_tokens: int) -> np.ndarray:
+    """(N, max_tokens) int64 token ids of `texts` by `model`'s tokenizer, truncated, padded with
+    TOKEN_PADDING: the input of a fine-tuned text encoder (towers.text_model)."""
+    if model not in _TOKENIZERS:
+        transformers = import_extra("transformers")
+        _TOKENIZERS[model] = transformers.AutoTokenizer.from_pretrained(
+            str(backbone_directory(model)), local_files_only=True
+        )
+    encoded = _TOKENIZERS[model](
+        list(texts),
+        max_length=max_tokens,
+        truncation=True,
+        padding="max_length",
+        return_attention_mask=True,
+        return_tensors="np",
+    )
+    present = encoded["attention_mask"].astype(bool)  # (N, T)
+    return np.where(present, encoded["input_ids"].astype(np.int64), TOKEN_PADDING)
 
 
 _ENCODERS: dict[tuple[str, Path], TextEncoder] = {}

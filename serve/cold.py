@@ -50,7 +50,7 @@ def cold_items(recommender: Recommender, data: PreparedData, ks) -> dict[str, fl
         popularity = evaluate_popularity(counts, seen, held_out, ks, stage, candidates=among)
         metrics |= {f"popularity/{k}": v for k, v in popularity.items()}
     text = data.features.item.spec.of_kind("text")
-    if text is not None:
+    if text is not None and not text.fine_tune_layers:  # the frozen encoder's vectors
         content = evaluate_content(
             data.item_inputs[text.name], seen, held_out, candidates, seen, ks, "test_cold_items"
         )

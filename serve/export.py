@@ -84,7 +84,6 @@ def encode_items(
     features: FittedFeatures,
     items_df: pl.DataFrame,
     rows: np.ndarray | None = None,
-    chunk: int = 65536,
 ) -> np.ndarray:
     """Served item vectors (I, D) float32 for the rows of an items table (raw columns, through the
     fitted features' transform); `rows` are their catalogue rows (default 0..I-1), which the
@@ -95,6 +94,7 @@ def encode_items(
     scorer.eval()
     inputs = item_inputs(features, items_df)
     rows_t = torch.arange(items_df.height) if rows is None else torch.as_tensor(rows).long()
+    chunk = scorer.items_per_pass
     parts = [
         scorer.encode_items(
             {n: t[s : s + chunk] for n, t in inputs.items()}, rows_t[s : s + chunk]

@@ -8,6 +8,8 @@ checkpoints and bundle manifests as JSON). Its `encoding` chooses the encoder:
 - `bag`: (B, W) int64 rows padded with the last row, pooled by mean or sum (multi-hot);
 - `dense`: (B, d) float32 through a learned linear map (a normalised number with its missing
   flag, a sentence vector);
+- `tokens`: (B, T) token ids of a text, -1 past its end, through a pretrained transformer whose
+  last layers train (towers.text_model), then a learned linear map;
 - `history`: (B, L) item-id codes, oldest first, -1 = padding: pooled by mean, a learned
   attention query, or the latest item, then (optionally) a linear map (SimpleX's W).
 """
@@ -22,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-INDEX, BAG, DENSE, HISTORY = "index", "bag", "dense", "history"
-ENCODINGS = (INDEX, BAG, DENSE, HISTORY)
+INDEX, BAG, DENSE, TOKENS, HISTORY = "index", "bag", "dense", "tokens", "history"
+ENCODINGS = (INDEX, BAG, DENSE, TOKENS, HISTORY)
 ID_KIND = "id"  # the kind of a side's id input (features.spec's IdFeature)
 
 
@@ -31,7 +33,8 @@ ID_KIND = "id"  # the kind of a side's id input (features.spec's IdFeature)
 class TowerInput:
     """One input of a tower (features.fitting's `input()`): its name, the declared kind, and what
     its encoder is built with: `rows` of its table (index, bag: the padding row included; history:
-    the item-id rows), `dim` (dense width), `width` (bag / history length), `pooling`."""
+    the item-id rows), `dim` (dense / tokens: the input's width), `width` (bag / history / tokens
+    length), `pooling`; for tokens the text `model` and how many of its last layers train."""
 
     name: str
     kind: str
@@ -40,6 +43,8 @@ class TowerInput:
     dim: int = 0
     width: int = 0
     pooling: str | None = None
+    model: str | None = None
+    tune_layers: int = 0
 
     def __post_init__(self) -> None:
         if self.encoding not in ENCODINGS:
@@ -175,4 +180,8 @@ def build_encoder(
         return BagEncoder(spec, dim, init_std)
     if spec.encoding == DENSE:
         return DenseEncoder(spec, dim)
+    if spec.encoding == TOKENS:
+        from towers.text_model import TextModelEncoder  # loads transformers only when asked
+
+        return TextModelEncoder(spec, dim)
     return HistoryEncoder(spec, dim, init_std, projection)

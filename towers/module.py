@@ -21,6 +21,7 @@ from towers.optim import RowAdam
 from towers.ranking import exact_top_k
 from towers.scoring import Scorer, log_popularity
 from towers.similarity import Similarity
+from towers.text_model import TextModelEncoder
 from towers.towers import FeatureSpec, ItemTower, TowerConfig, UserTower
 
 
@@ -51,6 +52,9 @@ class OptimConfig:
     embedding_l2: float = 0.0  # L2 penalty on the embedding rows a batch touches
     schedule: str = "linear"  # "constant", or "linear" / "cosine" decay to zero over the run
     warmup_steps: int = 0  # linear warm-up steps
+    text_lr: float = (
+        2e-5  # the fine-tuned layers of a text model (a text feature's fine_tune_layers)
+    )
 
 
 SCHEDULES = ("constant", "linear", "cosine")
@@ -146,12 +150,11 @@ class TwoTowerModule(L.LightningModule):
         return self.item_tower(self.item_inputs(rows))  # (B, D)
 
     @torch.no_grad()
-    def encode_catalogue(self, chunk: int = 65536) -> torch.Tensor:
+    def encode_catalogue(self) -> torch.Tensor:
         """Served vectors of every item (I, D'): what validation ranks (towers.scoring)."""
         items = torch.arange(self.spec.num_items, device=self.log_popularity.device)
-        return torch.cat(
-            [self.scorer.encode_items(self.item_inputs(part), part) for part in items.split(chunk)]
-        )
+        parts = items.split(self.scorer.items_per_pass)
+        return torch.cat([self.scorer.encode_items(self.item_inputs(part), part) for part in parts])
 
     # -- training ---------------------------------------------------------------------------
     def _sample_negatives(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -294,13 +297,21 @@ class TwoTowerModule(L.LightningModule):
     def configure_optimizers(self):
         """Embedding tables with sparse gradients: `RowAdam` (a step touches only the batch's
         rows; the weights follow dense Adam's); other tables: Adam; every other parameter: AdamW
-        at `dense_lr`. Fused kernels where torch has them for the device."""
-        row_tables, tables, dense = [], [], []
+        at `dense_lr`; a text model's fine-tuned layers: AdamW at `text_lr`. Fused kernels where torch has them for the device."""
+        row_tables, tables, dense, text = [], [], [], []
+        text_params = {
+            id(p)
+            for m in self.modules()
+            if isinstance(m, TextModelEncoder)
+            for p in m.backbone.parameters()
+        }
         for module in self.modules():  # each module once, a tied table too
             for param in module.parameters(recurse=False):
                 if not param.requires_grad:
                     continue
-                if not isinstance(module, nn.Embedding):
+                if id(param) in text_params:
+                    text.append(param)
+                elif not isinstance(module, nn.Embedding):
                     dense.append(param)
                 else:
                     (row_tables if self._row_wise(module) else tables).append(param)
@@ -315,6 +326,10 @@ class TwoTowerModule(L.LightningModule):
         if dense:
             optimizers.append(
                 torch.optim.AdamW(dense, lr=dense_lr, weight_decay=optim.weight_decay, **fused)
+            )
+        if text:
+            optimizers.append(
+                torch.optim.AdamW(text, lr=optim.text_lr, weight_decay=optim.weight_decay, **fused)
             )
         total = max(int(self.trainer.estimated_stepping_batches), 1) if self._trainer else 1
         warmup, schedule = optim.warmup_steps, optim.schedule

@@ -71,6 +71,11 @@ class Scorer:
             self.set_popularity(item_counts)
 
     @property
+    def items_per_pass(self) -> int:
+        """Items one `encode_items` call outside training should take (towers.Tower.rows_per_pass)."""
+        return min(item.rows_per_pass for _, item in self.members)
+
+    @property
     def output_dim(self) -> int:
         """Length of the served vectors: the members' dimensions, plus PRIOR_DIMS with a prior."""
         dims = sum(user.cfg.embedding_dim for user, _ in self.members)

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from towers.inputs import HISTORY, ID_KIND, INDEX, TowerInput, build_encoder
+from towers.inputs import HISTORY, ID_KIND, INDEX, TOKENS, TowerInput, build_encoder
 from towers.similarity import Similarity
 
 
@@ -66,6 +66,9 @@ def _as_input(value: TowerInput | Mapping) -> TowerInput:
 
 
 COMBINES = ("sum", "concat")
+# Rows one forward pass encodes outside training (catalogue, export): all of a large catalogue at
+# once, but few texts through a transformer (its activations are (rows, tokens, width) per layer).
+ROWS_PER_PASS, TEXT_ROWS_PER_PASS = 65536, 512
 
 
 @dataclass
@@ -187,6 +190,12 @@ class Tower(nn.Module):
         for part in values[1:]:
             x = x + part
         return x
+
+    @property
+    def rows_per_pass(self) -> int:
+        """How many rows one forward pass outside training should encode."""
+        tokens = any(i.encoding == TOKENS for i in self.inputs)
+        return TEXT_ROWS_PER_PASS if tokens else ROWS_PER_PASS
 
     def id_table(self) -> nn.Embedding | None:
         """The id input's embedding table, or None."""

@@ -3,6 +3,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+import towers.towers as towers_module
 from towers import (
     FeatureSpec,
     ItemCatalogue,
@@ -125,9 +126,10 @@ def test_popularity_negatives_are_drawn_by_training_counts_with_their_log_q():
     torch.testing.assert_close(log_q, torch.full((4,), float(torch.log(torch.tensor(0.4)))))
 
 
-def test_catalogue_vectors_match_the_item_tower_on_the_catalogues_inputs():
+def test_catalogue_vectors_match_the_item_tower_on_the_catalogues_inputs(monkeypatch):
+    monkeypatch.setattr(towers_module, "ROWS_PER_PASS", 3)  # the catalogue in several passes
     model = _module().eval()
-    vectors = model.encode_catalogue(chunk=3)
+    vectors = model.encode_catalogue()
     assert vectors.shape == (10, 8)
     torch.testing.assert_close(vectors[4:6], model.encode_items(torch.tensor([4, 5])))
     inputs = {name: values[4:6] for name, values in catalogue().inputs.items()}
