@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import hydra
@@ -25,6 +26,8 @@ import polars as pl
 import torch
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -40,6 +43,7 @@ from serve.evaluate import evaluate_popularity, evaluate_recommender
 from serve.export import export_bundle
 from serve.recommender import Recommender
 from towers import FeatureSpec, ItemCatalogue, Scorer, TwoTowerModule
+from towers.halving import successive_halving
 from towers.metrics import METRICS, metric_name
 
 log = logging.getLogger("twotower")
@@ -83,6 +87,20 @@ def metrics_table(metrics: dict[str, float], ks) -> str:
                     for v, w in zip(row, (10, 12, 10), strict=True)
                 )
                 lines.append(f"{stage:<22}{metric_name(name, k):<14}{cells}")
+    return "\n".join(lines)
+
+
+def recipe_table(metrics: dict[str, object], monitor: str) -> str:
+    """One row per recipe candidate, best first: its validation figure, epochs, seconds."""
+    names = [k.split("/")[1] for k in metrics if k.startswith("recipe/") and k.endswith("/epochs")]
+    names.sort(key=lambda n: -float(metrics[f"recipe/{n}/{monitor}"]))
+    lines = [f"{'recipe candidate':<24}{monitor:>16}{'epochs':>8}{'seconds':>9}"]
+    for name in names:
+        mark = " (chosen)" if metrics["recipe/winner"] == name else ""
+        lines.append(
+            f"{name:<24}{metrics[f'recipe/{name}/{monitor}']:>16.4f}"
+            f"{metrics[f'recipe/{name}/epochs']:>8.0f}{metrics[f'recipe/{name}/seconds']:>9.0f}{mark}"
+        )
     return "\n".join(lines)
 
 
@@ -328,9 +346,7 @@ def _select(
     validation metrics, the fit's seconds and the epoch count; training.png drawn."""
     model = build_model(cfg, datamodule.data)
     callbacks = _instantiate_all(cfg.get("callbacks"))
-    trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=_instantiate_all(cfg.get("logger")) or False
-    )
+    trainer = _trainer(cfg, callbacks)
     metrics_csv = output_dir / "metrics.csv"
     # Lightning's CSV logger starts metrics.csv afresh on resume: keep the rows logged so far.
     earlier_log = _read_log(metrics_csv) if cfg.get("resume") else None
@@ -346,6 +362,12 @@ def _select(
         _merge_log(earlier_log, metrics_csv)
     plot_training(metrics_csv, output_dir / "training.png", cfg.monitor)
     return model, metrics
+
+
+def _trainer(cfg: DictConfig, callbacks: list) -> L.Trainer:
+    return instantiate(
+        cfg.trainer, callbacks=callbacks, logger=_instantiate_all(cfg.get("logger")) or False
+    )
 
 
 def _load_best(cfg: DictConfig, model: TwoTowerModule, callbacks: list) -> int | None:
@@ -410,13 +432,151 @@ def _evaluate(bundle_dir: Path, data: PreparedData, ks) -> dict[str, float]:
     return metrics | evaluate_cold(recommender, data, ks)
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit, select on validation, refit, export, evaluate on test. Returns the metrics it writes."""
+# -- recipe=auto: the recipe chosen on validation by successive halving (towers.halving) ----------
+class RecipeError(ValueError):
+    """A recipe candidate that would not train on the run's split: the `candidate`, the config
+    `key` it changes, and its value in the run and in the candidate."""
+
+    def __init__(self, candidate: str, key: str, run: object, changed: object) -> None:
+        self.candidate, self.key, self.run, self.changed = candidate, key, run, changed
+        super().__init__(
+            f"recipe candidate {candidate!r} changes {key} ({run!r} in the run, {changed!r} in "
+            "the candidate): candidates share the run's data, split and features, so that "
+            "their validation figures compare"
+        )
+
+
+# What every candidate shares with the run: the split, what is fitted on it, the selection metric.
+RECIPE_SHARED = ("data.source", "data.split", "features", "seed", "monitor")
+
+
+class StopAtEpoch(L.Callback):
+    """Stops a fit once `epochs` epochs are done (a recipe candidate's rung); the schedule stays
+    the one of the candidate's whole epoch count, so the rung is the start of its full run."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        trainer.should_stop = trainer.current_epoch >= self.epochs  # resumed at or past the rung
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.current_epoch + 1 >= self.epochs:
+            trainer.should_stop = True
+
+
+class RecipeTrial:
+    """One recipe candidate (towers.halving's Trial): its composed config, trained in its own
+    directory, each rung continuing from its last checkpoint."""
+
+    def __init__(self, name: str, cfg: DictConfig, data: PreparedData) -> None:
+        self.name, self.cfg, self.data = name, cfg, data
+        self.output_dir = _start_run(cfg)
+        if cfg.resume is False:  # _start_run set earlier checkpoints aside; rungs continue
+            cfg.resume = True
+        self.epochs, self.score, self.seconds, self.stopped = 0, float("-inf"), 0.0, False
+
+    def datamodule(self) -> InteractionDataModule:
+        """The candidate's loader settings over the run's prepared data."""
+        datamodule: InteractionDataModule = instantiate(self.cfg.data, seed=self.cfg.seed)
+        datamodule.data = self.data
+        return datamodule
+
+    def advance(self, epochs: int) -> None:
+        L.seed_everything(self.cfg.seed, workers=True)
+        model = build_model(self.cfg, self.data)
+        callbacks = _instantiate_all(self.cfg.get("callbacks"))
+        trainer = _trainer(self.cfg, [*callbacks, StopAtEpoch(epochs)])
+        metrics_csv = self.output_dir / "metrics.csv"
+        earlier_log = _read_log(metrics_csv)
+        last = self.output_dir / "checkpoints" / "last.ckpt"
+        self.seconds += _fit(self.cfg, trainer, model, self.datamodule(), last)
+        if earlier_log is not None:
+            _merge_log(earlier_log, metrics_csv)
+        self.epochs = trainer.current_epoch
+        checkpoint = next(
+            c for c in callbacks if isinstance(c, L.pytorch.callbacks.ModelCheckpoint)
+        )
+        if checkpoint.best_model_score is not None:
+            self.score = float(checkpoint.best_model_score)
+        early = [c for c in callbacks if isinstance(c, L.pytorch.callbacks.EarlyStopping)]
+        self.stopped = self.epochs >= self.cfg.trainer.max_epochs or any(
+            c.stopped_epoch > 0 for c in early
+        )
+
+
+def run_overrides(overrides: list[str] | None) -> list[str]:
+    """The overrides the run's config was composed from: `overrides`, else Hydra's record of the
+    command line (python train.py ...)."""
+    if overrides is not None:
+        return list(overrides)
+    if HydraConfig.initialized():
+        return list(HydraConfig.get().overrides.task)
+    return []
+
+
+def _recipe_trials(
+    cfg: DictConfig, overrides: list[str], data: PreparedData, output_dir: Path
+) -> list[RecipeTrial]:
+    """Each candidate of `cfg.recipe`: the run's overrides, then the candidate's, composed anew
+    and trained under <output_dir>/recipe/<name>/."""
+    own = ("recipe", "+recipe", "hydra", "paths.output_dir")
+    base = [o for o in overrides if not o.lstrip("~+").startswith(own)]
+    run_settings = _training_settings(cfg)
+    trials = []
+    for name, extra in cfg.recipe.candidates.items():
+        directory = output_dir / "recipe" / name
+        candidate = compose([*base, *extra, f"paths.output_dir={directory}"])
+        changed = _training_settings(candidate)
+        for key in sorted(run_settings.keys() | changed.keys()):
+            if key.startswith(RECIPE_SHARED) and run_settings.get(key) != changed.get(key):
+                raise RecipeError(name, key, run_settings.get(key), changed.get(key))
+        trials.append(RecipeTrial(name, candidate, data))
+    return trials
+
+
+def _choose_recipe(
+    cfg: DictConfig, overrides: list[str], data: PreparedData, output_dir: Path
+) -> tuple[RecipeTrial, dict[str, object]]:
+    """The winning candidate of successive halving on validation, and what the search did (for
+    metrics.json and recipe.json)."""
+    trials = _recipe_trials(cfg, overrides, data, output_dir)
+    budget = float(cfg.recipe.budget_minutes) * 60
+    search = successive_halving(trials, int(cfg.recipe.first_epochs), budget)
+    winner = search.winner
+    log.info("recipe: %s wins (%s = %.4f)", winner.name, cfg.monitor, winner.score)
+    record: dict[str, object] = {"recipe/winner": winner.name}
+    for trial in trials:
+        record[f"recipe/{trial.name}/{cfg.monitor}"] = trial.score
+        record[f"recipe/{trial.name}/epochs"] = float(trial.epochs)
+        record[f"recipe/{trial.name}/seconds"] = trial.seconds
+    search_record = {
+        "winner": winner.name,
+        "out_of_budget": search.out_of_budget,
+        "budget_minutes": float(cfg.recipe.budget_minutes),
+        "candidates": {n: list(o) for n, o in cfg.recipe.candidates.items()},
+        "rungs": [asdict(rung) for rung in search.rungs],
+    }
+    _write_json(output_dir / "recipe.json", search_record)
+    return winner, record
+
+
+def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, float]:
+    """Fit, select on validation, refit, export, evaluate on test. Returns the metrics it writes.
+
+    With `recipe` (recipe=auto), the recipe itself is chosen on validation first: each candidate
+    composed from the run's `overrides` (default: the command line's) and its own."""
     output_dir = _start_run(cfg)
     datamodule = prepare_data(cfg)
     data = datamodule.data
-    selected, metrics = _select(cfg, datamodule, output_dir)
-    scorer = _served_scorer(cfg, selected, data, metrics, output_dir)
+    search: dict[str, object] = {}
+    run_dir = output_dir
+    if cfg.get("recipe"):
+        winner, search = _choose_recipe(cfg, run_overrides(overrides), data, output_dir)
+        cfg, datamodule, run_dir = winner.cfg, winner.datamodule(), winner.output_dir
+    selected, metrics = _select(cfg, datamodule, run_dir)
+    metrics |= search
+    scorer = _served_scorer(cfg, selected, data, metrics, run_dir)
     bundle_dir = export_bundle(
         output_dir / "bundle",
         scorer,
@@ -430,6 +590,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics.update(_evaluate(bundle_dir, data, ks))
     _write_json(output_dir / "metrics.json", metrics)
     print(metrics_table(metrics, ks))
+    if search:
+        print(recipe_table(metrics, cfg.monitor))
     print(f"metrics: {output_dir / 'metrics.json'}")
     print(f"bundle: {bundle_dir}")
     return metrics
@@ -438,6 +600,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     """The config `python train.py OVERRIDES...` runs, composed from conf/ (for tests, benchmarks
     and notebooks)."""
+    if GlobalHydra.instance().is_initialized():  # inside python train.py (recipe=auto)
+        return hydra_compose(config_name="train", overrides=list(overrides))
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return hydra_compose(config_name="train", overrides=list(overrides))
 

@@ -1,0 +1,83 @@
+"""Successive halving against planted learning curves: who is trained how far, who wins, and
+where the budget stops it."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from towers.halving import successive_halving
+
+
+class Planted:
+    """A trial whose validation score after e epochs is curve[e - 1]; each epoch costs `pace`
+    seconds of a shared fake clock; it stops by itself after `last` epochs."""
+
+    def __init__(self, name, curve, clock, pace=1.0, last=None):
+        self.name, self.curve, self.clock, self.pace = name, curve, clock, pace
+        self.last = last or len(curve)
+        self.epochs, self.score, self.seconds, self.stopped = 0, -math.inf, 0.0, False
+        self.advanced_to: list[int] = []
+
+    def advance(self, epochs):
+        self.advanced_to.append(epochs)
+        target = min(epochs, self.last)
+        spent = (target - self.epochs) * self.pace
+        self.clock[0] += spent
+        self.seconds += spent
+        self.epochs = target
+        self.score = max(self.curve[: self.epochs])
+        self.stopped = self.epochs >= self.last
+
+
+def test_the_better_half_goes_on_until_one_is_left():
+    clock = [0.0]
+    late = Planted("late", [0.1, 0.2, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95], clock)
+    early = Planted("early", [0.3, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4], clock)
+    weak = Planted("weak", [0.05] * 8, clock)
+    weaker = Planted("weaker", [0.01] * 8, clock)
+    search = successive_halving([weak, early, late, weaker], first_epochs=2, clock=lambda: clock[0])
+    # rung 1 at 2 epochs: early 0.4, late 0.2 go on; rung 2 at 4 epochs: late 0.6 beats early 0.4.
+    assert [r.epochs for r in search.rungs] == [2, 4]
+    assert search.rungs[0].kept == ["early", "late"]
+    assert search.rungs[1].scores == {"early": 0.4, "late": 0.6}
+    assert search.winner is late and not search.out_of_budget
+    assert weak.advanced_to == [2] and weaker.advanced_to == [2]
+    assert late.advanced_to == [2, 4] and late.epochs == 4
+    assert clock[0] == 4 * 2 + 2 * 2  # epochs trained in all
+
+
+def test_a_trial_that_stopped_by_itself_keeps_its_score_and_is_not_advanced():
+    clock = [0.0]
+    stops = Planted("stops", [0.5, 0.6, 0.6, 0.6], clock, last=2)
+    grows = Planted("grows", [0.1, 0.2, 0.3, 0.4], clock)
+    other = Planted("other", [0.0] * 4, clock)
+    search = successive_halving([stops, grows, other], first_epochs=2, clock=lambda: clock[0])
+    assert stops.advanced_to == [2] and search.winner is stops
+
+
+def test_the_budget_stops_the_search_before_a_rung_it_cannot_pay_for():
+    clock = [0.0]
+    a = Planted("a", [0.1, 0.2, 0.3, 0.9], clock, pace=10.0)
+    b = Planted("b", [0.2, 0.3, 0.3, 0.3], clock, pace=10.0)
+    c = Planted("c", [0.0] * 4, clock, pace=10.0)
+    d = Planted("d", [0.0] * 4, clock, pace=10.0)
+    # The first rung costs 4 x 2 x 10 = 80 s; the second would cost 2 x 2 x 10 = 40 s more.
+    search = successive_halving([a, b, c, d], 2, budget_seconds=100, clock=lambda: clock[0])
+    assert search.out_of_budget and search.winner is b
+    assert len(search.rungs) == 1 and a.epochs == 2
+    search = successive_halving(
+        [Planted(n, [0.1, 0.2, 0.3, 0.9], [0.0]) for n in "wxyz"], 2, budget_seconds=0.0
+    )
+    assert len(search.rungs) == 1 and search.out_of_budget  # the first rung always runs
+
+
+def test_one_candidate_wins_after_the_first_rung_and_no_candidates_is_an_error():
+    clock = [0.0]
+    only = Planted("only", [0.1, 0.2, 0.3], clock)
+    assert successive_halving([only], 2, clock=lambda: clock[0]).winner is only
+    with pytest.raises(ValueError, match="no candidates"):
+        successive_halving([], 2)
+    with pytest.raises(ValueError, match="first_epochs"):
+        successive_halving([only], 0)
