@@ -32,14 +32,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from features import InteractionDataModule
-from features.arrays import csr_by_user
 from features.auto import announce, infer
 from features.prepare import PreparedData
 from features.serving import item_table, user_table
 from features.sources.base import Source
 from features.spec import SIDES, FeaturesConfig, parse_side
+from serve.baselines import evaluate_baselines
 from serve.cold import evaluate_cold
-from serve.evaluate import evaluate_popularity, evaluate_recommender
+from serve.evaluate import evaluate_recommender
 from serve.export import export_bundle
 from serve.recommender import Recommender
 from towers import FeatureSpec, ItemCatalogue, Scorer, TwoTowerModule
@@ -69,10 +69,12 @@ def _write_json(path: Path, payload: dict) -> None:
 
 
 def metrics_table(metrics: dict[str, float], ks) -> str:
-    """Rows slice metric@k, columns twotower / popularity / content (where measured): every
+    """Rows slice metric@k, columns twotower / popularity / content / ALS (where measured): every
     metric of the warm test, recall and ndcg at 20 of each cold slice."""
     stages = ["test", *sorted({k.split("/")[0] for k in metrics if k.startswith("test_")})]
-    lines = [f"{'slice':<22}{'metric':<14}{'twotower':>10}{'popularity':>12}{'content':>10}"]
+    lines = [
+        f"{'slice':<22}{'metric':<14}{'twotower':>10}{'popularity':>12}{'content':>10}{'als':>10}"
+    ]
     for stage in stages:
         names = METRICS if stage == "test" else ("recall", "ndcg")
         cuts = ks if stage == "test" else [k for k in ks if k == 20] or ks[-1:]
@@ -81,10 +83,10 @@ def metrics_table(metrics: dict[str, float], ks) -> str:
                 key = f"{stage}/{metric_name(name, k)}"
                 if key not in metrics:
                     continue
-                row = [metrics.get(p + key) for p in ("", "popularity/", "content/")]
+                row = [metrics.get(p + key) for p in ("", "popularity/", "content/", "als/")]
                 cells = "".join(
                     f"{v:>{w}.4f}" if v is not None else " " * w
-                    for v, w in zip(row, (10, 12, 10), strict=True)
+                    for v, w in zip(row, (10, 12, 10, 10), strict=True)
                 )
                 lines.append(f"{stage:<22}{metric_name(name, k):<14}{cells}")
     return "\n".join(lines)
@@ -421,14 +423,18 @@ def _served_scorer(
     )
 
 
-def _evaluate(bundle_dir: Path, data: PreparedData, ks) -> dict[str, float]:
-    """The bundle on the test split through the serving path, and popularity beside it; each
-    cold slice apart (serve.cold)."""
+def _evaluate(cfg: DictConfig, bundle_dir: Path, data: PreparedData, ks) -> dict[str, float]:
+    """The bundle on the test split through the serving path, and the baselines beside it
+    (`baselines`: popularity, ALS tuned on validation); each cold slice apart (serve.cold)."""
     recommender = Recommender.load(bundle_dir)
     metrics = evaluate_recommender(recommender, data.test, ks, stage="test")
-    seen = csr_by_user(data.before_test, data.num_users)
-    popularity = evaluate_popularity(data.item_counts_before_test(), seen, data.test, ks, "test")
-    metrics |= {f"popularity/{k}": v for k, v in popularity.items()}
+    metrics |= evaluate_baselines(
+        list(cfg.get("baselines") or ["popularity"]),
+        data,
+        ks,
+        factors_at_least=int(cfg.model.towers.embedding_dim),
+        seed=int(cfg.seed),
+    )
     return metrics | evaluate_cold(recommender, data, ks)
 
 
@@ -587,7 +593,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, floa
         num_train_users=data.num_train_users,
     )
     ks = selected.metrics.ks
-    metrics.update(_evaluate(bundle_dir, data, ks))
+    metrics.update(_evaluate(cfg, bundle_dir, data, ks))
     _write_json(output_dir / "metrics.json", metrics)
     print(metrics_table(metrics, ks))
     if search:

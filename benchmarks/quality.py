@@ -9,10 +9,10 @@ Per dataset: the data config the experiment uses is prepared once (same seed, so
 known items masked (`towers.ranking.exact_top_k`, or FAISS through the bundle for twotower) and is
 scored by `towers.metrics.RankingMetrics` over the same `HeldOut` sets.
 
-- popularity: training + validation counts (as train.py reports it).
-- ALS: implicit's `AlternatingLeastSquares` fitted on the training pairs for each point of a small
-  grid; the grid point with the best validation recall@20 is refit on train + validation and
-  evaluated on test.
+- popularity: training + validation counts (`serve.baselines`, as train.py reports it).
+- ALS: `serve.baselines.tune_als` (implicit's `AlternatingLeastSquares`) over this file's grid,
+  wider than a run's default: fitted on the training pairs for each grid point; the point with
+  the best validation recall@20 is refit on train + validation and evaluated on test.
 - twotower: `train.train(cfg)` with the dataset's experiment config (recipe and epoch count
   chosen on validation, then refit on train + validation: `refit=true`, the default).
 
@@ -23,32 +23,29 @@ dataset). It is a benchmark, not a test: nothing here asserts.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
+import logging
 import os
 import platform
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
-import numpy as np
-import scipy.sparse as sp
 import torch
 from omegaconf import OmegaConf
 
 import train as train_module
-from features.arrays import csr_by_user
 from features.prepare import PreparedData
-from serve.evaluate import evaluate_popularity, evaluate_vectors
+from serve import baselines
+from serve.baselines import popularity_metrics, tune_als
 from towers.metrics import KS, metric_name
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "quality.json"
-MONITOR = metric_name("recall", 20)  # what ALS is tuned on (validation), as train.py's monitor
 
 
 @dataclass
@@ -111,87 +108,27 @@ ALS_GRID = {
 ALS_GRID_TINY = {"factors": (64,), "regularization": (0.1,), "alpha": (5.0,), "iterations": (10,)}
 
 
-# -- shared ranking ----------------------------------------------------------------------------
-def user_item_matrix(pairs: np.ndarray, num_users: int, num_items: int) -> sp.csr_matrix:
-    """Binary CSR users x items from [user, item] rows."""
-    values = np.ones(len(pairs), dtype=np.float32)
-    matrix = sp.csr_matrix((values, (pairs[:, 0], pairs[:, 1])), shape=(num_users, num_items))
-    matrix.sum_duplicates()
-    matrix.data[:] = 1.0
-    return matrix
-
-
 # -- models ------------------------------------------------------------------------------------
 def run_popularity(data: PreparedData) -> dict:
-    seen = csr_by_user(data.before_test, data.num_users)
-    counts = data.item_counts_before_test()  # train + validation, as train.py's baseline
     started = time.perf_counter()
-    metrics = evaluate_popularity(counts, seen, data.test, KS, stage="test")
+    metrics = popularity_metrics(data, KS)  # train + validation counts, as train.py's baseline
     return {"metrics": metrics, "train_seconds": 0.0, "eval_seconds": time.perf_counter() - started}
 
 
 def run_als(data: PreparedData, grid: dict, seed: int, threads: int) -> dict:
-    from implicit.cpu.als import AlternatingLeastSquares  # the bench extra; imported only here
-    from threadpoolctl import threadpool_limits
-
-    # implicit parallelises itself, so BLAS runs single-threaded inside fit (implicit warns
-    # otherwise); the ranking matmuls outside keep torch's threads.
-    train_matrix = user_item_matrix(data.train, data.num_users, data.num_items)
-    train_seen = csr_by_user(data.train, data.num_users)
-    trials = []
-    best = None
-    grid_started = time.perf_counter()
-    for values in itertools.product(*grid.values()):
-        params = dict(zip(grid, values, strict=True))
-        model = AlternatingLeastSquares(**params, random_state=seed, num_threads=threads)
-        started = time.perf_counter()
-        with threadpool_limits(1, "blas"):
-            model.fit(train_matrix, show_progress=False)
-        fit_seconds = time.perf_counter() - started
-        val = evaluate_vectors(
-            model.user_factors[data.val.users],
-            model.item_factors,
-            train_seen,
-            data.val,
-            stage="val",
-        )
-        trial = {"params": params, "fit_seconds": fit_seconds, "val": val}
-        trials.append(trial)
-        print(
-            f"  als {params}: val recall@20 {val['val/' + MONITOR]:.4f} ({fit_seconds:.1f}s fit)",
-            flush=True,
-        )
-        if best is None or val["val/" + MONITOR] > best[0]["val"]["val/" + MONITOR]:
-            best = (trial, model)
-    grid_seconds = time.perf_counter() - grid_started
-    trial, model = best
-
-    # Test: refit on train + validation with the chosen parameters, as train.py refits twotower
-    # (the same interactions behind both models' test rankings).
-    known_matrix = user_item_matrix(data.before_test, data.num_users, data.num_items)
-    model = AlternatingLeastSquares(**trial["params"], random_state=seed, num_threads=threads)
-    refit_started = time.perf_counter()
-    with threadpool_limits(1, "blas"):
-        model.fit(known_matrix, show_progress=False)
-    refit_seconds = time.perf_counter() - refit_started
-    started, cpu_started = time.perf_counter(), time.process_time()
-    test_users = model.user_factors[data.test.users]
-    known_seen = csr_by_user(data.before_test, data.num_users)
-    metrics = evaluate_vectors(test_users, model.item_factors, known_seen, data.test, stage="test")
-    eval_seconds = time.perf_counter() - started
-    # CPU seconds (all threads) do not grow with other processes' load the way wall time does;
-    # divided by the thread count they estimate the wall time on an idle machine.
-    eval_cpu_seconds = time.process_time() - cpu_started
+    result = tune_als(data, KS, grid, seed, threads)  # logs each grid point
     return {
-        "metrics": metrics,
-        "params": trial["params"],
-        "val": trial["val"],
-        "train_seconds": trial["fit_seconds"],
-        "refit_seconds": refit_seconds,
-        "grid_seconds": grid_seconds,
-        "eval_seconds": eval_seconds,
-        "eval_cpu_seconds": eval_cpu_seconds,
-        "grid": trials,
+        "metrics": result.test,
+        "params": result.chosen.params,
+        "val": result.chosen.val,
+        "train_seconds": result.chosen.fit_seconds,
+        "refit_seconds": result.refit_seconds,
+        "grid_seconds": result.grid_seconds,
+        "eval_seconds": result.eval_seconds,
+        # CPU seconds (all threads) do not grow with other processes' load the way wall time
+        # does; divided by the thread count they estimate the wall time on an idle machine.
+        "eval_cpu_seconds": result.eval_cpu_seconds,
+        "grid": [asdict(trial) for trial in result.trials],
     }
 
 
@@ -314,6 +251,8 @@ def main(argv: list[str] | None = None) -> dict:
         "--threads", type=int, default=None, help="torch / ALS threads (default: torch's)"
     )
     args = parser.parse_args(argv)
+    logging.basicConfig(format="  %(message)s")  # the ALS grid's progress, one line a point
+    logging.getLogger(baselines.__name__).setLevel(logging.INFO)
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()

@@ -227,9 +227,21 @@ def test_an_experiment_sets_top_level_keys():
 # -- without refit; row-wise Adam beside dense Adam ------------------------------------------------
 @pytest.fixture(scope="module")
 def dense_run(tmp_path_factory):
-    """(output_dir, metrics) of one run with NO_REFIT's settings (dense Adam)."""
+    """(output_dir, metrics) of one run with NO_REFIT's settings (dense Adam), ALS beside it."""
     output_dir = tmp_path_factory.mktemp("dense")
-    return output_dir, train_module.train(compose_config(output_dir, NO_REFIT))
+    overrides = [*NO_REFIT, "baselines=[popularity,als]"]
+    return output_dir, train_module.train(compose_config(output_dir, overrides))
+
+
+@pytest.mark.slow
+def test_baselines_als_is_reported_beside_the_model_on_every_test_metric(dense_run):
+    output_dir, metrics = dense_run
+    model_keys = [k for k in metrics if k.startswith("test/")]
+    assert model_keys and all(f"als/{k}" in metrics for k in model_keys)
+    assert metrics["als/factors"] >= compose_config(output_dir).model.towers.embedding_dim
+    table = train_module.metrics_table(metrics, (20,))
+    assert table.splitlines()[0].split()[-1] == "als"
+    assert f"{metrics['als/test/recall@20']:.4f}" in table
 
 
 @pytest.mark.slow
