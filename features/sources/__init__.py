@@ -10,6 +10,7 @@ from features.sources.lightgcn import LightGCN, scan_lightgcn
 from features.sources.movielens import MovieLens, bundled_dir, scan_movies, scan_ratings
 from features.sources.movielens_100k import MovieLens100K
 from features.sources.movielens_archive import MovieLensArchive
+from features.sources.s3rec import S3Rec
 from features.sources.synthetic import Synthetic
 from features.sources.tables import read_table
 
@@ -21,6 +22,7 @@ __all__ = [
     "MovieLens",
     "MovieLens100K",
     "MovieLensArchive",
+    "S3Rec",
     "Source",
     "Synthetic",
     "bundled_dir",

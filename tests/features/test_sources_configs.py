@@ -5,7 +5,14 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from features import prepare
-from features.sources import Interactions, LastFMHetRec, LightGCN, MovieLens100K, MovieLensArchive
+from features.sources import (
+    Interactions,
+    LastFMHetRec,
+    LightGCN,
+    MovieLens100K,
+    MovieLensArchive,
+    S3Rec,
+)
 from tests.conftest import ROOT, shared_dataset
 from tests.features.test_sources import IDS_AND_HISTORY
 
@@ -15,6 +22,7 @@ SOURCES = {
     "movielens_archive": MovieLensArchive,
     "bars_electronics": LightGCN,
     "lightgcn": LightGCN,
+    "s3rec_beauty": S3Rec,
 }
 
 
