@@ -612,9 +612,36 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
         return hydra_compose(config_name="train", overrides=list(overrides))
 
 
+class SearchNeedsMultirunError(RuntimeError):
+    """`hparams_search=NAME` without `-m`: a search is a sweep of many runs, not one."""
+
+    def __init__(self, search: str | None):
+        self.search = search
+        super().__init__(
+            f"hparams_search={search} runs an Optuna study of many trials: "
+            f"python train.py -m hparams_search={search} ..."
+        )
+
+
+def _search_trial_dir() -> str:
+    """conf/hparams_search/base/optuna.yaml's ${search_trial_dir:}: <sweep dir>/<trial number>,
+    from the Hydra config of the job being launched."""
+    from hydra.types import RunMode
+
+    config = HydraConfig.get()
+    if config.mode != RunMode.MULTIRUN:
+        raise SearchNeedsMultirunError(config.runtime.choices.get("hparams_search"))
+    return str(Path(config.sweep.dir) / str(config.sweep.subdir))
+
+
+OmegaConf.register_new_resolver("search_trial_dir", _search_trial_dir, replace=True)
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> None:
-    train(cfg)
+def main(cfg: DictConfig) -> float:
+    """`python train.py`; returns the monitored validation metric, the objective that
+    `python train.py -m hparams_search=NAME` (conf/hparams_search) maximises."""
+    return train(cfg)[cfg.monitor]
 
 
 if __name__ == "__main__":
