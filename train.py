@@ -37,10 +37,12 @@ from features.prepare import PreparedData
 from features.serving import item_table, user_table
 from features.sources.base import Source
 from features.spec import SIDES, FeaturesConfig, parse_side
+from serve.audit import CATALOGUE_METRICS, AuditGroups
 from serve.baselines import evaluate_baselines
 from serve.cold import evaluate_cold
 from serve.evaluate import evaluate_recommender
 from serve.export import export_bundle
+from serve.held_out import TEST_PAIRS, write_held_out
 from serve.recommender import Recommender
 from towers import FeatureSpec, ItemCatalogue, Scorer, TwoTowerModule
 from towers.halving import successive_halving
@@ -70,13 +72,14 @@ def _write_json(path: Path, payload: dict) -> None:
 
 def metrics_table(metrics: dict[str, float], ks) -> str:
     """Rows slice metric@k, columns twotower / popularity / content / ALS (where measured): every
-    metric of the warm test, recall and ndcg at 20 of each cold slice."""
+    metric of the warm test and its catalogue audit (serve.audit), recall and ndcg at 20 of each
+    other slice (cold, popularity bucket, user activity)."""
     stages = ["test", *sorted({k.split("/")[0] for k in metrics if k.startswith("test_")})]
     lines = [
         f"{'slice':<22}{'metric':<14}{'twotower':>10}{'popularity':>12}{'content':>10}{'als':>10}"
     ]
     for stage in stages:
-        names = METRICS if stage == "test" else ("recall", "ndcg")
+        names = (*METRICS, *CATALOGUE_METRICS) if stage == "test" else ("recall", "ndcg")
         cuts = ks if stage == "test" else [k for k in ks if k == 20] or ks[-1:]
         for name in names:
             for k in cuts:
@@ -424,10 +427,12 @@ def _served_scorer(
 
 
 def _evaluate(cfg: DictConfig, bundle_dir: Path, data: PreparedData, ks) -> dict[str, float]:
-    """The bundle on the test split through the serving path, and the baselines beside it
-    (`baselines`: popularity, ALS tuned on validation); each cold slice apart (serve.cold)."""
+    """The bundle on the test split through the serving path with the retrievability audit
+    (serve.audit), and the baselines beside it (`baselines`: popularity, ALS tuned on
+    validation); each cold slice apart (serve.cold)."""
     recommender = Recommender.load(bundle_dir)
-    metrics = evaluate_recommender(recommender, data.test, ks, stage="test")
+    audit = AuditGroups.of_data(data)
+    metrics = evaluate_recommender(recommender, data.test, ks, stage="test", audit=audit)
     metrics |= evaluate_baselines(
         list(cfg.get("baselines") or ["popularity"]),
         data,
@@ -592,6 +597,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, floa
         index_config=cfg.index,
         num_train_users=data.num_train_users,
     )
+    write_held_out(output_dir / TEST_PAIRS, data.test, data.user_vocab, data.item_vocab)
     ks = selected.metrics.ks
     metrics.update(_evaluate(cfg, bundle_dir, data, ks))
     _write_json(output_dir / "metrics.json", metrics)

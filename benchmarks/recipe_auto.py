@@ -42,6 +42,7 @@ DATASETS = {  # name -> conf/data/<config>.yaml
     "ml100k": "movielens_100k",
     "lastfm": "lastfm_hetrec",
     "electronics": "bars_electronics",
+    "beauty": "s3rec_beauty",
     "gowalla": "lightgcn",
 }
 VARIANTS = ("auto", "default", "contrastive")

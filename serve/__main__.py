@@ -5,9 +5,18 @@
     python -m serve http --bundle PATH --host 127.0.0.1 --port 8000   the HTTP service
     python -m serve update --bundle PATH --upsert new.parquet --remove ID   a new bundle version
     python -m serve verify --bundle PATH [--version v000002]   every file against its checksum
+    python -m serve clusters --bundle PATH --k 50      k-means of the item vectors, as Parquet
+    python -m serve duplicates --bundle PATH --threshold 0.95   item pairs above a cosine
+    python -m serve audit --bundle PATH [--held-out pairs.parquet]   metrics and retrievability
 
-Errors (unknown ids, bad k, a broken bundle) print one line to stderr and exit with status 2;
-`verify` prints its JSON summary, and a line to stderr for each bad file (then exits with 2)."""
+`audit` prints the bundle's and popularity's metrics on held-out pairs, with the retrievability
+audit (serve.audit), as JSON; by default on the test split of the run that wrote the bundle.
+
+Errors (unknown ids, bad k, a broken bundle, an unreadable held-out file) print one line to
+stderr and exit with status 2;
+`verify` prints its JSON summary, and a line to stderr for each bad file (then exits with 2).
+`clusters` and `duplicates` report progress on stderr, write a Parquet table (by default in
+analysis/ under the bundle's root) and print what they found."""
 
 from __future__ import annotations
 
@@ -18,6 +27,7 @@ from pathlib import Path
 
 from serve.errors import BundleError, RequestError, UnknownIdError
 from serve.files import VERIFY
+from serve.held_out import TEST_PAIRS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
         default="history",
         choices=("history", "popularity", "error"),
         help="users the bundle does not know: from --history (else an error), popularity, or an error",
+    )
+    rec.add_argument(
+        "--explain", action="store_true", help="list the history items behind each result"
     )
     sim = commands.add_parser("similar", help="items near an item, as JSON")
     sim.add_argument("--bundle", required=True)
@@ -60,7 +73,33 @@ def _parser() -> argparse.ArgumentParser:
     upd.add_argument(
         "--remove", action="append", default=[], help="raw item id to remove (repeatable)"
     )
+    aud = commands.add_parser(
+        "audit",
+        help="the bundle and popularity on held-out pairs: metrics and the retrievability audit",
+    )
+    aud.add_argument("--bundle", required=True)
+    aud.add_argument(
+        "--held-out",
+        help="Parquet, CSV or JSON file of held-out user_id, item_id pairs (default: the "
+        f"{TEST_PAIRS} that train.py wrote beside the bundle: the run's test split)",
+    )
+    _add_catalogue_commands(commands)
     return parser
+
+
+def _add_catalogue_commands(commands) -> None:
+    """`clusters` and `duplicates`: what the item vectors say about the catalogue."""
+    clu = commands.add_parser("clusters", help="k-means of the item vectors, written as Parquet")
+    clu.add_argument("--bundle", required=True)
+    clu.add_argument("--k", type=int, default=50, help="number of clusters")
+    clu.add_argument("--seed", type=int, default=0, help="k-means seed")
+    clu.add_argument("--titles", type=int, default=5, help="popular titles printed per cluster")
+    clu.add_argument("--out", help="Parquet file (default: analysis/clusters-<version>.parquet)")
+    dup = commands.add_parser("duplicates", help="item pairs above a cosine, written as Parquet")
+    dup.add_argument("--bundle", required=True)
+    dup.add_argument("--threshold", type=float, default=0.95, help="cosine the pairs exceed")
+    dup.add_argument("--show", type=int, default=10, help="pairs printed, the most alike first")
+    dup.add_argument("--out", help="Parquet file (default: analysis/duplicates-<version>.parquet)")
 
 
 def _add_http_command(commands) -> None:
@@ -118,17 +157,46 @@ def _add_http_command(commands) -> None:
     )
 
 
-def _read_table(path: str):
+def _read_table(path: str, flag: str = "--upsert"):
     import polars as pl
 
     readers = {".parquet": pl.read_parquet, ".csv": pl.read_csv, ".json": pl.read_json}
     reader = readers.get(Path(path).suffix)
     if reader is None:
-        raise RequestError("--upsert", path, "must be a .parquet, .csv or .json file")
+        raise RequestError(flag, path, "must be a .parquet, .csv or .json file")
     try:
         return reader(path)
     except (OSError, pl.exceptions.PolarsError) as err:
-        raise RequestError("--upsert", path, f"cannot be read ({err})") from None
+        raise RequestError(flag, path, f"cannot be read ({err})") from None
+
+
+def _audit(args: argparse.Namespace, recommender) -> dict:
+    """The bundle and popularity on the held-out pairs (serve.evaluate.evaluate_bundle), with
+    how many pairs the bundle could not rank."""
+    from features.schema import ITEM_ID
+    from features.vocab import Vocabulary
+    from serve.evaluate import evaluate_bundle
+    from serve.held_out import held_out_pairs
+
+    path = args.held_out or str(Path(args.bundle).parent / TEST_PAIRS)
+    if not args.held_out and not Path(path).is_file():
+        raise RequestError(
+            "--held-out",
+            path,
+            f"must be given: no {TEST_PAIRS} (a run's test split) is beside the bundle",
+        )
+    items = Vocabulary.from_ids(recommender.bundle.items[ITEM_ID])
+    pairs = held_out_pairs(_read_table(path, "--held-out"), recommender.user_vocab, items)
+    return {
+        "bundle": str(args.bundle),
+        "held_out": path,
+        "users": len(pairs.held_out),
+        "interactions": pairs.held_out.num_interactions,
+        "unknown_users": pairs.unknown_users,
+        "unknown_user_interactions": pairs.unknown_user_pairs,
+        "unknown_items": pairs.unknown_items,
+        "metrics": evaluate_bundle(recommender, pairs.held_out),
+    }
 
 
 def _http(args: argparse.Namespace) -> int:
@@ -157,12 +225,50 @@ def _http(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _clusters(args: argparse.Namespace) -> int:
+    """`clusters`: the table written, each cluster's size and most popular titles printed."""
+    from serve.clusters import cluster_items, cluster_tops, default_out, write_table
+    from serve.versions import read_bundle
+
+    bundle = read_bundle(args.bundle)
+    clusters = cluster_items(bundle, args.k, seed=args.seed, progress=_progress)
+    path = write_table(clusters, args.out or default_out(bundle, "clusters"))
+    _progress(f"wrote {clusters.height} items' clusters to {path}")
+    for top in cluster_tops(bundle, clusters, args.titles):
+        print(f"cluster {top.cluster} ({top.size} items): " + " | ".join(top.titles))
+    return 0
+
+
+def _duplicates(args: argparse.Namespace) -> int:
+    """`duplicates`: the table written, the most alike pairs printed."""
+    from serve.clusters import default_out, near_duplicates, write_table
+    from serve.versions import read_bundle
+
+    bundle = read_bundle(args.bundle)
+    pairs = near_duplicates(bundle, args.threshold, progress=_progress)
+    path = write_table(pairs, args.out or default_out(bundle, "duplicates"))
+    _progress(f"wrote {pairs.height} pairs above cosine {args.threshold} to {path}")
+    for item, duplicate, cosine in pairs.head(max(args.show, 0)).iter_rows():
+        print(f"{cosine:.4f}  {item}  {duplicate}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from serve.recommender import Recommender
 
     if args.command == "http":
         return _http(args)
+    if args.command in ("clusters", "duplicates"):
+        try:
+            return (_clusters if args.command == "clusters" else _duplicates)(args)
+        except (BundleError, RequestError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     if args.command == "verify":
         from serve.versions import verify_version
 
@@ -190,10 +296,16 @@ def main(argv: list[str] | None = None) -> int:
         recommender = Recommender.load(
             args.bundle, cold_start=getattr(args, "cold_start", "history")
         )
-        if args.command == "recommend":
+        if args.command == "audit":
+            out = _audit(args, recommender)
+        elif args.command == "recommend":
             histories = None if args.history is None else [args.history] * len(args.user)
             results = recommender.recommend_many(
-                args.user, k=args.k, exclude_seen=not args.include_seen, histories=histories
+                args.user,
+                k=args.k,
+                exclude_seen=not args.include_seen,
+                histories=histories,
+                explain=args.explain,
             )
             payload = [
                 {"user_id": user, "source": recs.source, "items": [r.to_dict() for r in recs]}

@@ -8,8 +8,9 @@ exclusion of each user's known items and the same metric code (serve.evaluate).
   model it serves) and ranks the test users.
 
 `evaluate_baselines` returns flat metric names, `{baseline}/{stage}/{metric}@{k}`
-(`als/test/recall@20`), beside the chosen ALS parameters and its seconds. Nothing here trains or
-imports the two-tower model."""
+(`als/test/recall@20`), the retrievability audit of each on test (serve.audit:
+`als/test_tail/recall@20`, `popularity/test/coverage@20`, ...), beside the chosen ALS parameters
+and its seconds. Nothing here trains or imports the two-tower model."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import torch
 from features.arrays import csr_by_user
 from features.prepare import PreparedData
 from features.text_encoder import MissingExtraError
+from serve.audit import AuditGroups
 from serve.evaluate import evaluate_popularity, evaluate_vectors
 from towers.metrics import metric_name
 
@@ -123,9 +125,11 @@ def evaluate_baselines(
 
 
 def popularity_metrics(data: PreparedData, ks: Sequence[int]) -> dict[str, float]:
-    """Test metrics of ranking by train + validation counts, each user's known items excluded."""
+    """Test metrics of ranking by train + validation counts, each user's known items excluded,
+    with the retrievability audit."""
     seen = csr_by_user(data.before_test, data.num_users)
-    return evaluate_popularity(data.item_counts_before_test(), seen, data.test, ks, "test")
+    counts, audit = data.item_counts_before_test(), AuditGroups.of_data(data)
+    return evaluate_popularity(counts, seen, data.test, ks, "test", audit=audit)
 
 
 def als_metrics(result: AlsResult) -> dict[str, float]:
@@ -154,7 +158,7 @@ def tune_als(
 ) -> AlsResult:
     """Every point of `grid` (factors, regularization, alpha and iterations, each to a list of
     values) fitted on the training pairs; the first with the best validation recall@20 refit on train +
-    validation and evaluated on the test users at `ks`."""
+    validation and evaluated on the test users at `ks`, with the retrievability audit."""
     if len(data.val) == 0:
         raise EmptyValidationError("als")
     threads = torch.get_num_threads() if threads is None else threads
@@ -171,7 +175,14 @@ def tune_als(
     refit_seconds = time.perf_counter() - started
     started, cpu_started = time.perf_counter(), time.process_time()
     known = csr_by_user(data.before_test, data.num_users)
-    test = evaluate_vectors(user_factors[data.test.users], item_factors, known, data.test, ks)
+    test = evaluate_vectors(
+        user_factors[data.test.users],
+        item_factors,
+        known,
+        data.test,
+        ks,
+        audit=AuditGroups.of_data(data),
+    )
     return AlsResult(
         chosen=best,
         test=test,

@@ -7,7 +7,12 @@ the same metric code, as the baseline every model is shown next to; `evaluate_co
 the content alone (a user's history's mean content vector), the baseline for cold items.
 
 Each baseline takes `candidates`, the item rows that may be recommended (None: every item): a
-slice such as the cold items is ranked among its own items."""
+slice such as the cold items is ranked among its own items.
+
+Given `audit` (serve.audit's groups), `evaluate_recommender`, `evaluate_vectors` and
+`evaluate_popularity` also feed the top-k lists they rank to the retrievability audit and return
+its metrics with theirs (ranking at least AUDIT_K deep); `evaluate_bundle` measures a bundle and
+popularity from the bundle alone (`python -m serve audit`)."""
 
 from __future__ import annotations
 
@@ -16,19 +21,43 @@ import torch
 
 from features.arrays import padded_rows
 from features.prepare import HeldOut
+from serve.audit import AuditGroups, RetrievabilityAudit
 from serve.recommender import Recommender
 from towers.metrics import KS, RankingMetrics
 from towers.ranking import exact_top_k
 
 
 def _update(
-    metrics: RankingMetrics, held_out: HeldOut, rows: np.ndarray, top_items: np.ndarray
+    metrics: RankingMetrics,
+    held_out: HeldOut,
+    rows: np.ndarray,
+    top_items: np.ndarray,
+    audit: RetrievabilityAudit | None = None,
 ) -> None:
     relevant = padded_rows(held_out.indptr, held_out.items, rows, pad=-1)
     counts = held_out.indptr[rows + 1] - held_out.indptr[rows]
     metrics.update(
         torch.from_numpy(top_items), torch.from_numpy(relevant), torch.from_numpy(counts)
     )
+    if audit is not None:
+        audit.update(held_out, rows, top_items)
+
+
+def _depth(metrics: RankingMetrics, audit: RetrievabilityAudit | None) -> int:
+    """How deep to rank: the metrics' largest k, at least the audit's."""
+    return metrics.max_k if audit is None else max(metrics.max_k, audit.k)
+
+
+def _computed(
+    metrics: RankingMetrics, audit: RetrievabilityAudit | None, stage: str
+) -> dict[str, float]:
+    return metrics.compute(stage) | ({} if audit is None else audit.compute(stage))
+
+
+def _servable(recommender: Recommender, filters: dict | None) -> np.ndarray:
+    """The item rows a request with `filters` may get: the active ones that pass them."""
+    item_filter = recommender.catalogue.item_filter(filters)
+    return np.flatnonzero(recommender.active if item_filter is None else item_filter.eligible)
 
 
 def evaluate_recommender(
@@ -40,19 +69,43 @@ def evaluate_recommender(
     *,
     histories: np.ndarray | None = None,
     filters: dict | None = None,
+    audit: AuditGroups | None = None,
 ) -> dict[str, float]:
     """The bundle's top-k of each held-out user through `Recommender.top_k`; `histories` (U, L)
     item rows given in place of the stored ones (row i: held_out.users[i]), `filters` over the
-    item table (a slice ranked among its own items)."""
+    item table (a slice ranked among its own items); `audit`: the audit's metrics too, over the
+    active items (that pass `filters`)."""
     metrics = RankingMetrics(ks)
+    audited = None if audit is None else audit.start(_servable(recommender, filters))
     for start in range(0, len(held_out), chunk):
         rows = np.arange(start, min(start + chunk, len(held_out)))
         given = None if histories is None else histories[rows]
         _, top = recommender.top_k(
-            held_out.users[rows], metrics.max_k, exclude_seen=True, histories=given, filters=filters
+            held_out.users[rows],
+            _depth(metrics, audited),
+            exclude_seen=True,
+            histories=given,
+            filters=filters,
         )
-        _update(metrics, held_out, rows, top)
-    return metrics.compute(stage)
+        _update(metrics, held_out, rows, top, audited)
+    return _computed(metrics, audited, stage)
+
+
+def evaluate_bundle(
+    recommender: Recommender, held_out: HeldOut, ks=KS, stage: str = "test"
+) -> dict[str, float]:
+    """The bundle through the serving path and popularity (`popularity/...`: the items by how
+    many users have seen them, among the active ones), each with the retrievability audit, from
+    the bundle alone: its seen items are the training interactions."""
+    seen = (recommender.users.seen_indptr, recommender.users.seen_items)
+    groups = AuditGroups.from_seen(seen, recommender.num_items)
+    metrics = evaluate_recommender(recommender, held_out, ks, stage, audit=groups)
+    counts = np.bincount(seen[1], minlength=recommender.num_items)
+    active = np.flatnonzero(recommender.active)
+    popularity = evaluate_popularity(
+        counts, seen, held_out, ks, stage, candidates=active, audit=groups
+    )
+    return metrics | {f"popularity/{name}": value for name, value in popularity.items()}
 
 
 def evaluate_vectors(
@@ -64,12 +117,14 @@ def evaluate_vectors(
     stage: str = "test",
     chunk: int = 4096,
     candidates: np.ndarray | None = None,
+    audit: AuditGroups | None = None,
 ) -> dict[str, float]:
     """Exact ranking of any model given as vectors (row i of `user_vectors` is
     held_out.users[i]) over the `candidates` item rows (None: the whole catalogue), each user's
     `seen` (indptr, items) excluded: for baselines (popularity, ALS, content) scored with the
-    same exclusion and metric code as the bundle."""
+    same exclusion and metric code as the bundle; `audit`: the audit's metrics too."""
     metrics = RankingMetrics(ks)
+    audited = None if audit is None else audit.start(candidates)
     rows_of_candidates = np.arange(len(item_vectors)) if candidates is None else candidates
     candidate_of_item = _candidate_positions(len(item_vectors), rows_of_candidates)  # (I,)
     items_t = torch.from_numpy(np.ascontiguousarray(item_vectors[rows_of_candidates]))  # (C, D)
@@ -81,9 +136,11 @@ def evaluate_vectors(
         )  # (U, D)
         seen_rows = padded_rows(seen_indptr, seen_items, held_out.users[rows], pad=-1)  # (U, S)
         seen_candidates = np.where(seen_rows >= 0, candidate_of_item[seen_rows], -1)  # (U, S)
-        _, top = exact_top_k(users_t, items_t, metrics.max_k, torch.from_numpy(seen_candidates))
-        _update(metrics, held_out, rows, rows_of_candidates[top.numpy()])  # (U, K) item rows
-    return metrics.compute(stage)
+        _, top = exact_top_k(
+            users_t, items_t, _depth(metrics, audited), torch.from_numpy(seen_candidates)
+        )
+        _update(metrics, held_out, rows, rows_of_candidates[top.numpy()], audited)  # (U, K) rows
+    return _computed(metrics, audited, stage)
 
 
 def evaluate_popularity(
@@ -94,13 +151,16 @@ def evaluate_popularity(
     stage: str = "test",
     chunk: int = 4096,
     candidates: np.ndarray | None = None,
+    audit: AuditGroups | None = None,
 ) -> dict[str, float]:
     """Most popular items first (by `item_counts`) among the `candidates` item rows (None: every
-    item), each user's `seen` (indptr, items) excluded."""
+    item), each user's `seen` (indptr, items) excluded; `audit`: the audit's metrics too."""
     # Popularity is a rank-1 model: user vector 1, item vector = count (ties broken by index).
     scores = item_counts.astype(np.float64) - np.arange(len(item_counts)) * 1e-9  # (I,)
     ones = np.ones((len(held_out), 1), dtype=np.float64)  # (U, 1)
-    return evaluate_vectors(ones, scores[:, None], seen, held_out, ks, stage, chunk, candidates)
+    return evaluate_vectors(
+        ones, scores[:, None], seen, held_out, ks, stage, chunk, candidates, audit
+    )
 
 
 def evaluate_content(

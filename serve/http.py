@@ -3,7 +3,8 @@
     python -m serve http --bundle runs/ml/bundle --host 127.0.0.1 --port 8000
 
     POST /recommend          {"user_id": 42, "k": 10, "exclude_seen": true, "history": [...],
-                              "exclude": [...], "filters": {"genres": "Comedy"}}
+                              "exclude": [...], "filters": {"genres": "Comedy"},
+                              "explain": true}
     POST /recommend/batch    {"user_ids": [42, 7], "k": 10, ...}
     POST /similar-items      {"item_id": 318, "k": 10, "filters": {...}}
     GET  /healthz            the process answers
@@ -166,6 +167,7 @@ def _add_recommend_routes(app: FastAPI, service: Service, batcher: Batcher, limi
                 features=body.features,
                 exclude=body.exclude,
                 filters=body.filters,
+                explain=body.explain,
             )
         return json_response(recommend_payload(body.user_id, recommender, recs))
 
@@ -185,6 +187,7 @@ def _add_recommend_routes(app: FastAPI, service: Service, batcher: Batcher, limi
             features=body.features,
             exclude=body.exclude,
             filters=body.filters,
+            explain=body.explain,
         )
         return json_response(
             {

@@ -72,6 +72,13 @@ UserFeatures = Annotated[
 ]
 
 
+# Each result's history items behind its score (serve.explain).
+Explain = Annotated[
+    bool,
+    Field(description="add to each result `because`: the history items that raised its score most"),
+]
+
+
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -107,6 +114,7 @@ def request_models(limits: Limits) -> RequestModels:
         features: UserFeatures = None
         exclude: Exclude = None
         filters: Filters = None
+        explain: Explain = False
 
         @property
         def plain(self) -> bool:
@@ -116,6 +124,7 @@ def request_models(limits: Limits) -> RequestModels:
                 and self.features is None
                 and self.exclude is None
                 and not self.filters
+                and not self.explain
             )
 
     class BatchRecommendRequest(_Body):
@@ -130,6 +139,7 @@ def request_models(limits: Limits) -> RequestModels:
         )
         exclude: Exclude = None
         filters: Filters = None
+        explain: Explain = False
 
     class SimilarItemsRequest(_Body):
         item_id: RawId
@@ -198,7 +208,13 @@ def _field_error(error: dict) -> dict:
 
 
 def items_payload(recs: Recommendations) -> list[dict]:
-    return [{"item_id": r.item_id, "score": r.score, "title": r.title} for r in recs]
+    """Each result's fields; `because` only when explained."""
+    return [
+        {"item_id": r.item_id, "score": r.score, "title": r.title}
+        if r.because is None
+        else r.to_dict()
+        for r in recs
+    ]
 
 
 def recommend_payload(user_id, recommender: Recommender, recs: Recommendations) -> dict:

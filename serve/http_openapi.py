@@ -27,10 +27,21 @@ AnyId = int | str
 Source = Literal["model", "features", "history", "popularity"]  # serve.users.Source
 
 
+class Because(_Answer):
+    item_id: AnyId = Field(description="a history item")
+    title: str | None = None
+    contribution: float = Field(description="what it adds to the result's score")
+    share: float = Field(description="contribution / the score less the popularity prior")
+
+
 class Item(_Answer):
     item_id: AnyId
     score: float = Field(description="what the index ranks by; popularity: how many users saw it")
     title: str | None = None
+    because: list[Because] | None = Field(
+        None,
+        description="with explain: the history items that raised the score most, largest first",
+    )
 
 
 class RecommendAnswer(_Answer):

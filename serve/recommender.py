@@ -6,7 +6,8 @@ items, user vectors, users the bundle does not know as `cold_start` says) and th
 (serve.search: the best k eligible rows per query vector, exactly k whenever k eligible items
 exist). It turns requests into their calls, and their answers into results, which say in
 `.source` where they came from (serve.users.Source). Offline evaluation goes
-through `top_k`, the same path as `recommend`.
+through `top_k`, the same path as `recommend`. With `explain=True` each result also says which
+history items raised its score most (serve.explain).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 from serve.bundle import Bundle
 from serve.catalogue import EMPTY, Catalogue
 from serve.errors import RequestError, check_k
+from serve.explain import Because, Explainer, check_explain
 from serve.index import resolve_device
 from serve.search import Search
 from serve.users import COLD_START, Source, UserStore
@@ -32,9 +34,15 @@ class Recommendation(NamedTuple):
     item_id: object  # raw item id, as in the data
     score: float  # inner product (+ the popularity prior, if any); popularity: a count
     title: str | None = None
+    because: tuple[Because, ...] | None = None  # with explain=True (serve.explain), else None
 
     def to_dict(self) -> dict:
-        return self._asdict()
+        """Its fields; `because` only when explained."""
+        out = self._asdict()
+        because = out.pop("because")
+        if because is not None:
+            out["because"] = [b.to_dict() for b in because]
+        return out
 
 
 class Recommendations(list):
@@ -74,6 +82,9 @@ class Recommender:
         self.item_index, self.item_rows = catalogue.item_index, catalogue.item_rows
         self.index, self.searcher = self.search.index, self.search.searcher
         self.item_vectors = self.search.item_vectors
+        self.explainer = Explainer(
+            self.scorer, self.item_vectors, catalogue.item_id_list, catalogue.titles
+        )
 
     @classmethod
     def load(
@@ -118,6 +129,7 @@ class Recommender:
         features: Mapping[str, object] | None = None,
         exclude: Sequence[object] | None = None,
         filters: Mapping[str, object] | None = None,
+        explain: bool = False,
     ) -> Recommendations:
         """The `k` best items for a user (raw id as in the data).
 
@@ -126,12 +138,13 @@ class Recommender:
         of the stored history (this is how users unseen in training are answered). features: a
         user the bundle does not know, described by the users table's columns ({"age": 31, ...}).
         exclude: raw item ids never to return. filters: `{column: value or [values]}` over the
-        item table."""
+        item table. explain: each result also lists in `.because` the history items that raised
+        its score most (serve.explain; none for popularity results)."""
         histories = None if history is None else [history]
         described = None if features is None else [features]
         return self.recommend_many(
             [user_id], k, exclude_seen, histories=histories, features=described, exclude=exclude,
-            filters=filters,
+            filters=filters, explain=explain,
         )[0]  # fmt: skip
 
     def recommend_many(
@@ -144,13 +157,16 @@ class Recommender:
         features: Sequence[Mapping[str, object] | None] | None = None,
         exclude: Sequence[object] | None = None,
         filters: Mapping[str, object] | None = None,
+        explain: bool = False,
     ) -> list[Recommendations]:
         """`recommend` for many users: one tower call and one index search for all of them.
 
-        histories, features: one per user (None = the stored one / none); exclude and filters
-        apply to all."""
+        histories, features: one per user (None = the stored one / none); exclude, filters and
+        explain apply to all."""
         check_k(k)
+        explain = check_explain(explain)
         plain = histories is None and features is None and not exclude and not filters
+        plain = plain and not explain
         if len(user_ids) == 1 and plain:
             user = self.users.index_of(user_ids[0])
             if user is not None:  # the hot path: a known user, nothing but their seen items out
@@ -179,14 +195,23 @@ class Recommender:
                 for u, g in zip(users, given, strict=True)
             ]
             scores, rows = self.search.nearest(vectors, k, bans, item_filter)
+            because = self._because(users, given, described, vectors, rows) if explain else None
             for j, i in enumerate(ranked):
-                out[i] = self._results(scores[j], rows[j], asked[i][1])
+                explained = None if because is None else because[j]
+                out[i] = self._results(scores[j], rows[j], asked[i][1], explained)
         for i, (_, source, given) in enumerate(asked):
             if source == Source.POPULARITY:
                 seen = given if exclude_seen and given is not None else EMPTY
                 popular = self.catalogue.popular(k, np.concatenate([excluded, seen]), item_filter)
-                out[i] = self._results(*popular, Source.POPULARITY)
+                explained = [()] * len(popular[1]) if explain else None
+                out[i] = self._results(*popular, Source.POPULARITY, explained)
         return out
+
+    def _because(self, users, given, described, vectors, rows) -> list[list[tuple]]:
+        """Each ranked user's `because` of each result found (serve.explain)."""
+        inputs, histories = self.users.query_inputs(users, given, described)
+        found = [r[r >= 0] for r in rows]
+        return self.explainer.because(inputs, histories, vectors, found)
 
     def similar_items(
         self, item_id: object, k: int = 10, *, filters: Mapping[str, object] | None = None
@@ -237,13 +262,18 @@ class Recommender:
 
     # -- results -------------------------------------------------------------------------------
     def _results(
-        self, scores: np.ndarray, rows: np.ndarray, source=Source.MODEL
+        self, scores: np.ndarray, rows: np.ndarray, source=Source.MODEL, because=None
     ) -> Recommendations:
         found = rows >= 0
-        return self._recommendations(rows[found].tolist(), scores[found].tolist(), source)
+        return self._recommendations(rows[found].tolist(), scores[found].tolist(), source, because)
 
-    def _recommendations(self, rows: list, scores: list, source=Source.MODEL) -> Recommendations:
+    def _recommendations(
+        self, rows: list, scores: list, source=Source.MODEL, because: list | None = None
+    ) -> Recommendations:
+        """Results of rows and scores; `because`: one tuple per row (explained), or None."""
         ids, titles = self.item_id_list, self.titles
         row_ids = [ids[i] for i in rows]
         row_titles = [None] * len(rows) if titles is None else [titles[i] for i in rows]
-        return Recommendations(map(Recommendation, row_ids, scores, row_titles), source)
+        if because is None:
+            return Recommendations(map(Recommendation, row_ids, scores, row_titles), source)
+        return Recommendations(map(Recommendation, row_ids, scores, row_titles, because), source)

@@ -198,10 +198,22 @@ class UserStore:
         not know), `histories` item rows given with the request (None: the stored history, or
         none), `features` of the users the bundle does not know (None: none given). One tower
         call, none with only cached users."""
+        if all(user is not None for user in users) and all(h is None for h in histories):
+            return self.known_user_vectors(np.array(users, dtype=np.int64))
+        inputs, _ = self.query_inputs(users, histories, features)
+        with torch.inference_mode():
+            return self.scorer.encode_users(inputs).float().numpy()
+
+    def query_inputs(
+        self,
+        users: Sequence[int | None],
+        histories: Sequence[np.ndarray | None],
+        features: Sequence[dict | None] | None = None,
+    ) -> tuple[dict[str, torch.Tensor], np.ndarray]:
+        """(the user tower's inputs, the history item rows (U, L) they hold) of a request's
+        users, as `query_vectors` reads its arguments."""
         known = np.array([user is not None for user in users], dtype=bool)
         rows = np.array([0 if user is None else user for user in users], dtype=np.int64)
-        if known.all() and all(history is None for history in histories):
-            return self.known_user_vectors(rows)
         stored = self.histories[torch.from_numpy(rows)]
         given = torch.stack(
             [
@@ -211,14 +223,13 @@ class UserStore:
                 for i, history in enumerate(histories)
             ]
         ).numpy()  # (U, L) item rows
-        if known.all():
-            return self.encode_users(rows, given)
-        unknown = np.flatnonzero(~known)
         inputs = self.inputs(rows, given)
+        if known.all():
+            return inputs, given
+        unknown = np.flatnonzero(~known)
         extra = [None if features is None else features[i] for i in unknown]
         cold = self.inputs.for_features(extra, given[unknown])
         for name, values in cold.items():
             inputs[name] = inputs[name].clone()
             inputs[name][torch.from_numpy(unknown)] = values
-        with torch.inference_mode():
-            return self.scorer.encode_users(inputs).float().numpy()
+        return inputs, given

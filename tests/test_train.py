@@ -65,6 +65,37 @@ def test_metrics_json_is_flat_with_every_name_for_model_and_popularity(trained_r
 
 
 @pytest.mark.slow
+def test_the_retrievability_audit_is_in_metrics_json_and_the_audit_command_repeats_it(
+    trained_run, capsys
+):
+    """serve.audit's keys for the model and popularity; `python -m serve audit` on the run's
+    bundle (by default on the test pairs the run wrote beside it) gives the same figures."""
+    output_dir, _ = trained_run
+    written = json.loads((output_dir / "metrics.json").read_text())
+    audit_keys = [
+        *(f"test_{b}/{m}@20" for b in ("head", "mid", "tail") for m in ("recall", "ndcg")),
+        "test_users_light/recall@20",
+        "test_users_heavy/recall@20",
+        *(f"test/{m}@20" for m in ("coverage", "gini", "tail_share")),
+    ]
+    for prefix in ("", "popularity/"):
+        for key in audit_keys:
+            assert 0.0 <= written[prefix + key] <= 1.0, prefix + key
+    assert written["test/coverage@20"] > written["popularity/test/coverage@20"]
+    table = train_module.metrics_table(written, KS).splitlines()
+    assert any(line.split()[:2] == ["test_tail", "recall@20"] for line in table)
+    assert any(line.split()[:2] == ["test", "coverage@20"] for line in table)
+
+    from serve.__main__ import main as serve_main
+
+    capsys.readouterr()
+    assert serve_main(["audit", "--bundle", str(output_dir / "bundle")]) == 0
+    audited = json.loads(capsys.readouterr().out)
+    assert audited["unknown_users"] == 0
+    assert audited["metrics"] == pytest.approx({k: written[k] for k in audited["metrics"]})
+
+
+@pytest.mark.slow
 def test_two_tower_beats_popularity_on_planted_clusters(trained_run):
     _, metrics = trained_run
     for key in ("recall@20", "ndcg@20"):

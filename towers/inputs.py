@@ -154,12 +154,37 @@ class HistoryEncoder(nn.Module):
             pooled = self._last(ids)
         return pooled if self.projection is None else self.projection(pooled)
 
-    def _attention(self, ids: torch.Tensor) -> torch.Tensor:
+    def terms(self, codes: torch.Tensor) -> torch.Tensor:
+        """Each position's part of `forward(codes)`: (B, L) → (B, L, D), summing over L to it.
+        A position's part is its pooling weight times its row (then projected): 1 / n for mean
+        over the n present items, the softmax weight for attention, 1 at the latest item for
+        last; zero at padding."""
+        ids = torch.where(codes >= 0, codes, self.pad)  # (B, L)
         rows = self.table(ids)  # (B, L, D)
+        weighted = self._weights(ids, rows)[:, :, None] * rows  # (B, L, D)
+        return weighted if self.projection is None else self.projection(weighted)
+
+    def _weights(self, ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """(B, L) the pooling's weight of each position (rows: (B, L, D), the table's)."""
         present = ids != self.pad  # (B, L)
+        if self.pooling == "attention":
+            return self._attention_weights(rows, present)
+        if self.pooling == "mean":
+            count = present.sum(1, keepdim=True).clamp(min=1)  # (B, 1)
+            return present.to(rows.dtype) / count
+        positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
+        latest = torch.where(present, positions, -1).max(1, keepdim=True).values  # (B, 1)
+        return (positions == latest).to(rows.dtype)  # an empty history: all zeros
+
+    def _attention_weights(self, rows: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """(B, L) softmax of the rows' scores against the learned query, over present items."""
         scores = rows @ self.query / math.sqrt(rows.shape[-1])  # (B, L)
         weights = torch.softmax(scores.masked_fill(~present, float("-inf")), dim=1)
-        weights = torch.nan_to_num(weights) * present  # an empty history: all zeros
+        return torch.nan_to_num(weights) * present  # an empty history: all zeros
+
+    def _attention(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = self.table(ids)  # (B, L, D)
+        weights = self._attention_weights(rows, ids != self.pad)  # (B, L)
         return (weights[:, :, None] * rows).sum(1)  # (B, D)
 
     def _last(self, ids: torch.Tensor) -> torch.Tensor:

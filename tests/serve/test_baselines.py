@@ -18,6 +18,7 @@ import train
 from features.arrays import csr_by_user
 from features.prepare import HeldOut, PreparedData
 from features.text_encoder import MissingExtraError
+from serve.audit import AuditGroups
 from serve.baselines import (
     EmptyValidationError,
     UnknownBaselineError,
@@ -30,6 +31,12 @@ from towers.metrics import METRICS
 
 KS = (10, 20, 50)
 SEED = 7
+AUDIT_KEYS = {
+    *(f"test_{b}/{m}@20" for b in ("head", "mid", "tail") for m in ("recall", "ndcg")),
+    "test_users_light/recall@20",
+    "test_users_heavy/recall@20",
+    *(f"test/{m}@20" for m in ("coverage", "gini", "tail_share")),
+}
 FACTORS_AT_LEAST = 16  # above every factor count of GRID: each point is fitted with 16
 GRID = {
     "factors": (4, 8),
@@ -101,7 +108,9 @@ def _grid_points_raised() -> list[dict]:
 # -- tests ----------------------------------------------------------------------------------------
 def test_popularity_is_serve_evaluates_on_train_and_validation_counts(data, metrics):
     seen = csr_by_user(data.before_test, data.num_users)
-    expected = evaluate_popularity(data.item_counts_before_test(), seen, data.test, KS, "test")
+    expected = evaluate_popularity(
+        data.item_counts_before_test(), seen, data.test, KS, "test", audit=AuditGroups.of_data(data)
+    )
     assert {k: v for k, v in metrics.items() if k.startswith("popularity/")} == {
         f"popularity/{k}": v for k, v in expected.items()
     }
@@ -127,8 +136,10 @@ def test_als_test_metrics_rank_the_refit_factors_without_known_items(data, metri
     chosen = {key: type(GRID[key][0])(metrics[f"als/{key}"]) for key in GRID}
     factors = _implicit_factors(data.before_test, data, chosen)  # refit on train + validation
     expected = _brute_metrics(factors, data.before_test, data.test, KS, "test")
-    reported = {k.removeprefix("als/"): v for k, v in metrics.items() if k.startswith("als/test/")}
-    assert reported == pytest.approx(expected)  # every metric and k the model reports
+    reported = {k.removeprefix("als/"): v for k, v in metrics.items() if k.startswith("als/test")}
+    # Every metric and k the model reports, and the retrievability audit (serve.audit).
+    assert {k: v for k, v in reported.items() if k in expected} == pytest.approx(expected)
+    assert reported.keys() - expected.keys() == AUDIT_KEYS
     assert reported["test/recall@20"] > metrics["popularity/test/recall@20"]  # not two zeros
     assert metrics["als/seconds"] > 0
 
