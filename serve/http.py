@@ -7,6 +7,8 @@
                               "explain": true}
     POST /recommend/batch    {"user_ids": [42, 7], "k": 10, ...}
     POST /similar-items      {"item_id": 318, "k": 10, "filters": {...}}
+    GET  /                   the explorer page (serve/http_explorer.py: its JSON routes
+                             POST /user-history and GET /examples)
     GET  /healthz            the process answers
     GET  /readyz             a bundle is loaded (503 before)
     GET  /metrics            Prometheus text: request counts and latency histograms
@@ -51,6 +53,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from serve.errors import BundleError
+from serve.http_explorer import add_explorer_routes
 from serve.http_lane import Batcher, FastLane, Metrics, MetricsMiddleware, read_body
 from serve.http_messages import (
     ERROR_ANSWERS,
@@ -356,6 +359,7 @@ def create_app(
     _add_error_handlers(app)
     _add_recommend_routes(app, service, batcher, limits)
     _add_similar_items_route(app, service, limits)
+    add_explorer_routes(app, lambda: _ready(service), limits)
     _add_ops_routes(app, service, metrics)
     _add_admin_routes(app, service, metrics, admin_token)
     install(app, service)  # the OpenAPI document of the bundle served

@@ -89,6 +89,7 @@ class RequestModels(NamedTuple):
     recommend: type[BaseModel]
     batch: type[BaseModel]
     similar: type[BaseModel]
+    history: type[BaseModel]
 
 
 @lru_cache
@@ -146,10 +147,17 @@ def request_models(limits: Limits) -> RequestModels:
         k: K = 10
         filters: Filters = None
 
-    return RequestModels(RecommendRequest, BatchRecommendRequest, SimilarItemsRequest)
+    class UserHistoryRequest(_Body):
+        user_id: RawId
+
+    return RequestModels(
+        RecommendRequest, BatchRecommendRequest, SimilarItemsRequest, UserHistoryRequest
+    )
 
 
-RecommendRequest, BatchRecommendRequest, SimilarItemsRequest = request_models(Limits())
+RecommendRequest, BatchRecommendRequest, SimilarItemsRequest, UserHistoryRequest = request_models(
+    Limits()
+)
 
 
 def openapi_body(model: type[BaseModel]) -> dict:

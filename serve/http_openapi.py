@@ -68,6 +68,25 @@ class SimilarItemsAnswer(_Answer):
     items: list[Item]
 
 
+class TitledItem(_Answer):
+    item_id: AnyId
+    title: str | None = None
+
+
+class UserHistoryAnswer(_Answer):
+    user_id: AnyId
+    version: str | None
+    items: list[TitledItem] = Field(
+        description="the stored history the user tower reads, most recent first"
+    )
+
+
+class ExamplesAnswer(_Answer):
+    version: str | None
+    user_ids: list[AnyId] = Field(description="users the bundle knows")
+    items: list[TitledItem] = Field(description="the most seen items, most seen first")
+
+
 class FieldError(_Answer):
     loc: list[str | int] = Field(description='["body", field, ...]')
     msg: str
@@ -219,5 +238,6 @@ def _examples(recommender: Recommender) -> dict[str, dict]:
         out["/similar-items"] = {"item_id": item, "k": 10}
     if len(users):
         out["/recommend"] = {"user_id": users[0], "k": 10}
+        out["/user-history"] = {"user_id": users[0]}
         out["/recommend/batch"] = {"user_ids": users[:2].to_list(), "k": 10}
     return out

@@ -45,6 +45,13 @@ class Recommendation(NamedTuple):
         return out
 
 
+class TitledItem(NamedTuple):
+    """An item as a person reads it (a history item has no score)."""
+
+    item_id: object  # raw item id, as in the data
+    title: str | None = None
+
+
 class Recommendations(list):
     """A list of `Recommendation`s that says in `source` where it came from (serve.users.Source:
     "model", "features", "history" or "popularity")."""
@@ -212,6 +219,13 @@ class Recommender:
         inputs, histories = self.users.query_inputs(users, given, described)
         found = [r[r >= 0] for r in rows]
         return self.explainer.because(inputs, histories, vectors, found)
+
+    def user_history(self, user_id: object) -> list[TitledItem]:
+        """A known user's stored history, most recent first: the items their user tower reads
+        (and `explain` draws from). An unknown user is `UnknownUserError` (field "user_id")."""
+        rows = self.users.history(self.users.user_index(user_id))[::-1].tolist()
+        ids, titles = self.item_id_list, self.titles
+        return [TitledItem(ids[r], None if titles is None else titles[r]) for r in rows]
 
     def similar_items(
         self, item_id: object, k: int = 10, *, filters: Mapping[str, object] | None = None

@@ -133,6 +133,11 @@ class UserStore:
         their features alone (a user the table holds without training interactions)."""
         return Source.MODEL if user < self.num_train_users else Source.FEATURES
 
+    def history(self, user: int) -> np.ndarray:
+        """A known user's stored history: the item rows their user tower reads, oldest first."""
+        rows = self.histories[user].numpy()
+        return rows[rows < self.history_pad]
+
     def seen(self, user: int) -> np.ndarray:
         """Item rows a known user has seen."""
         return self.seen_items[self.seen_indptr[user] : self.seen_indptr[user + 1]]
