@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -39,13 +40,16 @@ from features.sources.base import Source
 from features.spec import SIDES, FeaturesConfig, parse_side
 from serve.audit import CATALOGUE_METRICS, AuditGroups
 from serve.baselines import evaluate_baselines
+from serve.bundle import BYTES_PER_ITEM, index_bytes_per_item, read_manifest
 from serve.cold import evaluate_cold
 from serve.evaluate import evaluate_recommender
 from serve.export import export_bundle
 from serve.held_out import TEST_PAIRS, write_held_out
 from serve.recommender import Recommender
+from serve.versions import resolve
 from towers import FeatureSpec, ItemCatalogue, Scorer, TwoTowerModule
 from towers.halving import successive_halving
+from towers.matryoshka import Matryoshka, check_dim
 from towers.metrics import METRICS, metric_name
 
 log = logging.getLogger("twotower")
@@ -74,7 +78,8 @@ def metrics_table(metrics: dict[str, float], ks) -> str:
     """Rows slice metric@k, columns twotower / popularity / content / ALS (where measured): every
     metric of the warm test and its catalogue audit (serve.audit), recall and ndcg at 20 of each
     other slice (cold, popularity bucket, user activity)."""
-    stages = ["test", *sorted({k.split("/")[0] for k in metrics if k.startswith("test_")})]
+    slices = {k.split("/")[0] for k in metrics if k.startswith("test_")}
+    stages = ["test", *sorted(slices, key=_numbers_in_order)]  # test_d8 before test_d16
     lines = [
         f"{'slice':<22}{'metric':<14}{'twotower':>10}{'popularity':>12}{'content':>10}{'als':>10}"
     ]
@@ -92,7 +97,15 @@ def metrics_table(metrics: dict[str, float], ks) -> str:
                     for v, w in zip(row, (10, 12, 10, 10), strict=True)
                 )
                 lines.append(f"{stage:<22}{metric_name(name, k):<14}{cells}")
+        if f"{stage}/{BYTES_PER_ITEM}" in metrics:  # the index's size (Matryoshka prefixes)
+            size = metrics[f"{stage}/{BYTES_PER_ITEM}"]
+            lines.append(f"{stage:<22}{BYTES_PER_ITEM:<14}{size:>10.1f}")
     return "\n".join(lines)
+
+
+def _numbers_in_order(name: str) -> list[str | int]:
+    """A sort key that orders the numbers in names by value."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
 def recipe_table(metrics: dict[str, object], monitor: str) -> str:
@@ -232,6 +245,7 @@ NOT_TRAINING = (
     "resume",
     "threads",
     "index",
+    "export",
     "logger",
     "trainer.enable_progress_bar",
     "trainer.enable_model_summary",
@@ -295,6 +309,7 @@ def _start_run(cfg: DictConfig) -> Path:
         raise ValueError(
             f"ensemble_selection_weight: expected a share in (0, 1), got {selection_weight!r}"
         )
+    _check_matryoshka(cfg)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     _check_resume(cfg, output_dir)
@@ -303,6 +318,19 @@ def _start_run(cfg: DictConfig) -> Path:
         torch.set_num_threads(int(cfg.threads))
     L.seed_everything(cfg.seed, workers=True)
     return output_dir
+
+
+def _check_matryoshka(cfg: DictConfig) -> None:
+    """`model.matryoshka` (and its weights) and `export.dim` against the towers' dimension,
+    before any data is read (towers.matryoshka's MatryoshkaError names the setting)."""
+    towers = cfg.model.towers
+    check_dim(OmegaConf.select(cfg, "export.dim"), int(towers.embedding_dim))
+    Matryoshka.parse(
+        cfg.model.get("matryoshka") or [],
+        cfg.model.get("matryoshka_weights"),
+        int(towers.embedding_dim),
+        towers.similarity,
+    )
 
 
 def features_config(cfg: DictConfig, source: Source) -> FeaturesConfig:
@@ -423,6 +451,7 @@ def _served_scorer(
         weights,
         popularity_prior=selected.popularity_prior,
         item_counts=torch.from_numpy(data.item_counts_before_test()),
+        dim=OmegaConf.select(cfg, "export.dim"),
     )
 
 
@@ -441,6 +470,42 @@ def _evaluate(cfg: DictConfig, bundle_dir: Path, data: PreparedData, ks) -> dict
         seed=int(cfg.seed),
     )
     return metrics | evaluate_cold(recommender, data, ks)
+
+
+def _export(cfg: DictConfig, scorer: Scorer, data: PreparedData, path: Path) -> Path:
+    """`scorer` exported as a bundle at `path`, with the run's tables and index settings."""
+    return export_bundle(
+        path,
+        scorer,
+        data.features,
+        item_table(data),
+        user_table(data),
+        index_config=cfg.index,
+        num_train_users=data.num_train_users,
+    )
+
+
+def _evaluate_prefixes(
+    cfg: DictConfig,
+    matryoshka: Matryoshka | None,
+    scorer: Scorer,
+    data: PreparedData,
+    ks,
+    output_dir: Path,
+) -> dict[str, float]:
+    """With `model.matryoshka`: each trained prefix d exported as its own bundle (bundle_d<d>/,
+    what `export.dim=d` serves) and evaluated on test through the serving path as
+    `test_d<d>/...`, with its index's bytes per item beside the served bundle's (`test/`)."""
+    if matryoshka is None:
+        return {}
+    served = read_manifest(resolve(output_dir / "bundle")[0])
+    metrics = {f"test/{BYTES_PER_ITEM}": index_bytes_per_item(served)}
+    for dim in matryoshka.prefixes:
+        path = _export(cfg, scorer.at_dim(dim), data, output_dir / f"bundle_d{dim}")
+        recommender, stage = Recommender.load(path), f"test_d{dim}"
+        metrics |= evaluate_recommender(recommender, data.test, ks, stage=stage)
+        metrics[f"{stage}/{BYTES_PER_ITEM}"] = recommender.bundle.bytes_per_item
+    return metrics
 
 
 # -- recipe=auto: the recipe chosen on validation by successive halving (towers.halving) ----------
@@ -588,18 +653,11 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, floa
     selected, metrics = _select(cfg, datamodule, run_dir)
     metrics |= search
     scorer = _served_scorer(cfg, selected, data, metrics, run_dir)
-    bundle_dir = export_bundle(
-        output_dir / "bundle",
-        scorer,
-        data.features,
-        item_table(data),
-        user_table(data),
-        index_config=cfg.index,
-        num_train_users=data.num_train_users,
-    )
+    bundle_dir = _export(cfg, scorer, data, output_dir / "bundle")
     write_held_out(output_dir / TEST_PAIRS, data.test, data.user_vocab, data.item_vocab)
     ks = selected.metrics.ks
     metrics.update(_evaluate(cfg, bundle_dir, data, ks))
+    metrics.update(_evaluate_prefixes(cfg, selected.matryoshka, scorer, data, ks, output_dir))
     _write_json(output_dir / "metrics.json", metrics)
     print(metrics_table(metrics, ks))
     if search:

@@ -157,6 +157,21 @@ class Bundle:
     def index_config(self) -> IndexConfig:
         return IndexConfig.parse(self.manifest["index"].get("config"))
 
+    @property
+    def bytes_per_item(self) -> float:
+        """The index file's bytes per indexed item (index_bytes_per_item)."""
+        return index_bytes_per_item(self.manifest)
+
+
+# The metric index_bytes_per_item gives, e.g. `test_d32/bytes_per_item`.
+BYTES_PER_ITEM = "bytes_per_item"
+
+
+def index_bytes_per_item(manifest: dict) -> float:
+    """A version's FAISS index file size over the items it indexes, from its manifest: what a
+    smaller index (a Matryoshka prefix, a PQ code) costs per item."""
+    return manifest["files"][INDEX]["bytes"] / max(int(manifest["num_active_items"]), 1)
+
 
 def read_manifest(path: str | Path, *, require_files: bool = True) -> dict:
     """The manifest of a version directory, after checking its format version and (unless
@@ -206,7 +221,7 @@ def _load_scorer(path: Path, manifest: dict) -> Scorer:
         for m, cfg in enumerate(configs)
     ]
     try:
-        scorer = Scorer(members, scoring["weights"])
+        scorer = Scorer(members, scoring["weights"], dim=scoring.get("dim"))
         scorer.popularity_prior = float(scoring["popularity_prior"])
     except (KeyError, TypeError, ValueError) as err:
         raise BundleError(f"{path / MANIFEST}: bad scoring settings ({err})") from None
@@ -256,13 +271,15 @@ def read_version(
     index = _read_checked_index(path, similarity)
     vectors, items, users = _read_tables(path)
     _check_counts(path, manifest, vectors, items, users, index)
+    scorer = _load_scorer(path, manifest)
+    _check_dimension(path, manifest, scorer, vectors, index)
     return Bundle(
         path=path,
         root=path if root is None else root,
         version=version,
         manifest=manifest,
         similarity=similarity,
-        scorer=_load_scorer(path, manifest),
+        scorer=scorer,
         features=_read_features(path),
         item_vectors=vectors,
         items=items,
@@ -338,4 +355,23 @@ def _check_counts(path, manifest, vectors, items, users, index) -> None:
     if users.height != num_users:
         raise BundleError(
             f"{path}: users.parquet has {users.height} rows, manifest says {num_users}"
+        )
+
+
+def _check_dimension(path, manifest, scorer: Scorer, vectors, index) -> None:
+    """The user vectors the scorer makes (its members, prefix `dim` and prior) have the length of
+    the stored item vectors and the index, as the manifest says: a bundle whose scoring settings
+    disagree with its vectors fails here, not at its first search."""
+    lengths = {
+        "the scorer's user vectors": scorer.output_dim,
+        "item_vectors": int(vectors.shape[1]) if vectors.ndim == 2 else -1,
+        "the index": int(index.d),
+        "the manifest's embedding_dim": manifest.get("embedding_dim"),
+    }
+    if len(set(lengths.values())) > 1:
+        raise BundleError(
+            f"{path}: vector lengths disagree ("
+            + ", ".join(f"{name} {length}" for name, length in lengths.items())
+            + f"; scoring: {manifest['model']['scoring']})",
+            path=path / MANIFEST,
         )

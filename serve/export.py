@@ -40,6 +40,8 @@ def export_bundle(
     num_train_users: int | None = None,
 ) -> Path:
     """Encode the catalogue, build (and sweep) the index, write a new bundle version at `path`.
+    The vectors are the scorer's served ones (towers.scoring: its members, their Matryoshka
+    prefix `dim` and the popularity prior), and so is every user vector the bundle serves.
 
     `index_config` (conf/index/*.yaml) wins over the bare `index_factory` string;
     `num_train_users`: the users table's first rows that have an id row (default: all).

@@ -165,6 +165,7 @@ def _module_settings(module: TwoTowerModule) -> dict:
         "optim": asdict(module.optim),
         "loss": _loss_settings(module.loss),
         "popularity_prior": module.popularity_prior,
+        "matryoshka": module.matryoshka,
         "ks": tuple(module.metrics.ks),
     }
 

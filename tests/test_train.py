@@ -20,6 +20,7 @@ from hydra import compose, initialize_config_dir
 import train as train_module
 from serve import Recommender, read_bundle
 from tests.conftest import ROOT, TINY, compose_config
+from towers.matryoshka import MatryoshkaError
 from towers.metrics import KS, METRICS, metric_name
 from towers.ranking import exact_top_k
 from towers.scoring import PRIOR_DIMS, PRIOR_SCALE
@@ -253,6 +254,68 @@ def test_an_experiment_sets_top_level_keys():
         default = compose(config_name="train")
         gowalla = compose(config_name="train", overrides=["experiment=gowalla"])
     assert default.ensemble is False and gowalla.ensemble is True
+
+
+# -- Matryoshka prefixes, served at one of them ---------------------------------------------------
+MATRYOSHKA = [  # 32 dimensions trained with their 8- and 16-dim prefixes, the 16 served
+    "model.towers.embedding_dim=32",
+    "model.matryoshka=[8,16]",
+    "export.dim=16",
+    "trainer.max_epochs=2",
+    "refit=false",
+]
+
+
+@pytest.fixture(scope="module")
+def matryoshka_run(tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("matryoshka")
+    return output_dir, train_module.train(compose_config(output_dir, MATRYOSHKA))
+
+
+@pytest.mark.slow
+def test_a_matryoshka_run_evaluates_each_prefix_through_its_exported_bundle(matryoshka_run):
+    """Each prefix is exported (bundle_d8/, bundle_d16/) and ranked on test through the serving
+    path; export.dim=16 serves the 16-dim prefix, so test_d16/ repeats test/. The index bytes
+    per item shrink with the prefix; the printed table shows the prefixes' rows."""
+    output_dir, metrics = matryoshka_run
+    written = json.loads((output_dir / "metrics.json").read_text())
+    for dim in (8, 16):
+        for name in ("recall@20", "ndcg@20", "bytes_per_item"):
+            assert isinstance(written[f"test_d{dim}/{name}"], float), (dim, name)
+        bundle = read_bundle(output_dir / f"bundle_d{dim}")
+        assert bundle.scorer.dim == dim and bundle.index.d == dim
+        assert bundle.manifest["model"]["scoring"]["dim"] == dim
+    served = read_bundle(output_dir / "bundle")
+    assert served.manifest["model"]["scoring"]["dim"] == 16 and served.index.d == 16
+    for k in KS:
+        for name in ("recall", "ndcg"):
+            key = metric_name(name, k)
+            assert written[f"test_d16/{key}"] == pytest.approx(written[f"test/{key}"])
+    assert written["test_d16/bytes_per_item"] == written["test/bytes_per_item"]
+    assert written["test_d8/bytes_per_item"] < written["test_d16/bytes_per_item"]
+    assert written["test_d8/recall@20"] > written["popularity/test/recall@20"]
+    table = train_module.metrics_table(metrics, KS).splitlines()
+    for row in ("test_d8 recall@20", "test_d16 ndcg@20", "test_d8 bytes_per_item"):
+        stage, name = row.split()
+        assert any(line.split()[:2] == [stage, name] for line in table), row
+
+
+@pytest.mark.parametrize(
+    ("override", "setting"),
+    [("model.matryoshka=[16,8]", "model.matryoshka"), ("export.dim=65", "export.dim")],
+)
+def test_bad_matryoshka_settings_are_named_before_training(tmp_path, override, setting):
+    with pytest.raises(MatryoshkaError) as raised:
+        train_module.train(compose_config(tmp_path, [override]))
+    assert raised.value.setting == setting
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_the_served_prefix_does_not_change_what_a_run_trains(tmp_path):
+    """export.dim is chosen at export: a rerun with another one resumes the same checkpoints."""
+    settings = train_module._training_settings(compose_config(tmp_path, ["export.dim=16"]))
+    assert settings == train_module._training_settings(compose_config(tmp_path))
+    assert settings["model.matryoshka"] == []
 
 
 # -- without refit; row-wise Adam beside dense Adam ------------------------------------------------

@@ -11,7 +11,9 @@ item vector v
 
 exactly, where x_rest holds the parts that are not the history. Position l's term is what it
 adds to every inner product with the user vector. An ensemble's members add up with their
-scales (towers.scoring); the popularity prior's coordinates belong to no history item. With
+scales (towers.scoring); the popularity prior's coordinates belong to no history item. A served
+Matryoshka prefix (the scorer's `dim`) keeps the first dim coordinates of the terms and of u,
+both times the prefix's renormalisation (cosine), so the split stays exact. With
 attention the weights are those of the whole history: the terms split the score exactly, but
 dropping an item would reweigh the others. A tower with a residual MLP (mlp_layers > 0) is not
 linear in its parts, and is refused (`NotExplainable`) rather than approximated.
@@ -24,6 +26,7 @@ from typing import NamedTuple
 
 import torch
 
+from towers.matryoshka import prefix
 from towers.scoring import PRIOR_DIMS, Scorer
 from towers.towers import UserTower
 
@@ -49,7 +52,10 @@ def history_terms(scorer: Scorer, inputs: Mapping[str, torch.Tensor]) -> Attribu
     """The query vectors of the user tower's `inputs` (what `scorer.encode_users` gives) and
     each history position's part of them; a tower without a history input has no positions
     (L = 0). `NotExplainable` for a member whose vector is not a scaled sum of its parts."""
-    split = [_member_terms(user, inputs, m) for m, (user, _) in enumerate(scorer.members)]
+    split = [
+        _served_prefix(scorer, *_member_terms(user, inputs, m), m)
+        for m, (user, _) in enumerate(scorer.members)
+    ]
     batch, length = len(split[0][1]), split[0][0].shape[1]
     vectors = scorer._side_by_side([vector for _, vector in split])  # (B, W)
     flat = [terms.reshape(batch * length, terms.shape[2]) for terms, _ in split]  # M x (B L, D_m)
@@ -78,6 +84,19 @@ def _member_terms(
     if not torch.allclose(rest + terms.sum(1), combined, rtol=1e-4, atol=1e-5):
         raise NotExplainable(f"member {member}'s user vector is not linear in its history")
     return scale[:, None, None] * terms, vector
+
+
+def _served_prefix(
+    scorer: Scorer, terms: torch.Tensor, vector: torch.Tensor, member: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A member's (terms (B, L, D), vector (B, D)) cut to the scorer's served prefix: the first
+    `dim` coordinates of each, scaled as the prefix's renormalisation scales the vector."""
+    if scorer.dim is None:
+        return terms, vector
+    kept = vector[:, : scorer.dim]  # (B, d)
+    served = prefix(vector, scorer.dim, scorer.similarity)  # (B, d)
+    scale = _scale(served, kept, member)  # (B,)
+    return scale[:, None, None] * terms[..., : scorer.dim], served
 
 
 def _history_parts(

@@ -1,14 +1,16 @@
 """`TwoTowerModule`: the LightningModule that trains a `UserTower` and an `ItemTower` together.
 
-It owns the training step (sampled softmax over in-batch + extra negatives), the optimisers
-(`RowAdam` over the id tables, so a step touches only the rows in the batch; Adam over the
-bags and any dense table; AdamW over everything else), and full-catalogue validation. It is not
-what serving loads: export takes the plain tower modules out of it.
+It owns the training step (sampled softmax over in-batch + extra negatives, summed over the
+Matryoshka prefixes when `matryoshka` lists some), the optimisers (`RowAdam` over the id
+tables, so a step touches only the rows in the batch; Adam over the bags and any dense table;
+AdamW over everything else), and full-catalogue validation. It is not what serving loads:
+export takes the plain tower modules out of it.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import lightning as L
@@ -16,6 +18,7 @@ import torch
 from torch import nn
 
 from towers.losses import CosineContrastiveLoss, SampledSoftmaxLoss
+from towers.matryoshka import Matryoshka
 from towers.metrics import KS, RankingMetrics
 from towers.optim import RowAdam
 from towers.ranking import exact_top_k
@@ -70,10 +73,15 @@ class TwoTowerModule(L.LightningModule):
         negatives: NegativeConfig | None = None,
         optim: OptimConfig | None = None,
         popularity_prior: float = 0.0,
+        matryoshka: Sequence[int] = (),
+        matryoshka_weights: Sequence[float] | None = None,
         ks: tuple[int, ...] = KS,
     ):
         """`popularity_prior`: beta of the served score's + beta log p(item) (towers.scoring),
-        from the training counts here; validation ranks with it, the loss never sees it."""
+        from the training counts here; validation ranks with it, the loss never sees it.
+        `matryoshka`: prefix lengths the loss trains besides the full vector, and
+        `matryoshka_weights` their weights, the full vector's last (towers.matryoshka; empty:
+        the loss on the full vector alone); validation ranks by the full vector."""
         super().__init__()
         self._epoch_loss: torch.Tensor | None = None  # training loss summed over the epoch
         self._epoch_steps = 0
@@ -93,6 +101,9 @@ class TwoTowerModule(L.LightningModule):
                 f"OptimConfig.schedule: expected one of {SCHEDULES}, got {optim.schedule!r}"
             )
         self.spec, self.tower_config, self.negatives, self.optim = spec, towers, negatives, optim
+        self.matryoshka = Matryoshka.parse(
+            matryoshka, matryoshka_weights, towers.embedding_dim, towers.similarity
+        )
         # Plain values only, so checkpoints load with torch.load(weights_only=True).
         self.save_hyperparameters(
             {
@@ -101,6 +112,10 @@ class TwoTowerModule(L.LightningModule):
                 "negatives": asdict(negatives),
                 "optim": asdict(optim),
                 "popularity_prior": popularity_prior,
+                "matryoshka": [int(d) for d in matryoshka],
+                "matryoshka_weights": None
+                if matryoshka_weights is None
+                else [float(w) for w in matryoshka_weights],
             }
         )
         self.automatic_optimization = False  # one optimiser each: id tables, dense tables, the rest
@@ -188,9 +203,11 @@ class TwoTowerModule(L.LightningModule):
             extra["item_log_q"] = math.log(len(items)) + self.log_popularity[items]  # (B,)
             if negatives is not None:
                 extra["negative_log_q"] = negative_log_q  # (M,)
-        loss = self.loss(
-            user_vectors, item_vectors, items, **extra, in_batch=self.negatives.in_batch
-        )
+        extra["in_batch"] = self.negatives.in_batch
+        if self.matryoshka is None:
+            loss = self.loss(user_vectors, item_vectors, items, **extra)
+        else:  # the weighted sum of the loss on each trained prefix
+            loss = self.matryoshka.loss(self.loss, user_vectors, item_vectors, items, **extra)
         if self.optim.embedding_l2 > 0:
             loss = loss + self.optim.embedding_l2 * self._touched_l2(user_inputs, item_inputs)
 

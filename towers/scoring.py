@@ -7,6 +7,9 @@ the score:
 - an ensemble: each member's vectors scaled by sqrt(its share of the score) and laid side by
   side, so the inner product is the weighted mean of the members' cosines (with dot, their
   weighted sum; equal weights give the plain sum);
+- a Matryoshka prefix (`dim`): each member's vector cut to its first `dim` coordinates and
+  renormalised for cosine (towers.matryoshka) before anything else, so an ensemble averages
+  the members' prefix cosines; None serves the whole vectors;
 - a popularity prior: two more coordinates on each side, the user's (beta * PRIOR_SCALE, 0)
   and the item's (centred log p(item) / PRIOR_SCALE, 0), so the score gains
   beta * (log p(item) - its catalogue mean); centring shifts every score alike, so the ranking
@@ -26,6 +29,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from towers.matryoshka import check_dim, prefix
 from towers.similarity import Similarity
 from towers.towers import FeatureSpec, ItemTower, UserTower
 
@@ -51,11 +55,14 @@ class Scorer:
         weights: Sequence[float] | None = None,
         popularity_prior: float = 0.0,
         item_counts: torch.Tensor | None = None,
+        dim: int | None = None,
     ):
         self.members = list(members)
         _check_members(self.members)
         self.spec: FeatureSpec = self.members[0][0].spec
         self.similarity = Similarity.parse(self.members[0][0].cfg.similarity)
+        # The served prefix of each member's vector (export.dim); None: the whole vector.
+        self.dim = check_dim(dim, min(user.cfg.embedding_dim for user, _ in self.members))
         self.weights = _check_weights(weights, len(self.members))
         self.scales = _scales(self.weights, len(self.members), self.similarity)
         if not math.isfinite(popularity_prior):
@@ -77,8 +84,9 @@ class Scorer:
 
     @property
     def output_dim(self) -> int:
-        """Length of the served vectors: the members' dimensions, plus PRIOR_DIMS with a prior."""
-        dims = sum(user.cfg.embedding_dim for user, _ in self.members)
+        """Length of the served vectors: the members' dimensions (each `dim` when a prefix is
+        served), plus PRIOR_DIMS with a prior."""
+        dims = sum(self.dim or user.cfg.embedding_dim for user, _ in self.members)
         return dims + (PRIOR_DIMS if self.popularity_prior else 0)
 
     @property
@@ -97,10 +105,16 @@ class Scorer:
         log_p = log_popularity(torch.cat([counts, counts.new_zeros(1)]))  # + the unseen entry
         self.item_prior = (log_p - log_p[:-1].mean()).float()
 
+    def at_dim(self, dim: int | None) -> Scorer:
+        """The same members, weights and prior, served at another prefix `dim` (None: whole)."""
+        scorer = Scorer(self.members, self.weights, dim=dim)
+        scorer.popularity_prior, scorer.item_prior = self.popularity_prior, self.item_prior
+        return scorer
+
     # -- the served vectors -----------------------------------------------------------------
     def encode_users(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Query vectors (B, output_dim) from the user tower's inputs (towers.inputs)."""
-        parts = [tower(inputs) for tower, _ in self.members]  # M x (B, D_m)
+        parts = self._prefixes([tower(inputs) for tower, _ in self.members])  # M x (B, dim or D_m)
         vectors = self._side_by_side(parts)
         if not self.popularity_prior:
             return vectors
@@ -113,7 +127,7 @@ class Scorer:
         """Candidate vectors (B, output_dim) from the item tower's inputs; `rows` (B,) are the
         items' catalogue rows, which the popularity prior reads (a row past the training catalogue
         counts as never seen; needed only with a prior)."""
-        parts = [tower(inputs) for _, tower in self.members]
+        parts = self._prefixes([tower(inputs) for _, tower in self.members])
         vectors = self._side_by_side(parts)
         if not self.popularity_prior:
             return vectors
@@ -132,6 +146,12 @@ class Scorer:
         queries[:, -PRIOR_DIMS:] = self.user_prior
         return queries
 
+    def _prefixes(self, parts: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each member's vector cut to the served prefix (renormalised for cosine)."""
+        if self.dim is None:
+            return parts
+        return [prefix(part, self.dim, self.similarity) for part in parts]  # M x (B, dim)
+
     def _side_by_side(self, parts: list[torch.Tensor]) -> torch.Tensor:
         if self.scales is None:
             return parts[0]
@@ -144,6 +164,7 @@ class Scorer:
             "members": len(self.members),
             "weights": None if self.weights is None else list(self.weights),
             "popularity_prior": self.popularity_prior,
+            "dim": self.dim,
         }
 
     def eval(self) -> Scorer:

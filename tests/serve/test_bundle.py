@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serve import FORMAT_VERSION, BundleError, Recommender, read_bundle
+from serve import FORMAT_VERSION, BundleError, Recommender, export_bundle, read_bundle
 from serve.files import FEATURES, INDEX, MANIFEST, PLOT
 from serve.index import DEFAULT_K_FACTOR, K_FACTOR, NPROBE
 from serve.versions import CURRENT, resolve, write_version
@@ -201,3 +201,72 @@ def test_exporting_over_a_plain_bundle_makes_it_versioned(bundle_dir, tmp_path):
     (tmp_path / "junk" / "notes.txt").write_text("mine")
     with pytest.raises(BundleError, match="refusing"):
         reexport(bundle_dir, tmp_path / "junk", {"factory": "Flat"})
+
+
+# -- export at a Matryoshka prefix ----------------------------------------------------------------
+PREFIX = 8  # of the planted towers' 32 dimensions
+
+
+@pytest.fixture(scope="module")
+def prefix_bundle(bundle_dir, tmp_path_factory) -> Path:
+    """The session bundle's towers exported at their first PREFIX coordinates (export.dim)."""
+    bundle = read_bundle(bundle_dir)
+    return export_bundle(
+        tmp_path_factory.mktemp("prefix") / "bundle",
+        bundle.scorer.at_dim(PREFIX),
+        bundle.features,
+        bundle.items,
+        bundle.users,
+        index_config={"factory": "Flat"},
+        num_train_users=bundle.manifest["num_train_users"],
+    )
+
+
+def _unit_prefix(vectors: np.ndarray) -> np.ndarray:
+    cut = vectors[:, :PREFIX]
+    return cut / np.linalg.norm(cut, axis=1, keepdims=True)
+
+
+def test_a_prefix_export_indexes_the_prefix_and_recommends_by_brute_force_over_it(
+    recommender, prefix_bundle
+):
+    """The index holds PREFIX-dim vectors, the manifest says so, and `recommend` returns the
+    brute-force top k over the full bundle's vectors cut to PREFIX and renormalised, the user's
+    seen items left out, with their scores."""
+    prefix = Recommender.load(prefix_bundle)
+    manifest = prefix.bundle.manifest
+    assert manifest["model"]["scoring"]["dim"] == PREFIX and manifest["embedding_dim"] == PREFIX
+    assert prefix.index.d == PREFIX and prefix.item_vectors.shape == (recommender.num_items, 8)
+    items = _unit_prefix(recommender.item_vectors)
+    np.testing.assert_allclose(prefix.item_vectors, items, atol=1e-6)
+    users = np.arange(0, 200, 17)
+    queries = _unit_prefix(recommender.encode_users(users))
+    for user, query in zip(users, queries, strict=True):
+        scores = items @ query
+        scores[recommender.seen(user)] = -np.inf
+        expected = np.argsort(-scores, kind="stable")[:10]
+        got = prefix.recommend(prefix.bundle.users["user_id"][int(user)], k=10)
+        assert [r.item_id for r in got] == [recommender.item_id_list[i] for i in expected]
+        np.testing.assert_allclose([r.score for r in got], scores[expected], atol=1e-5)
+
+
+def test_a_smaller_prefix_makes_a_smaller_index(bundle_dir, prefix_bundle):
+    full, prefix = read_bundle(bundle_dir), read_bundle(prefix_bundle)
+    # A flat index stores each vector's float32 coordinates and an 8-byte id.
+    assert prefix.bytes_per_item == pytest.approx(PREFIX * 4 + 8, abs=2)
+    assert full.bytes_per_item == pytest.approx(32 * 4 + 8, abs=2)
+
+
+def test_a_manifest_whose_prefix_disagrees_with_the_vectors_is_refused(prefix_bundle, tmp_path):
+    copy = Path(shutil.copytree(prefix_bundle, tmp_path / "bundle"))
+    path = version_dir(copy) / MANIFEST
+    manifest = json.loads(path.read_text())
+    manifest["model"]["scoring"]["dim"] = 16
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="vector lengths disagree") as raised:
+        read_bundle(copy)
+    assert "the scorer's user vectors 16" in str(raised.value)
+    manifest["model"]["scoring"]["dim"] = 64  # longer than the towers' 32
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"bad scoring settings \(export\.dim=64"):
+        read_bundle(copy)

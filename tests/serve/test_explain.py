@@ -171,3 +171,42 @@ def test_explain_over_http(server, recommender):
     assert "because" in schemas["Item"]["properties"]
     request = document["paths"]["/recommend"]["post"]["requestBody"]["content"]
     assert "explain" in request["application/json"]["schema"]["properties"]
+
+
+def test_a_prefix_bundles_because_by_hand(recommender, tmp_path):
+    """Served at the first d = 8 coordinates (export.dim): u = x[:d] / |x[:d]|, so history item i
+    adds (1 - g) / n <(W e_i)[:d], v> / |x[:d]| to the score, v the item's served prefix."""
+    bundle, dim = recommender.bundle, 8
+    prefix = Recommender.load(
+        export_bundle(
+            tmp_path / "prefix",
+            bundle.scorer.at_dim(dim),
+            bundle.features,
+            bundle.items,
+            bundle.users,
+            index_config={"factory": "Flat"},
+        )
+    )
+    ((user, _),) = bundle.scorer.members
+    row = 3
+    history = bundle.users[HISTORY][row].to_list()
+    user_code = bundle.features.user.transform(bundle.users)["user_id"][row]
+    item_codes = bundle.features.item.transform(bundle.items)["item_id"]
+    with torch.no_grad():
+        gate = float(torch.sigmoid(user.gate_logit))
+        id_row = user.encoders["user_id"].table.weight[user_code].numpy()[:dim]
+        rows = user.encoders["history"].table.weight[item_codes[history]].numpy()
+        projected = (rows @ user.encoders["history"].projection.weight.numpy().T)[:, :dim]
+    norm = np.linalg.norm(gate * id_row + (1 - gate) * projected.mean(0))
+    results = prefix.recommend(bundle.users["user_id"][row], k=8, explain=True)
+    for result in results:
+        vector = prefix.item_vectors[prefix.catalogue.item_index(result.item_id)]  # (d,)
+        amounts = (1 - gate) / len(history) * projected @ vector / norm  # (n,)
+        assert gate * id_row @ vector / norm + amounts.sum() == pytest.approx(
+            result.score, abs=1e-5
+        )
+        ids = [prefix.item_id_list[r] for r in history]
+        expected = _expected(dict(zip(ids, amounts.tolist(), strict=True)))
+        assert [b.item_id for b in result.because] == [item for item, _ in expected]
+        for because, (_, amount) in zip(result.because, expected, strict=True):
+            assert because.contribution == pytest.approx(amount, abs=1e-5)

@@ -1,6 +1,7 @@
 import lightning as L
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 import towers.towers as towers_module
@@ -14,6 +15,7 @@ from towers import (
     TwoTowerModule,
 )
 from towers.inputs import TowerInput
+from towers.matryoshka import MatryoshkaError
 from towers.optim import RowAdam
 
 NUM_USERS, NUM_ITEMS = 6, 10
@@ -290,3 +292,49 @@ def test_row_adam_catches_up_every_index_table_on_the_batchs_codes(monkeypatch):
     assert torch.equal(caught[id(item["item_id"].table.weight)][0], expected)
     expected = torch.cat([torch.tensor([3, 4, 2]), negatives["brand"]])  # brand = row % 5
     assert torch.equal(caught[id(item["brand"].table.weight)][0], expected)
+
+
+class HandMatryoshkaStep(HandStep):
+    """HandStep's loss written out for `model.matryoshka=[2, 4]` of 8 dimensions, weights
+    (0.5, 2, 1): the loss on each prefix of the towers' outputs, renormalised, weighted."""
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        state = torch.get_rng_state()
+        with torch.no_grad():
+            negatives, _ = module._sample_negatives(torch.device("cpu"))
+            users = module.user_tower(batch["user_inputs"])
+            items = module.item_tower(module.item_inputs(batch["item"]))
+            extra = module.item_tower(module.item_inputs(negatives))
+            loss = 0.0
+            for dim, weight in ((2, 0.5), (4, 2.0), (8, 1.0)):
+                cut = [F.normalize(v[:, :dim], dim=1) for v in (users, items, extra)]
+                loss += weight * module.loss(
+                    cut[0], cut[1], batch["item"], cut[2], negatives, in_batch=True
+                )
+        self.expected.append(loss)
+        self.state_expected.append(torch.get_rng_state())
+        torch.set_rng_state(state)
+
+
+def test_a_matryoshka_step_trains_the_weighted_loss_of_each_prefix_and_validates_the_full():
+    torch.manual_seed(0)
+    model = _module(
+        TowerConfig(embedding_dim=8),
+        loss=SampledSoftmaxLoss(logq_correction=False),
+        negatives=NegativeConfig(num_negatives=8),
+        matryoshka=[2, 4],
+        matryoshka_weights=[0.5, 2.0, 1.0],
+    )
+    assert model.matryoshka.dims == (2, 4, 8)
+    assert model.hparams["matryoshka"] == [2, 4]
+    hand = HandMatryoshkaStep()
+    fit(model, [batch([0, 1, 2, 3], [4, 5, 6, 7]), batch([5, 4, 3], [1, 2, 9])], [hand])
+    torch.testing.assert_close(hand.got, hand.expected)
+    assert model.scorer.dim is None  # validation ranks by the full vector
+    assert model.eval().encode_catalogue().shape == (NUM_ITEMS, 8)
+
+
+def test_bad_matryoshka_settings_are_named_when_the_module_is_built():
+    with pytest.raises(MatryoshkaError, match="embedding_dim=8") as raised:
+        _module(TowerConfig(embedding_dim=8), matryoshka=[4, 16])
+    assert raised.value.setting == "model.matryoshka"

@@ -4,9 +4,11 @@ members' own scores computed apart."""
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from towers import FeatureSpec, ItemTower, Scorer, TowerConfig, UserTower
 from towers.inputs import TowerInput
+from towers.matryoshka import MatryoshkaError
 from towers.scoring import PRIOR_DIMS, log_popularity
 
 USER_INPUTS = (
@@ -162,3 +164,46 @@ def test_bad_members_weights_and_priors_are_named():
         Scorer(pair, popularity_prior=0.1)
     with pytest.raises(ValueError, match=r"expected 9 counts, got shape \(6,\)"):
         Scorer(pair, popularity_prior=0.1, item_counts=torch.zeros(6))
+
+
+# -- a Matryoshka prefix ------------------------------------------------------------------------
+def _prefix_scores(user: UserTower, item: ItemTower, dim: int, similarity: str) -> torch.Tensor:
+    """Scores of one member by its vectors' first `dim` coordinates, renormalised for cosine."""
+    with torch.no_grad():
+        users, items = user(USERS)[:, :dim], item(ITEMS)[:, :dim]
+    if similarity == "cosine":
+        users, items = F.normalize(users, dim=1), F.normalize(items, dim=1)
+    return users @ items.T
+
+
+@pytest.mark.parametrize("similarity", ["cosine", "dot"])
+def test_a_prefix_serves_each_members_first_coordinates_with_the_ensemble_and_the_prior(
+    similarity,
+):
+    """dim=3 of 8: each member's vector cut and renormalised (cosine) before the ensemble's
+    scales; the prior's coordinates are kept and add what they add at the full dimension."""
+    cfg = TowerConfig(embedding_dim=8, similarity=similarity)
+    members = [member(cfg, seed) for seed in (1, 2)]
+    full = Scorer(members, weights=[0.3, 0.7], popularity_prior=0.1, item_counts=COUNTS)
+    scorer = full.at_dim(3)
+    assert scorer.dim == 3 and scorer.output_dim == 2 * 3 + PRIOR_DIMS
+    assert scorer.to_dict() == {**full.to_dict(), "dim": 3}
+    prior = served(full) - served(Scorer(members, weights=[0.3, 0.7]))  # the prior's part
+    count = 1 if similarity == "cosine" else 2
+    expected = count * sum(
+        share * _prefix_scores(*m, 3, similarity)
+        for share, m in zip((0.3, 0.7), members, strict=True)
+    )
+    torch.testing.assert_close(served(scorer), expected + prior)
+    if similarity == "cosine":  # still unit vectors, the prior's coordinates apart
+        with torch.no_grad():
+            norms = scorer.encode_users(USERS)[:, :-PRIOR_DIMS].norm(dim=1)
+        torch.testing.assert_close(norms, torch.ones(3))
+    assert full.at_dim(8).output_dim == full.output_dim
+    torch.testing.assert_close(served(full.at_dim(8)), served(full))
+
+
+def test_a_prefix_longer_than_a_member_is_named():
+    members = [member(TowerConfig(embedding_dim=4), 1)]
+    with pytest.raises(MatryoshkaError, match=r"export\.dim=5: .* in 1\.\.4"):
+        Scorer(members, dim=5)

@@ -1,0 +1,150 @@
+"""Matryoshka representations (Kusupati et al., NeurIPS 2022): the first d coordinates of every
+vector trained to rank on their own, so that a bundle can serve a prefix (a smaller index) with
+the same towers.
+
+- Training: the loss is the weighted sum of the run's loss on each trained dimension, the
+  listed prefixes and the full vector, each computed on the first d coordinates of every vector
+  (user, positive, extra negatives), renormalised when the similarity is cosine. The towers
+  return unit vectors for cosine; renormalising the prefix of a unit vector gives exactly what
+  renormalising the prefix of the tower's unnormalised output would (normalising scales a row's
+  coordinates alike), gradients included, so the loss takes the towers' outputs as they are.
+- Serving: `Scorer(dim=d)` (towers.scoring) cuts each member's own vector to d coordinates and
+  renormalises it before the ensemble's scales and the popularity prior's coordinates, which
+  keep their meaning: the score is the weighted mean of the members' prefix cosines, plus the
+  prior. Validation monitors the full vector.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+
+import torch
+from torch import nn
+
+from towers.similarity import Similarity
+
+
+class MatryoshkaError(ValueError):
+    """A Matryoshka setting that does not fit the model: `setting` names it (the config key, e.g.
+    "model.matryoshka", "export.dim"), `value` is what was given, `reason` what is wrong."""
+
+    def __init__(self, setting: str, value: object, reason: str):
+        self.setting, self.value, self.reason = setting, value, reason
+        super().__init__(f"{setting}={value!r}: {reason}")
+
+
+def prefix(vectors: torch.Tensor, dim: int, similarity: Similarity) -> torch.Tensor:
+    """The first `dim` coordinates of each vector, (..., D) → (..., dim), renormalised for
+    cosine."""
+    return similarity.prepare(vectors[..., :dim])
+
+
+def check_dim(dim: object, embedding_dim: int, setting: str = "export.dim") -> int | None:
+    """A served prefix length: None (the whole vector) or an integer in 1..embedding_dim."""
+    if dim is None:
+        return None
+    if not _whole(dim) or not 1 <= dim <= embedding_dim:
+        raise MatryoshkaError(
+            setting, dim, f"expected null or a whole number of coordinates in 1..{embedding_dim}"
+        )
+    return int(dim)
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class Matryoshka:
+    """The dimensions a Matryoshka loss trains and their weights."""
+
+    dims: tuple[int, ...]  # increasing; the last is the full embedding_dim
+    weights: tuple[float, ...]  # one per entry of dims
+    similarity: Similarity
+
+    @classmethod
+    def parse(
+        cls,
+        prefixes: Sequence[int],
+        weights: Sequence[float] | None,
+        embedding_dim: int,
+        similarity: Similarity | str,
+    ) -> Matryoshka | None:
+        """The settings `model.matryoshka` (`prefixes`, increasing, each at most embedding_dim;
+        the full vector is always trained, listed last or not) and `model.matryoshka_weights`
+        (one non-negative weight per trained dimension, the full vector's last; None: all 1).
+        None when `prefixes` is empty (no Matryoshka loss: weights must be None too)."""
+        prefixes = list(prefixes)
+        if not prefixes:
+            if weights is not None:
+                raise MatryoshkaError(
+                    "model.matryoshka_weights", list(weights), "given without model.matryoshka"
+                )
+            return None
+        setting = "model.matryoshka"
+        if not all(_whole(d) for d in prefixes):
+            raise MatryoshkaError(setting, prefixes, "expected whole numbers of coordinates")
+        prefixes = [int(d) for d in prefixes]
+        if any(b <= a for a, b in pairwise(prefixes)) or prefixes[0] < 1:
+            raise MatryoshkaError(setting, prefixes, "expected positive, increasing prefixes")
+        if prefixes[-1] > embedding_dim:
+            raise MatryoshkaError(
+                setting,
+                prefixes,
+                f"a prefix longer than the vector (embedding_dim={embedding_dim})",
+            )
+        dims = tuple(prefixes) if prefixes[-1] == embedding_dim else (*prefixes, embedding_dim)
+        if weights is None:
+            values = (1.0,) * len(dims)
+        else:
+            values = tuple(float(w) for w in weights)
+            if len(values) != len(dims):
+                raise MatryoshkaError(
+                    "model.matryoshka_weights",
+                    list(weights),
+                    f"expected {len(dims)} weights, one per trained dimension {list(dims)} (the "
+                    "full vector's last)",
+                )
+            if not all(math.isfinite(w) and w >= 0 for w in values) or not sum(values) > 0:
+                raise MatryoshkaError(
+                    "model.matryoshka_weights",
+                    list(weights),
+                    "expected finite non-negative weights, not all zero",
+                )
+        return cls(dims, values, Similarity.parse(similarity))
+
+    @property
+    def prefixes(self) -> tuple[int, ...]:
+        """The trained dimensions shorter than the full vector."""
+        return self.dims[:-1]
+
+    def loss(
+        self,
+        loss: nn.Module,
+        user_vectors: torch.Tensor,  # (B, D)
+        item_vectors: torch.Tensor,  # (B, D)
+        items: torch.Tensor,  # (B,)
+        negative_vectors: torch.Tensor | None = None,  # (M, D)
+        **kwargs,  # the loss's other arguments (negatives, log q, in_batch), the same at every d
+    ) -> torch.Tensor:
+        """sum over d of weight_d * loss(the vectors' first d coordinates, renormalised)."""
+        total = user_vectors.new_zeros(())
+        for dim, weight in zip(self.dims, self.weights, strict=True):
+            if weight == 0:
+                continue
+            negatives = None if negative_vectors is None else self._cut(negative_vectors, dim)
+            total = total + weight * loss(
+                self._cut(user_vectors, dim),  # (B, d)
+                self._cut(item_vectors, dim),  # (B, d)
+                items,
+                negative_vectors=negatives,  # (M, d)
+                **kwargs,
+            )
+        return total
+
+    def _cut(self, vectors: torch.Tensor, dim: int) -> torch.Tensor:
+        return vectors if dim == vectors.shape[-1] else prefix(vectors, dim, self.similarity)
