@@ -46,6 +46,7 @@ from serve.evaluate import evaluate_recommender
 from serve.export import export_bundle
 from serve.held_out import TEST_PAIRS, write_held_out
 from serve.recommender import Recommender
+from serve.report import write_report
 from serve.versions import resolve
 from towers import FeatureSpec, ItemCatalogue, Scorer, TwoTowerModule
 from towers.halving import successive_halving
@@ -638,7 +639,8 @@ def _choose_recipe(
 
 
 def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, float]:
-    """Fit, select on validation, refit, export, evaluate on test. Returns the metrics it writes.
+    """Fit, select on validation, refit, export, evaluate on test, write the report
+    (serve.report). Returns the metrics it writes.
 
     With `recipe` (recipe=auto), the recipe itself is chosen on validation first: each candidate
     composed from the run's `overrides` (default: the command line's) and its own."""
@@ -664,6 +666,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, floa
         print(recipe_table(metrics, cfg.monitor))
     print(f"metrics: {output_dir / 'metrics.json'}")
     print(f"bundle: {bundle_dir}")
+    print(f"report: {write_report(output_dir)}")  # report.html: the run's plots, from its files
     return metrics
 
 

@@ -8,6 +8,7 @@
     python -m serve clusters --bundle PATH --k 50      k-means of the item vectors, as Parquet
     python -m serve duplicates --bundle PATH --threshold 0.95   item pairs above a cosine
     python -m serve audit --bundle PATH [--held-out pairs.parquet]   metrics and retrievability
+    python -m serve report --run DIR      a run directory's report.html (serve.report), again
 
 `audit` prints the bundle's and popularity's metrics on held-out pairs, with the retrievability
 audit (serve.audit), as JSON; by default on the test split of the run that wrote the bundle.
@@ -84,6 +85,10 @@ def _parser() -> argparse.ArgumentParser:
         f"{TEST_PAIRS} that train.py wrote beside the bundle: the run's test split)",
     )
     _add_catalogue_commands(commands)
+    rep = commands.add_parser(
+        "report", help="render a run directory's report.html again (plots of what the run wrote)"
+    )
+    rep.add_argument("--run", required=True, help="the run directory train.py wrote")
     return parser
 
 
@@ -263,6 +268,15 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "http":
         return _http(args)
+    if args.command == "report":
+        from serve.report import RunDirectoryError, write_report
+
+        try:
+            print(write_report(args.run))
+        except (RunDirectoryError, BundleError, RequestError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        return 0
     if args.command in ("clusters", "duplicates"):
         try:
             return (_clusters if args.command == "clusters" else _duplicates)(args)
