@@ -548,6 +548,8 @@ class RecipeTrial:
 
     def __init__(self, name: str, cfg: DictConfig, data: PreparedData) -> None:
         self.name, self.cfg, self.data = name, cfg, data
+        self.family = str(cfg.model.loss._target_)  # curves of one loss compare early
+        self.max_epochs = int(cfg.trainer.max_epochs)
         self.output_dir = _start_run(cfg)
         if cfg.resume is False:  # _start_run set earlier checkpoints aside; rungs continue
             cfg.resume = True

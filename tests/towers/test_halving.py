@@ -1,5 +1,5 @@
-"""Successive halving against planted learning curves: who is trained how far, who wins, and
-where the budget stops it."""
+"""Successive halving against planted learning curves: who is trained how far, who wins, how
+families of recipes meet at full length, and where the budget stops it."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ class Planted:
     """A trial whose validation score after e epochs is curve[e - 1]; each epoch costs `pace`
     seconds of a shared fake clock; it stops by itself after `last` epochs."""
 
-    def __init__(self, name, curve, clock, pace=1.0, last=None):
+    def __init__(self, name, curve, clock, pace=1.0, last=None, family="softmax"):
         self.name, self.curve, self.clock, self.pace = name, curve, clock, pace
+        self.family, self.max_epochs = family, len(curve)
         self.last = last or len(curve)
         self.epochs, self.score, self.seconds, self.stopped = 0, -math.inf, 0.0, False
         self.advanced_to: list[int] = []
@@ -81,3 +82,21 @@ def test_one_candidate_wins_after_the_first_rung_and_no_candidates_is_an_error()
         successive_halving([], 2)
     with pytest.raises(ValueError, match="first_epochs"):
         successive_halving([only], 0)
+
+
+def test_families_halve_apart_and_their_finalists_meet_at_full_length():
+    clock = [0.0]
+    fast = Planted("fast", [0.30, 0.40, 0.42, 0.43, 0.44, 0.45], clock)
+    fast_small = Planted("fast_small", [0.25, 0.35, 0.36, 0.37, 0.38, 0.39], clock)
+    fast_weak = Planted("fast_weak", [0.10, 0.20, 0.21, 0.22, 0.23, 0.24], clock)
+    slow = Planted("slow", [0.05, 0.10, 0.20, 0.30, 0.40, 0.50], clock, family="contrastive")
+    slower = Planted("slower", [0.01, 0.02, 0.03, 0.04, 0.05, 0.06], clock, family="contrastive")
+    trials = [fast, fast_small, fast_weak, slow, slower]
+    search = successive_halving(trials, first_epochs=1, clock=lambda: clock[0])
+    # Overall at one epoch the slow family trails; within it, slow beats slower and goes on.
+    assert search.rungs[0].kept == ["fast", "fast_small", "slow"]
+    assert search.rungs[1].epochs == 2 and search.rungs[1].kept == ["fast", "slow"]
+    final = search.rungs[2]
+    assert final.epochs == 6 and final.scores == {"fast": 0.45, "slow": 0.50}
+    assert search.winner is slow and slow.epochs == 6 and fast.epochs == 6
+    assert slower.advanced_to == [1] and fast_weak.advanced_to == [1]
