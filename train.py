@@ -666,9 +666,9 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, floa
     print(metrics_table(metrics, ks))
     if search:
         print(recipe_table(metrics, cfg.monitor))
+    print(f"report: {write_report(output_dir)}")  # report.html: the run's plots, from its files
     print(f"metrics: {output_dir / 'metrics.json'}")
     print(f"bundle: {bundle_dir}")
-    print(f"report: {write_report(output_dir)}")  # report.html: the run's plots, from its files
     return metrics
 
 
