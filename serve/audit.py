@@ -19,8 +19,9 @@ Metrics (stage `test`; `{stage}_head/...` for a bucket):
 - `{stage}_{head,mid,tail}/recall@20` and `/ndcg@20`: the ranking metrics (towers.metrics) of
   each user with at least one held-out interaction in the bucket, counting only that bucket's
   held-out interactions as relevant (ranks are in the user's whole list, where items of other
-  buckets take places too), averaged over those users; 0.0 when no user has one.
-- `{stage}_users_{light,heavy}/recall@20`: recall@20 averaged over the light or heavy users.
+  buckets take places too), averaged over those users; absent when no user has one.
+- `{stage}_users_{light,heavy}/recall@20`: recall@20 averaged over the light or heavy users;
+  absent for a group without users (no user above the median when most share the top count).
 - `{stage}/coverage@20`: the share of the catalogue (the items that could be ranked) in at least
   one user's top 20.
 - `{stage}/gini@20`: the Gini coefficient of how often each catalogue item is in a top 20 (0: all
@@ -143,15 +144,16 @@ class RetrievabilityAudit:
         """The audit's metrics, named as in the module docstring."""
         out: dict[str, float] = {}
         for name, sums in self.bucket_sums.items():
-            users = max(sums["users"], 1)
-            out[metric_name("recall", self.k, f"{stage}_{name}")] = sums["recall"] / users
-            out[metric_name("ndcg", self.k, f"{stage}_{name}")] = sums["ndcg"] / users
+            if not sums["users"]:
+                continue  # no held-out user has a target in this bucket: nothing to say
+            out[metric_name("recall", self.k, f"{stage}_{name}")] = sums["recall"] / sums["users"]
+            out[metric_name("ndcg", self.k, f"{stage}_{name}")] = sums["ndcg"] / sums["users"]
         activity = np.concatenate([np.zeros(0, np.int64), *self.activity])
         recall = np.concatenate([np.zeros(0), *self.recall])
         median = float(np.median(activity)) if len(activity) else 0.0
         for name, members in zip(ACTIVITY, (activity <= median, activity > median), strict=True):
-            value = float(recall[members].mean()) if members.any() else 0.0
-            out[metric_name("recall", self.k, f"{stage}_{name}")] = value
+            if members.any():  # none above the median when most users share the top count
+                out[metric_name("recall", self.k, f"{stage}_{name}")] = float(recall[members].mean())
         times = self.times_ranked[self.candidates]  # (C,)
         slots = int(self.times_ranked.sum())
         tail_slots = int(self.times_ranked[self.groups.item_bucket == TAIL].sum())

@@ -56,8 +56,9 @@ def _brute_audit(
             recalls.append(len(found) / len(mine))
             idcg = sum(1 / math.log2(p + 2) for p in range(min(len(mine), K)))
             ndcgs.append(sum(1 / math.log2(p + 2) for p in found) / idcg)
-        out[f"{stage}_{name}/recall@20"] = sum(recalls) / len(recalls) if recalls else 0.0
-        out[f"{stage}_{name}/ndcg@20"] = sum(ndcgs) / len(ndcgs) if ndcgs else 0.0
+        if recalls:  # a bucket without held-out targets has no figure
+            out[f"{stage}_{name}/recall@20"] = sum(recalls) / len(recalls)
+            out[f"{stage}_{name}/ndcg@20"] = sum(ndcgs) / len(ndcgs)
     median = float(np.median(activity))
     recall = [
         len([i for i in top[:K] if i >= 0 and i in rel]) / len(rel)
@@ -65,7 +66,8 @@ def _brute_audit(
     ]
     for name, keep in (("light", lambda a: a <= median), ("heavy", lambda a: a > median)):
         chosen = [r for r, a in zip(recall, activity, strict=True) if keep(a)]
-        out[f"{stage}_users_{name}/recall@20"] = sum(chosen) / len(chosen) if chosen else 0.0
+        if chosen:
+            out[f"{stage}_users_{name}/recall@20"] = sum(chosen) / len(chosen)
     slots = [i for top in tops for i in top[:K] if i >= 0]
     times = [slots.count(i) for i in catalogue]
     out[f"{stage}/coverage@20"] = sum(t > 0 for t in times) / len(catalogue)
@@ -147,15 +149,15 @@ def test_every_audit_figure_of_planted_lists():
     assert expected["test/coverage@20"] == pytest.approx(1.0)
 
 
-def test_an_empty_bucket_reports_zero():
+def test_an_empty_bucket_or_user_group_has_no_figure():
     groups = AuditGroups(np.array([HEAD, HEAD, TAIL]), np.array([3, 3]))
     audit = groups.start()
     audit.update(_held_out([0, 1], [[0], [1]]), np.array([0, 1]), np.array([[0, 2], [2, 0]]))
     metrics = audit.compute("val")
     assert metrics["val_head/recall@20"] == pytest.approx(0.5)
-    assert metrics["val_mid/recall@20"] == metrics["val_mid/ndcg@20"] == 0.0
+    assert "val_mid/recall@20" not in metrics and "val_mid/ndcg@20" not in metrics
     assert metrics["val_users_light/recall@20"] == pytest.approx(0.5)  # both at the median
-    assert metrics["val_users_heavy/recall@20"] == 0.0
+    assert "val_users_heavy/recall@20" not in metrics
     assert metrics["val/tail_share@20"] == pytest.approx(0.5)
 
 
