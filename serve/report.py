@@ -30,6 +30,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, fields
@@ -310,16 +311,23 @@ def _buckets_section(metrics: dict) -> str:
     width = 0.8 / len(series)
     for ax, (title, stages, labels) in zip(axes, groups, strict=True):
         for s, (name, prefix, colour) in enumerate(series):
-            values = [metrics.get(f"{prefix}{stage}/recall@{AUDIT_K}", 0.0) for stage in stages]
+            # A group without held-out users has no figure (serve.audit): no bar, "none".
+            values = [
+                metrics.get(f"{prefix}{stage}/recall@{AUDIT_K}", math.nan) for stage in stages
+            ]
             positions = [i + (s - (len(series) - 1) / 2) * width for i in range(len(stages))]
             bars = ax.bar(positions, values, width, color=colour, label=name)
-            ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=1)
+            labels = ["none" if math.isnan(v) else f"{v:.3f}" for v in values]
+            ax.bar_label(bars, labels=labels, fontsize=7, padding=1)
         ax.set_xticks(range(len(stages)), labels)
         ax.set_title(title, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel(f"recall@{AUDIT_K}")
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside upper center", ncols=3)
-    tallest = max(b.get_height() for ax in axes for b in ax.patches)
+    tallest = max(
+        (b.get_height() for ax in axes for b in ax.patches if not math.isnan(b.get_height())),
+        default=0.0,
+    )
     axes[0].set_ylim(0, 1.15 * max(tallest, 1e-9))  # room for the labels; shared
     return _section(
         "buckets",
