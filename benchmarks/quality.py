@@ -11,12 +11,14 @@ scored by `towers.metrics.RankingMetrics` over the same `HeldOut` sets.
 
 - popularity: training + validation counts (`serve.baselines`, as train.py reports it).
 - ALS: `serve.baselines.tune_als` (implicit's `AlternatingLeastSquares`) over this file's grid,
-  wider than a run's default: fitted on the training pairs for each grid point; the point with
-  the best validation recall@20 is refit on train + validation and evaluated on test.
+  wider than a run's default, with at least as many factors as twotower has dimensions: fitted
+  on the training pairs for each grid point; the point with the best validation recall@20 is
+  refit on train + validation and evaluated on test.
 - twotower: `train.train(cfg)` with the dataset's experiment config (recipe and epoch count
   chosen on validation, then refit on train + validation: `refit=true`, the default).
 
-Prints one table and merges the results into benchmarks/results/quality.json (one key per
+Prints two tables (quality; where recall comes from: recall@20 by the target item's popularity
+third, coverage@20 and tail share, `serve.audit`) and merges the results into benchmarks/results/quality.json (one key per
 dataset). It is a benchmark, not a test: nothing here asserts.
 """
 
@@ -41,7 +43,8 @@ from omegaconf import OmegaConf
 import train as train_module
 from features.prepare import PreparedData
 from serve import baselines
-from serve.baselines import popularity_metrics, tune_als
+from serve.audit import ACTIVITY, AUDIT_K, BUCKETS
+from serve.baselines import popularity_metrics, tune_als, with_factors_at_least
 from towers.metrics import KS, metric_name
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,18 +96,21 @@ DATASETS = {
 }
 
 # implicit ALS grid (all combinations). Rendle et al. 2021: tune regularisation and the
-# unobserved weight (alpha here) honestly; dimension helps iALS, so 128 is in the grid too.
-# A first grid (factors 64/128, regularization 0.1-30, alpha 1-20) put every dataset's best on
-# its edge (regularization 30, alpha 5-20; alpha 1 and regularization 0.1 never won). A second
-# (factors 64/128, regularization 1-100, alpha 5-50) chose 128 factors everywhere and again put
-# Gowalla (alpha 50, regularization 1), Last.fm (regularization 100) and MovieLens (alpha 50,
-# regularization 100) on its edges, hence a decade-wide grid at 128 factors (twice twotower's 64):
+# unobserved weight (alpha here) honestly; a decade-wide grid, as narrower ones put the best on
+# their edges. Factors: at least twotower's dimensions on each dataset (raised per dataset by
+# `serve.baselines.with_factors_at_least`), so ALS is never the smaller model.
 ALS_GRID = {
     "factors": (128,),
     "regularization": (0.1, 1.0, 10.0, 100.0, 1000.0),  # implicit's L2 is not scaled by counts
     "alpha": (5.0, 20.0, 50.0, 100.0),
     "iterations": (15,),
 }
+AUDITED_STAGES = ("test", *(f"test_{group}" for group in (*BUCKETS, *ACTIVITY)))
+AUDIT_COLUMNS = (  # the retrievability table: recall by target popularity, catalogue coverage
+    *(f"test_{bucket}/recall@{AUDIT_K}" for bucket in BUCKETS),
+    f"test/coverage@{AUDIT_K}",
+    f"test/tail_share@{AUDIT_K}",
+)
 ALS_GRID_TINY = {"factors": (64,), "regularization": (0.1,), "alpha": (5.0,), "iterations": (10,)}
 
 
@@ -133,6 +139,8 @@ def run_als(data: PreparedData, grid: dict, seed: int, threads: int) -> dict:
 
 
 def run_twotower(overrides: list[str], output_dir: Path) -> dict:
+    """train.train on the dataset's config; its test metrics with the audit groups (test_head/,
+    test_users_light/, ...)."""
     cfg = train_module.compose(
         [
             *overrides,
@@ -142,7 +150,7 @@ def run_twotower(overrides: list[str], output_dir: Path) -> dict:
         ]
     )
     metrics = train_module.train(cfg)
-    test = {k: v for k, v in metrics.items() if k.startswith("test/")}
+    test = {k: v for k, v in metrics.items() if k.split("/")[0] in AUDITED_STAGES}
     recipe = {
         k: OmegaConf.to_container(cfg[k], resolve=True)
         for k in ("model", "features", "trainer")
@@ -216,6 +224,21 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def audit_table(results: dict) -> str:
+    """Where each model's recall comes from: recall@20 of test interactions whose item is in the
+    head / mid / tail third of the training interactions, and the share of the catalogue (and
+    of the recommended slots that go to tail items) in the test users' top 20."""
+    header = f"{'dataset':<12}{'model':<26}" + "".join(
+        f"{c.removeprefix('test_').removeprefix('test/'):>20}" for c in AUDIT_COLUMNS
+    )
+    lines = [header, "-" * len(header)]
+    for name, result in results.items():
+        for model, run in result["ours"].items():
+            cells = "".join(f"{_fmt(run['metrics'].get(c)):>20}" for c in AUDIT_COLUMNS)
+            lines.append(f"{name:<12}{model:<26}{cells}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", nargs="+", default=["movielens"], choices=sorted(DATASETS))
@@ -280,10 +303,11 @@ def main(argv: list[str] | None = None) -> dict:
             flush=True,
         )
         ours = {}
+        als_grid = with_factors_at_least(grid, int(cfg.model.towers.embedding_dim))
         if "popularity" in args.models:
             ours["popularity"] = run_popularity(data)
         if "als" in args.models:
-            ours["als (implicit, tuned)"] = run_als(data, grid, cfg.seed, threads)
+            ours["als (implicit, tuned)"] = run_als(data, als_grid, cfg.seed, threads)
             als = ours["als (implicit, tuned)"]
             print(
                 f"  als best {als['params']}; test full-catalogue eval of {len(data.test)} users "
@@ -310,11 +334,13 @@ def main(argv: list[str] | None = None) -> dict:
             "ours": ours,
             "published": dataset.published,
             "ks_shown": list(dataset.ks_shown),
-            "als_grid": {k: list(v) for k, v in grid.items()},
+            "als_grid": {k: list(v) for k, v in als_grid.items()},
         }
 
     print()
     print(table(results))
+    print()
+    print(audit_table(results))
     meta = {
         "date": stamp,
         "command": " ".join(
