@@ -8,6 +8,9 @@ number of appearances among the candidates (Yi et al., RecSys 2019; Yang et al.,
 log(B · q_item) for in-batch candidates and log(M · q_neg) for M extra ones. A candidate that
 is the row's own positive item (another occurrence of it in the batch, or an extra negative
 that happens to be it) is an accidental hit and is masked out.
+
+The in-batch candidates may be more rows than the users: under DDP (towers.distributed) every
+rank's item vectors, with `positive_rows` saying where each of this rank's users finds its own.
 """
 
 from __future__ import annotations
@@ -47,13 +50,14 @@ class SampledSoftmaxLoss(nn.Module):
     def forward(
         self,
         user_vectors: torch.Tensor,  # (B, D)
-        item_vectors: torch.Tensor,  # (B, D), row i is user i's positive
-        items: torch.Tensor,  # (B,) item indices of the positives
+        item_vectors: torch.Tensor,  # (G, D) the batch's positives, G >= B
+        items: torch.Tensor,  # (G,) their item indices
         negative_vectors: torch.Tensor | None = None,  # (M, D) extra negatives
         negatives: torch.Tensor | None = None,  # (M,) their item indices
         in_batch: bool = True,  # the other rows' positives are candidates too
-        item_log_q: torch.Tensor | None = None,  # (B,) log expected count of each positive
+        item_log_q: torch.Tensor | None = None,  # (G,) log expected count of each positive
         negative_log_q: torch.Tensor | None = None,  # (M,) the same for the extra negatives
+        positive_rows: torch.Tensor | None = None,  # (B,) user i's positive; None: row i (G = B)
     ) -> torch.Tensor:
         if self.logq_correction and (
             item_log_q is None or (negative_vectors is not None and negative_log_q is None)
@@ -66,6 +70,9 @@ class SampledSoftmaxLoss(nn.Module):
         if not in_batch:
             if negative_vectors is None:
                 raise ValueError("SampledSoftmaxLoss: in_batch=False needs extra negatives")
+            if positive_rows is not None:  # only the users' own positives take part
+                item_vectors, items = item_vectors[positive_rows], items[positive_rows]
+                item_log_q = None if item_log_q is None else item_log_q[positive_rows]
             positive = (user_vectors * item_vectors).sum(-1, keepdim=True)  # (B, 1)
             logits = scale * torch.cat(
                 [positive, user_vectors @ negative_vectors.T], 1
@@ -85,16 +92,21 @@ class SampledSoftmaxLoss(nn.Module):
             return F.cross_entropy(logits, torch.zeros_like(items))
         candidates, candidate_ids, log_q = item_vectors, items, item_log_q
         if negative_vectors is not None:
-            candidates = torch.cat([item_vectors, negative_vectors])  # (B + M, D)
-            candidate_ids = torch.cat([items, negatives])  # (B + M,)
+            candidates = torch.cat([item_vectors, negative_vectors])  # (G + M, D)
+            candidate_ids = torch.cat([items, negatives])  # (G + M,)
             if self.logq_correction:
-                log_q = torch.cat([item_log_q, negative_log_q])  # (B + M,)
-        logits = scale * (user_vectors @ candidates.T)  # (B, B + M)
+                log_q = torch.cat([item_log_q, negative_log_q])  # (G + M,)
+        logits = scale * (user_vectors @ candidates.T)  # (B, G + M)
         if self.logq_correction:
             logits = logits - log_q
-        labels = torch.arange(len(items), device=items.device)
-        accidental = items[:, None] == candidate_ids[None, :]  # (B, B + M)
-        accidental[labels, labels] = False
+        if positive_rows is None:
+            labels = torch.arange(len(items), device=items.device)
+            accidental = items[:, None] == candidate_ids[None, :]  # (B, G + M)
+            accidental[labels, labels] = False
+        else:
+            labels = positive_rows
+            accidental = items[labels][:, None] == candidate_ids[None, :]  # (B, G + M)
+            accidental[torch.arange(len(labels), device=labels.device), labels] = False
         logits = logits.masked_fill(accidental, float("-inf"))
         return F.cross_entropy(logits, labels)
 
@@ -124,13 +136,17 @@ class CosineContrastiveLoss(nn.Module):
     def forward(
         self,
         user_vectors: torch.Tensor,  # (B, D)
-        item_vectors: torch.Tensor,  # (B, D)
-        items: torch.Tensor,  # (B,)
+        item_vectors: torch.Tensor,  # (G, D) the batch's positives, G >= B
+        items: torch.Tensor,  # (G,)
         negative_vectors: torch.Tensor | None = None,  # (M, D)
         negatives: torch.Tensor | None = None,  # (M,)
         in_batch: bool = True,  # use the other rows' positives as negatives too
+        positive_rows: torch.Tensor | None = None,  # (B,) user i's positive; None: row i (G = B)
     ) -> torch.Tensor:
-        positive = (user_vectors * item_vectors).sum(-1)  # (B,)
+        own_vectors, own_items = item_vectors, items  # (B, D), (B,): each user's positive
+        if positive_rows is not None:
+            own_vectors, own_items = item_vectors[positive_rows], items[positive_rows]
+        positive = (user_vectors * own_vectors).sum(-1)  # (B,)
         blocks, ids = [], []
         if in_batch:
             blocks.append(item_vectors)
@@ -143,6 +159,6 @@ class CosineContrastiveLoss(nn.Module):
         candidates, candidate_ids = torch.cat(blocks), torch.cat(ids)  # (C, D), (C,)
         penalty = F.relu(user_vectors @ candidates.T - self.margin)  # (B, C)
         # The row's own positive (and any other copy of it) is not a negative.
-        penalty = penalty.masked_fill(items[:, None] == candidate_ids[None, :], 0.0)
+        penalty = penalty.masked_fill(own_items[:, None] == candidate_ids[None, :], 0.0)
         count = max(candidates.shape[0] - (1 if in_batch else 0), 1)
         return (1 - positive).mean() + self.negative_weight * (penalty.sum(1) / count).mean()

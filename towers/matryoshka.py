@@ -126,10 +126,10 @@ class Matryoshka:
         self,
         loss: nn.Module,
         user_vectors: torch.Tensor,  # (B, D)
-        item_vectors: torch.Tensor,  # (B, D)
-        items: torch.Tensor,  # (B,)
+        item_vectors: torch.Tensor,  # (G, D) the candidates' positives (every rank's under DDP)
+        items: torch.Tensor,  # (G,)
         negative_vectors: torch.Tensor | None = None,  # (M, D)
-        **kwargs,  # the loss's other arguments (negatives, log q, in_batch), the same at every d
+        **kwargs,  # the loss's other arguments (negatives, log q, ...), the same at every d
     ) -> torch.Tensor:
         """sum over d of weight_d * loss(the vectors' first d coordinates, renormalised)."""
         total = user_vectors.new_zeros(())
@@ -139,7 +139,7 @@ class Matryoshka:
             negatives = None if negative_vectors is None else self._cut(negative_vectors, dim)
             total = total + weight * loss(
                 self._cut(user_vectors, dim),  # (B, d)
-                self._cut(item_vectors, dim),  # (B, d)
+                self._cut(item_vectors, dim),  # (G, d)
                 items,
                 negative_vectors=negatives,  # (M, d)
                 **kwargs,

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from towers.distributed import all_reduce_sum, world
+
 KS = (10, 20, 50, 100)
 METRICS = ("recall", "ndcg", "hit_rate", "mrr")
 
@@ -70,6 +72,18 @@ class RankingMetrics:
         for name, value in metric_sums(hits(top_items, relevant), num_relevant, self.ks).items():
             self.sums[name] = self.sums.get(name, 0.0) + value
         self.num_users += int(top_items.shape[0])
+
+    def all_reduce(self, device: torch.device | str = "cpu") -> None:
+        """The sums and the user count added up over the training processes (DDP), each of which
+        ranked its share of the users: `compute` then gives the means over all of them. Call it
+        on every rank (a collective, on `device`: the backend's); nothing with one process."""
+        if world()[1] == 1:
+            return
+        names = [metric_name(m, k) for m in METRICS for k in self.ks]
+        local = [self.sums.get(name, 0.0) for name in names] + [float(self.num_users)]
+        totals = all_reduce_sum(torch.tensor(local, dtype=torch.float64, device=device)).tolist()
+        self.sums = dict(zip(names, totals[:-1], strict=True))
+        self.num_users = int(totals[-1])
 
     def compute(self, stage: str | None = None) -> dict[str, float]:
         n = max(self.num_users, 1)

@@ -5,6 +5,12 @@ Matryoshka prefixes when `matryoshka` lists some), the optimisers (`RowAdam` ove
 tables, so a step touches only the rows in the batch; Adam over the bags and any dense table;
 AdamW over everything else), and full-catalogue validation. It is not what serving loads:
 export takes the plain tower modules out of it.
+
+Under DDP (`trainer=ddp`) it trains what one process would train on the ranks' batches put
+together (towers.distributed): item vectors gathered from every rank, shared negatives, metric
+sums added up over ranks. DDP all-reduces dense gradients, which `RowAdam`'s lazy per-row updates
+cannot take, so there the sparse id tables are trained with dense gradients and Adam: the same
+arithmetic, since `RowAdam`'s weights follow dense Adam's.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from towers.distributed import all_reduce_sum, gather_rows, world
 from towers.losses import CosineContrastiveLoss, SampledSoftmaxLoss
 from towers.matryoshka import Matryoshka
 from towers.metrics import KS, RankingMetrics
@@ -173,6 +180,8 @@ class TwoTowerModule(L.LightningModule):
 
     # -- training ---------------------------------------------------------------------------
     def _sample_negatives(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(M,) extra negatives and their log expected counts, from torch's random stream: under
+        DDP every rank's stream is seeded and advanced alike, so every rank draws the same ones."""
         m = self.negatives.num_negatives
         if self.negatives.distribution == "uniform":
             ids = torch.randint(0, self.spec.num_items, (m,), device=device)
@@ -183,34 +192,7 @@ class TwoTowerModule(L.LightningModule):
         return ids, log_q
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        items = batch["item"]  # (B,) catalogue rows
-        negatives, negative_log_q = (
-            self._sample_negatives(items.device)
-            if self.negatives.num_negatives > 0
-            else (None, None)
-        )
-        user_inputs = batch["user_inputs"]
-        item_inputs = self.item_inputs(items)
-        negative_inputs = None if negatives is None else self.item_inputs(negatives)
-        self._catch_up_rows(user_inputs, item_inputs, negative_inputs)
-        user_vectors = self.encode_users(self._id_dropped("user", user_inputs))  # (B, D)
-        item_vectors = self.item_tower(self._id_dropped("item", item_inputs))  # (B, D)
-        extra = {}
-        if negatives is not None:
-            negative_vectors = self.item_tower(self._id_dropped("item", negative_inputs))
-            extra = {"negative_vectors": negative_vectors, "negatives": negatives}  # (M, D)
-        if self.loss.corrects_sampling_bias:
-            extra["item_log_q"] = math.log(len(items)) + self.log_popularity[items]  # (B,)
-            if negatives is not None:
-                extra["negative_log_q"] = negative_log_q  # (M,)
-        extra["in_batch"] = self.negatives.in_batch
-        if self.matryoshka is None:
-            loss = self.loss(user_vectors, item_vectors, items, **extra)
-        else:  # the weighted sum of the loss on each trained prefix
-            loss = self.matryoshka.loss(self.loss, user_vectors, item_vectors, items, **extra)
-        if self.optim.embedding_l2 > 0:
-            loss = loss + self.optim.embedding_l2 * self._touched_l2(user_inputs, item_inputs)
-
+        loss = self.step_loss(batch)
         optimizers = self.optimizers()
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
         for opt in optimizers:
@@ -229,18 +211,70 @@ class TwoTowerModule(L.LightningModule):
         self._epoch_loss = value if self._epoch_loss is None else self._epoch_loss + value
         self._epoch_steps += 1
         if self._trainer is not None and batch_idx % self.trainer.log_every_n_steps == 0:
-            self.log("train/loss_step", value, prog_bar=True, on_step=True, on_epoch=False)
+            self.log(
+                "train/loss_step",
+                value,
+                prog_bar=True,
+                on_step=True,
+                on_epoch=False,
+                sync_dist=True,
+            )
         return loss
 
-    def _id_dropped(self, side: str, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def step_loss(self, batch: dict) -> torch.Tensor:
+        """The training loss of `batch` (the optimisation is `training_step`'s). Under DDP: the
+        loss of this rank's rows against every rank's items and the shared negatives, so that
+        the ranks' mean is the loss one process computes over their batches put together."""
+        rank, size = world()
+        items = batch["item"]  # (B,) catalogue rows
+        negatives, negative_log_q = (
+            self._sample_negatives(items.device)
+            if self.negatives.num_negatives > 0
+            else (None, None)
+        )
+        user_inputs = batch["user_inputs"]
+        item_inputs = self.item_inputs(items)
+        negative_inputs = None if negatives is None else self.item_inputs(negatives)
+        self._catch_up_rows(user_inputs, item_inputs, negative_inputs)
+        user_vectors = self.encode_users(self._id_dropped("user", user_inputs, rank, size))
+        item_vectors = self.item_tower(self._id_dropped("item", item_inputs, rank, size))  # (B, D)
+        extra = {}
+        if negatives is not None:
+            negative_vectors = self.item_tower(self._id_dropped("item", negative_inputs))
+            extra = {"negative_vectors": negative_vectors, "negatives": negatives}  # (M, D)
+        batch_size = size * len(items)  # the global batch
+        if size > 1 and self.negatives.in_batch:  # every rank's items are candidates
+            start = rank * len(items)
+            extra["positive_rows"] = torch.arange(start, start + len(items), device=items.device)
+            item_vectors, items = gather_rows(item_vectors), gather_rows(items)  # (W * B, ...)
+        if self.loss.corrects_sampling_bias:
+            extra["item_log_q"] = math.log(batch_size) + self.log_popularity[items]  # (G,)
+            if negatives is not None:
+                extra["negative_log_q"] = negative_log_q  # (M,)
+        extra["in_batch"] = self.negatives.in_batch
+        if self.matryoshka is None:
+            loss = self.loss(user_vectors, item_vectors, items, **extra)
+        else:  # the weighted sum of the loss on each trained prefix
+            loss = self.matryoshka.loss(self.loss, user_vectors, item_vectors, items, **extra)
+        if self.optim.embedding_l2 > 0:
+            loss = loss + self.optim.embedding_l2 * self._touched_l2(user_inputs, item_inputs)
+        return loss
+
+    def _id_dropped(
+        self, side: str, inputs: dict[str, torch.Tensor], rank: int = 0, size: int = 1
+    ) -> dict[str, torch.Tensor]:
         """`inputs` with the id input of a random share of the examples dropped (-1: read as
-        unknown), the share `TowerConfig.{side}_id_dropout` (DropoutNet); unchanged at 0."""
+        unknown), the share `TowerConfig.{side}_id_dropout` (DropoutNet); unchanged at 0. Rank
+        `rank` of `size` draws for the whole global batch and keeps its slice: the examples one
+        process would drop, and the ranks' random streams stay alike."""
         rate = getattr(self.tower_config, f"{side}_id_dropout")
         tower = self.user_tower if side == "user" else self.item_tower
         if rate <= 0 or tower.id_name is None:
             return inputs
         codes = inputs[tower.id_name]  # (B,)
-        dropped = torch.rand(codes.shape, device=codes.device) < rate
+        rows = len(codes)
+        draws = torch.rand((size * rows, *codes.shape[1:]), device=codes.device)
+        dropped = draws[rank * rows : (rank + 1) * rows] < rate
         return {**inputs, tower.id_name: codes.masked_fill(dropped, -1)}
 
     def _catch_up_rows(
@@ -266,6 +300,17 @@ class TwoTowerModule(L.LightningModule):
                 for optimizer in self._row_adams:
                     optimizer.catch_up(table.weight, ids[ids >= 0])
 
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and world()[1] > 1:  # before DDP wraps the module
+            self._dense_gradients()
+
+    def _dense_gradients(self) -> None:
+        """Every id table trained with dense gradients (and so Adam, not `RowAdam`): what DDP's
+        gradient all-reduce takes. The same arithmetic, since RowAdam's weights follow Adam's."""
+        for module in self.modules():
+            if isinstance(module, nn.Embedding):
+                module.sparse = False
+
     def on_train_epoch_start(self) -> None:
         self._epoch_loss, self._epoch_steps = None, 0
 
@@ -284,7 +329,8 @@ class TwoTowerModule(L.LightningModule):
         # Before the checkpoint callbacks, which run after this hook.
         self._flush_row_updates()
         if self._epoch_steps:
-            self.log("train/loss_epoch", self._epoch_loss / self._epoch_steps, prog_bar=True)
+            mean = self._epoch_loss / self._epoch_steps  # under DDP: the ranks' mean, below
+            self.log("train/loss_epoch", mean, prog_bar=True, sync_dist=True)
 
     def on_train_end(self) -> None:
         self._flush_row_updates()
@@ -297,12 +343,20 @@ class TwoTowerModule(L.LightningModule):
     def _touched_l2(
         self, user_inputs: dict[str, torch.Tensor], item_inputs: dict[str, torch.Tensor]
     ) -> torch.Tensor:
-        """Mean squared norm of the id rows the batch reads, on each side that has an id."""
+        """Mean squared norm of the id rows the batch reads, on each side that has an id. Under
+        DDP the global batch's mean: this rank's sum over the count of every rank's rows, times
+        the number of ranks (DDP averages the ranks' gradients)."""
         total = torch.zeros((), device=self.log_popularity.device)
+        _, size = world()
         for tower, inputs in ((self.item_tower, item_inputs), (self.user_tower, user_inputs)):
             if tower.id_name is not None:
                 codes = inputs[tower.id_name]
-                total = total + tower.id_table()(codes[codes >= 0]).pow(2).sum(-1).mean()
+                squares = tower.id_table()(codes[codes >= 0]).pow(2).sum(-1)  # (B',)
+                if size == 1:
+                    total = total + squares.mean()
+                else:
+                    count = all_reduce_sum(squares.new_tensor(float(len(squares))))
+                    total = total + squares.sum() * size / count
         return total
 
     def _row_wise(self, table: nn.Embedding) -> bool:
@@ -378,9 +432,13 @@ class TwoTowerModule(L.LightningModule):
         self.metrics.update(top.cpu(), batch["relevant"].cpu(), batch["num_relevant"].cpu())
 
     def _log_ranking(self, stage: str) -> dict[str, float]:
+        self.metrics.all_reduce(self.log_popularity.device)  # DDP: each rank ranked its share
         values = self.metrics.compute(stage)
         for name, value in values.items():
-            self.log(name, value, prog_bar=name.endswith("recall@20"))
+            # Alike on every rank already: the max over ranks (DDP) is the value itself.
+            self.log(
+                name, value, prog_bar=name.endswith("recall@20"), sync_dist=True, reduce_fx="max"
+            )
         self._catalogue_vectors = None
         return values
 
@@ -405,11 +463,12 @@ class TwoTowerModule(L.LightningModule):
 
 
 def _rng_state() -> dict:
-    """torch's global random state (CPU and every CUDA device), as tensors a checkpoint holds
-    under torch.load(weights_only=True)."""
+    """torch's global random state (CPU and every CUDA device, and the current device's apart),
+    as tensors a checkpoint holds under torch.load(weights_only=True)."""
     state = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda_current"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -417,3 +476,7 @@ def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["cpu"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda_current" in state and torch.cuda.is_available():
+        # Under DDP rank 0 saves and rank k draws on its own device: each rank's device continues
+        # the stream rank 0's device was at (the ranks' streams are alike).
+        torch.cuda.set_rng_state(state["cuda_current"])

@@ -28,6 +28,10 @@ The pending moves must be applied before a row is read:
 
 A dense gradient (e.g. a table tied to a pooled history) updates every row, with the same
 arithmetic.
+
+Not under DDP: its gradient all-reduce sums dense gradients, and each rank would defer and catch
+up rows on its own. `TwoTowerModule` trains the sparse tables with dense gradients and Adam there,
+which this optimiser's weights follow anyway.
 """
 
 from __future__ import annotations
