@@ -22,6 +22,7 @@ from features.fitting import TextEncoderFactory
 from features.prepare import HeldOut, PreparedData, prepare
 from features.sources.base import Source
 from features.spec import FeaturesConfig
+from towers.distributed import check_same_on_every_rank
 
 
 class UserInputs:
@@ -123,19 +124,64 @@ class EpochShuffle(Sampler[int]):
 
 
 class _EpochBatches(BatchSampler):
-    """A BatchSampler that passes `set_epoch` on to its sampler."""
+    """A BatchSampler that passes `set_epoch` on to its sampler. With several ranks (DDP) it cuts
+    the sampler's order into global batches of `num_ranks * batch_size` and yields rank `rank`'s
+    slice of each: the ranks' batches put together, in rank order, are the global batch one
+    process with that batch size would get. Every rank gets as many rows: when the whole set is
+    one global batch smaller than that, the last (n mod num_ranks) rows are left out."""
+
+    def __init__(
+        self,
+        sampler: EpochShuffle,
+        batch_size: int,
+        drop_last: bool,
+        rank: int = 0,
+        num_ranks: int = 1,
+    ):
+        super().__init__(sampler, batch_size * num_ranks, drop_last)
+        self.rank, self.num_ranks = rank, num_ranks
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            share = len(batch) // self.num_ranks
+            yield batch[self.rank * share : (self.rank + 1) * share]
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
 
 
+class TooFewForRanksError(ValueError):
+    """A split with fewer rows than training processes: some rank would get nothing."""
+
+    def __init__(self, what: str, rows: int, num_ranks: int):
+        self.what, self.rows, self.num_ranks = what, rows, num_ranks
+        super().__init__(
+            f"{what}: {rows} rows for {num_ranks} training processes; every process needs at "
+            "least one (train on fewer processes)"
+        )
+
+
 def _loader(
-    dataset: Dataset, batch_size: int, shuffle: bool, seed: int, drop_last: bool
+    dataset: Dataset,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    drop_last: bool,
+    ranks: tuple[int, int] = (0, 1),
 ) -> DataLoader:
+    """Shuffled: rank `ranks[0]` of `ranks[1]`'s slices of each global batch (_EpochBatches).
+    In order (evaluation): the rank's contiguous share of the rows, in chunks of `batch_size`."""
+    rank, num_ranks = ranks
+    if 0 < len(dataset) < num_ranks:
+        raise TooFewForRanksError(type(dataset).__name__, len(dataset), num_ranks)
     if shuffle:
-        batches = _EpochBatches(EpochShuffle(len(dataset), seed), batch_size, drop_last)
-    else:
+        order = EpochShuffle(len(dataset), seed)
+        batches = _EpochBatches(order, batch_size, drop_last, rank, num_ranks)
+    elif num_ranks == 1:
         batches = BatchSampler(SequentialSampler(dataset), batch_size, drop_last)
+    else:
+        share = np.array_split(np.arange(len(dataset)), num_ranks)[rank]
+        batches = BatchSampler(share.tolist(), batch_size, drop_last)
     return DataLoader(dataset, sampler=batches, batch_size=None, num_workers=0)
 
 
@@ -146,7 +192,8 @@ class InteractionDataModule(L.LightningDataModule):
         split: Callable[[pl.LazyFrame], pl.LazyFrame],
         features: FeaturesConfig | None = None,  # train.py passes the parsed conf/features
         mask_target_in_history: bool = True,  # drop a training pair's item from its user's history
-        batch_size: int = 512,  # training examples per step (also the in-batch negatives)
+        batch_size: int = 512,  # training examples per step and process; the global batch (the
+        # in-batch negatives) is devices * num_nodes * batch_size (towers.distributed)
         eval_batch_size: int = 1024,  # users per chunk in full-catalogue evaluation
         seed: int = 0,  # shuffling order
         text_encoder: TextEncoderFactory | None = None,  # model name → encoder (tests)
@@ -173,21 +220,51 @@ class InteractionDataModule(L.LightningDataModule):
         assert self.data is not None
         return self.data
 
+    def _ranks(self) -> tuple[int, int]:
+        """(rank, number of ranks) of the trainer using this module; (0, 1) without one."""
+        if self.trainer is None:
+            return 0, 1
+        return self.trainer.global_rank, self.trainer.world_size
+
     def train_dataloader(self) -> DataLoader:
+        """Under DDP each rank's slice of the global batch (`batch_size` per rank); every rank
+        prepared the data itself, and they are checked to be alike first."""
         data = self._prepared()
-        drop_last = len(data.train) > self.batch_size
+        ranks = self._ranks()
+        if ranks[1] > 1:
+            check_same_on_every_rank("the prepared data", _fingerprinted(data))
+        drop_last = len(data.train) > self.batch_size * ranks[1]
         batches = TrainBatches(data, mask_target=self.mask_target_in_history)
-        return _loader(batches, self.batch_size, True, self.seed, drop_last)
+        return _loader(batches, self.batch_size, True, self.seed, drop_last, ranks)
 
     def val_dataloader(self) -> DataLoader:
+        """Under DDP each rank ranks its share of the users (the metric sums are added up)."""
         data = self._prepared()
         seen = csr_by_user(data.train, data.num_users)
         dataset = HeldOutBatches(data.val, UserInputs(data, data.train_histories), seen)
-        return _loader(dataset, self.eval_batch_size, False, self.seed, False)
+        return _loader(dataset, self.eval_batch_size, False, self.seed, False, self._ranks())
 
     def test_dataloader(self) -> DataLoader:
         """Test users with everything known before the test period (train + val) as features."""
         data = self._prepared()
         seen = csr_by_user(data.before_test, data.num_users)
         dataset = HeldOutBatches(data.test, UserInputs(data, data.before_test_histories), seen)
-        return _loader(dataset, self.eval_batch_size, False, self.seed, False)
+        return _loader(dataset, self.eval_batch_size, False, self.seed, False, self._ranks())
+
+
+def _fingerprinted(data: PreparedData) -> list[np.ndarray]:
+    """What the ranks must hold alike: pairs, popularity, histories, both towers' inputs, and
+    the held-out splits."""
+    held_out = [
+        a for split in (data.val, data.test) for a in (split.users, split.indptr, split.items)
+    ]
+    return [
+        data.train,
+        data.before_test,
+        data.item_counts,
+        data.train_histories,
+        data.before_test_histories,
+        *(data.user_inputs[name] for name in sorted(data.user_inputs)),
+        *(data.item_inputs[name] for name in sorted(data.item_inputs)),
+        *held_out,
+    ]
