@@ -5,6 +5,7 @@ the exported bundle on the test split next to a popularity baseline.
     python train.py paths.output_dir=runs/ml         # choose the run directory
     python train.py experiment=gowalla               # a shipped experiment
     python train.py data=synthetic trainer.max_epochs=2
+    python train.py trainer=ddp trainer.devices=2    # several processes (README: several machines)
 
 `main` is the Hydra entry point; `train(cfg)` does the work and can be called from tests.
 This file is glue: the data pipeline lives in features/, the model in towers/, export and
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import re
 import time
 from dataclasses import asdict
@@ -23,13 +25,16 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+import numpy as np
 import polars as pl
 import torch
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from features import InteractionDataModule
@@ -187,9 +192,35 @@ def _fit(
     resume_from = str(last) if cfg.get("resume") and last.is_file() else None
     if resume_from:
         log.info("resuming from %s", resume_from)
+    if _multi_process(cfg):
+        trainer.callbacks.append(ContinueRandomStreams())
     started = time.perf_counter()
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
     return time.perf_counter() - started
+
+
+class ContinueRandomStreams(L.Callback):
+    """Lightning's DDP re-seeds every process each time a trainer sets the processes up
+    (reset_seed), where one process continues the streams it built the model with. This puts
+    the CPU streams back as they were before (as it is made, then as each run left them), so
+    each rank draws (shared negatives, id dropout) what one process over the global batch draws.
+    The GPUs' streams, untouched by building on the CPU, are the seed's in both."""
+
+    def __init__(self) -> None:
+        self.states = _cpu_streams()
+
+    def setup(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
+        python, numpy, cpu = self.states
+        random.setstate(python)
+        np.random.set_state(numpy)
+        torch.set_rng_state(cpu)
+
+    def teardown(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
+        self.states = _cpu_streams()  # what the trainer's next run (validate) continues
+
+
+def _cpu_streams() -> tuple:
+    return random.getstate(), np.random.get_state(), torch.get_rng_state()
 
 
 def _refit(
@@ -311,14 +342,59 @@ def _start_run(cfg: DictConfig) -> Path:
             f"ensemble_selection_weight: expected a share in (0, 1), got {selection_weight!r}"
         )
     _check_matryoshka(cfg)
+    _check_multi_process(cfg)
     output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    _check_resume(cfg, output_dir)
-    (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    if _rank_zero():  # under DDP the other ranks use the directory rank 0 set up
+        output_dir.mkdir(parents=True, exist_ok=True)
+        _check_resume(cfg, output_dir)
+        (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     L.seed_everything(cfg.seed, workers=True)
     return output_dir
+
+
+class MultiProcessError(ValueError):
+    """A setting one training process supports and several (trainer=ddp) do not: `setting`
+    names it, `reason` says why, `instead` what to run."""
+
+    def __init__(self, setting: str, reason: str, instead: str):
+        self.setting, self.reason, self.instead = setting, reason, instead
+        super().__init__(f"{setting} with trainer=ddp: {reason}; instead: {instead}")
+
+
+def _multi_process(cfg: DictConfig) -> bool:
+    """Whether the trainer runs several processes (a DDP strategy, conf/trainer/ddp.yaml)."""
+    strategy = OmegaConf.select(cfg, "trainer.strategy")
+    name = strategy.get("_target_", "") if isinstance(strategy, DictConfig) else strategy
+    return "ddp" in str(name or "").lower()
+
+
+def _check_multi_process(cfg: DictConfig) -> None:
+    """Under DDP every rank runs train() and must take the same decisions: refuse the settings
+    whose decisions a rank would take on its own."""
+    if not _multi_process(cfg):
+        return
+    if cfg.get("recipe"):
+        raise MultiProcessError(
+            "recipe=auto",
+            "the search stops on a wall-clock budget that each process measures for itself",
+            "choose the recipe on one process, then train it with trainer=ddp",
+        )
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        raise MultiProcessError(
+            "-m (a sweep)",
+            "Lightning starts the other ranks by re-running the command line, a sweep each",
+            "sweep on one process per trial, then train the best with trainer=ddp",
+        )
+
+
+def _rank_zero() -> bool:
+    """Whether this process is global rank 0, the one that writes the run's files. Lightning's
+    rank is the launcher's (torchrun's RANK, SLURM's SLURM_PROCID, the LOCAL_RANK Lightning gives
+    the processes it starts) until training starts, the process group's after; NODE_RANK tells
+    apart the machines of Lightning's own launcher."""
+    return rank_zero_only.rank == 0 and os.environ.get("NODE_RANK", "0") == "0"
 
 
 def _check_matryoshka(cfg: DictConfig) -> None:
@@ -383,7 +459,7 @@ def _select(
     trainer = _trainer(cfg, callbacks)
     metrics_csv = output_dir / "metrics.csv"
     # Lightning's CSV logger starts metrics.csv afresh on resume: keep the rows logged so far.
-    earlier_log = _read_log(metrics_csv) if cfg.get("resume") else None
+    earlier_log = _read_log(metrics_csv) if cfg.get("resume") and _rank_zero() else None
     fit_seconds = _fit(cfg, trainer, model, datamodule, output_dir / "checkpoints" / "last.ckpt")
     epochs = _load_best(cfg, model, callbacks) or trainer.current_epoch
     model = model.cpu().eval()
@@ -394,7 +470,8 @@ def _select(
     metrics.update({"train/seconds": fit_seconds, "train/epochs": float(epochs)})
     if earlier_log is not None:
         _merge_log(earlier_log, metrics_csv)
-    plot_training(metrics_csv, output_dir / "training.png", cfg.monitor)
+    if _rank_zero():
+        plot_training(metrics_csv, output_dir / "training.png", cfg.monitor)
     return model, metrics
 
 
@@ -657,6 +734,9 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, floa
     selected, metrics = _select(cfg, datamodule, run_dir)
     metrics |= search
     scorer = _served_scorer(cfg, selected, data, metrics, run_dir)
+    if not _rank_zero():  # DDP: every rank trains; rank 0 exports, evaluates and reports
+        log.info("rank %d: training done; rank 0 exports and evaluates", rank_zero_only.rank)
+        return metrics
     bundle_dir = _export(cfg, scorer, data, output_dir / "bundle")
     write_held_out(output_dir / TEST_PAIRS, data.test, data.user_vocab, data.item_vocab)
     ks = selected.metrics.ks
@@ -695,8 +775,6 @@ class SearchNeedsMultirunError(RuntimeError):
 def _search_trial_dir() -> str:
     """conf/hparams_search/base/optuna.yaml's ${search_trial_dir:}: <sweep dir>/<trial number>,
     from the Hydra config of the job being launched."""
-    from hydra.types import RunMode
-
     config = HydraConfig.get()
     if config.mode != RunMode.MULTIRUN:
         raise SearchNeedsMultirunError(config.runtime.choices.get("hparams_search"))
@@ -710,7 +788,21 @@ OmegaConf.register_new_resolver("search_trial_dir", _search_trial_dir, replace=T
 def main(cfg: DictConfig) -> float:
     """`python train.py`; returns the monitored validation metric, the objective that
     `python train.py -m hparams_search=NAME` (conf/hparams_search) maximises."""
+    _follow_first_process(cfg)
     return train(cfg)[cfg.monitor]
+
+
+# The Hydra job name Lightning's DDP launcher gives the processes it starts (they re-run the
+# command line with the first process's hydra.run.dir; lightning/fabric/strategies/launchers/
+# subprocess_script.py, _hydra_subprocess_cmd).
+LIGHTNING_RANK_JOB = "train_ddp_process_"
+
+
+def _follow_first_process(cfg: DictConfig) -> None:
+    """In a rank Lightning's launcher started: paths.output_dir is the first process's run
+    directory (by default a timestamp, which this process would take anew)."""
+    if HydraConfig.initialized() and HydraConfig.get().job.name.startswith(LIGHTNING_RANK_JOB):
+        cfg.paths.output_dir = HydraConfig.get().runtime.output_dir
 
 
 if __name__ == "__main__":
