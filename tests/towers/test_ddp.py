@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import towers.module as module_file
+from features.datamodule import EpochShuffle, TooFewForRanksError, _EpochBatches, _loader
 from tests.towers.test_module import SPEC, batch, catalogue
 from towers import (
     CosineContrastiveLoss,
@@ -164,3 +165,42 @@ def test_without_the_gather_the_gradients_differ(ranks):
     _, grads = _one_process("softmax")
     _, rank_grads = ranks[0]["softmax_without_gather"]
     assert not all(torch.allclose(rank_grads[p], g, atol=1e-5, rtol=1e-5) for p, g in grads.items())
+
+
+# -- the loaders: each rank's share -----------------------------------------------------------
+def _rank_batches(size: int, batch_size: int, drop_last: bool, epoch: int) -> list[list]:
+    """Each rank's training batches of an epoch."""
+    ranks = []
+    for rank in range(NUM_RANKS):
+        batches = _EpochBatches(EpochShuffle(size, seed=5), batch_size, drop_last, rank, NUM_RANKS)
+        batches.set_epoch(epoch)
+        ranks.append(list(batches))
+        assert len(batches) == len(ranks[-1])
+    return ranks
+
+
+@pytest.mark.parametrize("epoch", [0, 3])
+def test_the_ranks_training_batches_put_together_are_one_process_batches(epoch):
+    one = _EpochBatches(EpochShuffle(103, seed=5), 2 * 10, drop_last=True)
+    one.set_epoch(epoch)
+    ranks = _rank_batches(103, 10, drop_last=True, epoch=epoch)
+    assert [a + b for a, b in zip(*ranks, strict=True)] == list(one)
+
+
+def test_a_set_smaller_than_the_global_batch_is_split_evenly():
+    ranks = _rank_batches(7, 10, drop_last=False, epoch=0)
+    assert [len(batch) for rank in ranks for batch in rank] == [3, 3]  # one row left out
+    with pytest.raises(TooFewForRanksError):
+        _loader(list(range(1)), 10, True, 0, False, ranks=(0, NUM_RANKS))
+
+
+def test_each_held_out_row_is_ranked_by_one_rank():
+    shares = [
+        [
+            row
+            for chunk in _loader(list(range(11)), 4, False, 0, False, (r, 2)).sampler
+            for row in chunk
+        ]
+        for r in range(NUM_RANKS)
+    ]
+    assert shares == [list(range(6)), list(range(6, 11))]
