@@ -2,7 +2,9 @@
 cost of training each to the end (Jamieson & Talwalkar, AISTATS 2016; the inner loop of Li et al.'s
 Hyperband, JMLR 2018), halving within each family of recipes.
 
-Every candidate trains `first_epochs` epochs; within each family (candidates whose curves compare
+Every candidate trains the first rung's epochs (`first_rung_epochs`: `first_epochs`, fewer on a
+log large enough that fewer already give every candidate `first_steps` optimiser steps); within
+each family (candidates whose curves compare
 early: the same loss) the better half by best validation score so far (ties to the earlier
 candidate) trains on to twice as many epochs, and so on until each family has one candidate
 left. Across families early epochs do not compare: on Gowalla SimpleX's contrastive loss is at
@@ -96,6 +98,20 @@ def successive_halving(
         if finals:
             return Search(kept[0], rungs)
         survivors, epochs = kept, epochs * 2
+
+
+def first_rung_epochs(first_epochs: int, first_steps: int, steps_per_epoch: Sequence[int]) -> int:
+    """Epochs of the first rung: `first_epochs`, or fewer (at least 1) when fewer already give
+    every candidate at least `first_steps` optimiser steps. What tells a collapsing recipe from a
+    learning one is the number of updates: a few epochs of a small log, one epoch of a large one
+    (Gowalla: over 700 steps an epoch)."""
+    if first_epochs < 1 or first_steps < 0:
+        raise ValueError(
+            f"first_rung_epochs: first_epochs must be >= 1 and first_steps >= 0, got "
+            f"{first_epochs} and {first_steps}"
+        )
+    needed = max((math.ceil(first_steps / max(steps, 1)) for steps in steps_per_epoch), default=1)
+    return max(1, min(first_epochs, needed))
 
 
 def _ranked(trials: Sequence[Trial]) -> list[Trial]:

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from towers.halving import successive_halving
+from towers.halving import first_rung_epochs, successive_halving
 
 
 class Planted:
@@ -100,3 +100,24 @@ def test_families_halve_apart_and_their_finalists_meet_at_full_length():
     assert final.epochs == 6 and final.scores == {"fast": 0.45, "slow": 0.50}
     assert search.winner is slow and slow.epochs == 6 and fast.epochs == 6
     assert slower.advanced_to == [1] and fast_weak.advanced_to == [1]
+
+
+@pytest.mark.parametrize(
+    ("first_epochs", "first_steps", "steps_per_epoch", "expected"),
+    [
+        (2, 500, [72, 145], 2),  # a small log: every candidate needs the rung's two epochs
+        (2, 500, [712, 1424], 1),  # a Gowalla-sized log: one epoch is already 712 steps or more
+        (2, 500, [400, 1424], 2),  # the candidate with the fewest steps decides
+        (3, 0, [10], 1),  # no step floor: one epoch
+        (1, 10_000, [5], 1),  # never more than first_epochs
+    ],
+)
+def test_the_first_rung_gives_every_candidate_enough_steps(
+    first_epochs, first_steps, steps_per_epoch, expected
+):
+    assert first_rung_epochs(first_epochs, first_steps, steps_per_epoch) == expected
+    brute = next(
+        (e for e in range(1, first_epochs) if all(e * s >= first_steps for s in steps_per_epoch)),
+        first_epochs,
+    )
+    assert expected == brute
