@@ -64,7 +64,7 @@ class TrainBatches(Dataset):
         return len(self.pairs)
 
     def __getitem__(self, rows: list[int]) -> dict:
-        pairs = self.pairs[torch.as_tensor(rows)]
+        pairs = self.pairs[torch.as_tensor(rows)].long()  # stored int32 when it fits
         user, item = pairs[:, 0], pairs[:, 1]  # (B,), (B,)
         history = self.user_inputs.histories[user]  # (B, N)
         if self.mask_target:
@@ -88,7 +88,7 @@ class HeldOutBatches(Dataset):
 
     def __getitem__(self, rows: list[int]) -> dict:
         rows = np.asarray(rows)
-        users = self.held_out.users[rows]
+        users = self.held_out.users[rows].astype(np.int64)  # stored int32 when it fits
         relevant = padded_rows(self.held_out.indptr, self.held_out.items, rows, pad=-1)
         counts = self.held_out.indptr[rows + 1] - self.held_out.indptr[rows]
         return {

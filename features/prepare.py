@@ -20,7 +20,7 @@ import numpy as np
 import polars as pl
 
 from features import schema
-from features.arrays import csr_by_user, padded_rows
+from features.arrays import csr_by_user, index_dtype, padded_rows
 from features.fitted import FittedFeatures, history_codes, item_codes_of
 from features.fitting import FittedSide, TextEncoderFactory
 from features.sources.base import Source
@@ -130,22 +130,39 @@ class PreparedData:
 
 def histories(pairs: np.ndarray, num_users: int, length: int, pad: int) -> np.ndarray:
     """(U, length): each user's last `length` items in `pairs` (time-ordered within each user),
-    oldest first, padded with `pad`."""
+    oldest first, padded with `pad` (int32 when `pad` fits)."""
     indptr, items = csr_by_user(pairs, num_users)
-    return padded_rows(indptr, items, np.arange(num_users), pad, width=length, keep_last=True)
+    rows = np.arange(num_users)
+    return padded_rows(indptr, items, rows, pad, length, keep_last=True, dtype=index_dtype(pad))
 
 
-def _held_out(df: pl.DataFrame) -> HeldOut:
-    df = df.sort(USER, maintain_order=True)
-    users, counts = np.unique(df[USER].to_numpy(), return_counts=True)
-    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    return HeldOut(
-        users.astype(np.int64), indptr, df[ITEM].fill_null(-1).to_numpy().astype(np.int64)
-    )
+@dataclass
+class _Rows:
+    """The interactions that enter some part, as rows of the users table and the catalogue:
+    grouped by user and in time order within each user (ties in the source's order)."""
+
+    user: np.ndarray  # (n,) user rows
+    item: np.ndarray  # (n,) item rows, -1 where the catalogue lacks the item
+    part: np.ndarray  # (n,) int8: the index in PARTS of the part each row is in
+
+    def of(self, part: str) -> np.ndarray:
+        """(n,) bool: the rows in `part`."""
+        return self.part == PARTS.index(part)
 
 
-def _pairs(df: pl.DataFrame) -> np.ndarray:
-    return np.stack([df[USER].to_numpy(), df[ITEM].to_numpy()], axis=1).astype(np.int64)
+PARTS = (TRAIN, VAL, TEST, *COLD_SLICES)  # _Rows.part's codes
+
+
+def _held_out(rows: _Rows, part: str) -> HeldOut:
+    at = rows.of(part)
+    users, items = rows.user[at], rows.item[at]  # grouped by user
+    firsts = np.flatnonzero(np.diff(users, prepend=-1))  # (U,) each user's first row
+    indptr = np.append(firsts, len(users)).astype(np.int64)
+    return HeldOut(users[firsts], indptr, items)
+
+
+def _pairs(users: np.ndarray, items: np.ndarray) -> np.ndarray:
+    return np.stack([users, items], axis=1)  # (n, 2)
 
 
 def prepare(
@@ -159,12 +176,16 @@ def prepare(
     interactions_lf = _interactions(source)
     timed = schema.TIMESTAMP in interactions_lf.collect_schema().names()
     split_df = _checked_split(split(interactions_lf).collect(), source.name)
+    del interactions_lf  # the source's frame, when it holds one in memory
     tables = {"user": source.users(), "item": source.items()}
     listed = {side: tables[side] if _reads_table(features.side(side)) else None for side in tables}
     user_vocab, item_vocab, num_train = _vocabularies(split_df, listed)
-    by_split = _encoded_splits(split_df, user_vocab, item_vocab, timed, num_train["user"])
-    _log_unknown_items(by_split, source.name)
-    train, before_test = _pairs(by_split[TRAIN]), _pairs(_before_test(by_split))
+    rows = _encoded(split_df, user_vocab, item_vocab, timed, num_train["user"])
+    cold_slices = COLD_SLICES if COLD in split_df.columns else ()
+    del split_df  # from here on: int arrays only
+    _log_unknown_items(rows, source.name)
+    train = _pairs(rows.user[rows.of(TRAIN)], rows.item[rows.of(TRAIN)])
+    before_test = _before_test(rows)
     side_dfs = {
         "user": _side_table(tables["user"], user_vocab, schema.USER_ID, source, "user"),
         "item": _side_table(tables["item"], item_vocab, schema.ITEM_ID, source, "item"),
@@ -184,9 +205,9 @@ def prepare(
         num_train_items=num_train["item"],
         train=train,
         before_test=before_test,
-        val=_held_out(by_split[VAL]),
-        test=_held_out(by_split[TEST]),
-        cold={name: _held_out(df) for name, df in by_split.items() if name in COLD_SLICES},
+        val=_held_out(rows, VAL),
+        test=_held_out(rows, TEST),
+        cold={name: _held_out(rows, name) for name in cold_slices},
         item_counts=counts["item"].astype(np.int64),
         features=fitted,
         user_inputs=fitted.user.transform(side_dfs["user"]),
@@ -220,7 +241,7 @@ def _checked_split(split_df: pl.DataFrame, name: str) -> pl.DataFrame:
             f"{name}: column 'split' has value {bad[schema.SPLIT][0]!r}; "
             f"expected one of {schema.SPLIT_NAMES}"
         )
-    if not split_df.filter(pl.col(schema.SPLIT) == TRAIN).height:
+    if not (split_df[schema.SPLIT] == TRAIN).any():
         raise ValueError(f"{name}: the split left no training interactions")
     return split_df
 
@@ -234,7 +255,6 @@ def _vocabularies(
     its tower reads the table: `tables` holds only those) or (users) the cold split holds out,
     sorted: rows exist for them, but the id features (fitted on
     training rows) have none, so their vectors come from their other features."""
-    train_raw = split_df.filter(pl.col(schema.SPLIT) == TRAIN)
     cold_users = (
         split_df.filter(pl.col(COLD).is_in(["user", "both"]))[schema.USER_ID]
         if COLD in split_df.columns
@@ -245,7 +265,13 @@ def _vocabularies(
         ("user", schema.USER_ID, cold_users),
         ("item", schema.ITEM_ID, None),
     ):
-        trained = train_raw[key].unique().sort()
+        trained = (
+            split_df.lazy()
+            .filter(pl.col(schema.SPLIT) == TRAIN)
+            .select(pl.col(key).unique().sort())
+            .collect()
+            .to_series()
+        )
         others = [
             ids.cast(trained.dtype, strict=False)
             for ids in (extra, _table_ids(tables[side], key))
@@ -268,38 +294,56 @@ def _table_ids(table: pl.DataFrame | None, key: str) -> pl.Series | None:
     return None if table is None or key not in table.columns else table[key]
 
 
-def _encoded_splits(
+def _encoded(
     split_df: pl.DataFrame,
     user_vocab: Vocabulary,
     item_vocab: Vocabulary,
     timed: bool,
     num_train_users: int,
-) -> dict[str, pl.DataFrame]:
-    """Each split's interactions with `user` and `item` rows (item null when the catalogue lacks
-    it), grouped by user and in time order within each user: train, val and the warm test (users
-    seen in training; others cannot be ranked and are dropped), and the cold slices ("items":
-    warm users' interactions with cold items; "users": cold users' interactions with items that
-    are not cold)."""
-    encoded = (
+) -> _Rows:
+    """The interactions of every part as rows of the users table and the catalogue, grouped by
+    user and in time order within each user. Parts: train, val and the warm test (users seen in
+    training; others cannot be ranked and are dropped), and the cold slices ("items": warm users'
+    interactions with cold items; "users": cold users' interactions with items that are not
+    cold). Only int columns are sorted: the raw ids are joined away first."""
+    cold = pl.col(COLD) if COLD in split_df.columns else pl.lit(None, pl.String)
+    known_user = pl.col(USER) < num_train_users
+    warm = cold.is_null() & known_user
+    conditions = [warm & (pl.col(schema.SPLIT) == name) for name in SPLIT_NAMES]
+    conditions += [(cold == "item") & known_user, cold == "user"]  # PARTS' order
+    part = pl.when(conditions[0]).then(0)
+    for code, condition in enumerate(conditions[1:], start=1):
+        part = part.when(condition).then(code)
+    user_type = pl.Int32 if index_dtype(len(user_vocab)) == np.int32 else pl.Int64
+    item_type = pl.Int32 if index_dtype(len(item_vocab)) == np.int32 else pl.Int64
+    # One int64 key sorts like [user, timestamp] (a sort on two columns is 3x slower): the
+    # user's row times the number of distinct times, plus the time's dense rank (null first).
+    order = pl.col(USER).cast(pl.Int64)
+    if timed:
+        time_rank = pl.col(schema.TIMESTAMP).rank("dense").fill_null(0).cast(pl.Int64)
+        order = order * (time_rank.max() + 1) + time_rank
+    rows_df = (
         item_vocab.encode(
             user_vocab.encode(split_df.lazy(), schema.USER_ID, USER), schema.ITEM_ID, ITEM
         )
         .filter(pl.col(USER).is_not_null())
+        .select(
+            pl.col(USER).cast(user_type),
+            pl.col(ITEM).fill_null(-1).cast(item_type),
+            part.otherwise(-1).cast(pl.Int8).alias("part"),
+            order.alias("order"),
+        )
+        .filter(pl.col("part") >= 0)
+        .sort("order", maintain_order=True)
+        .select(USER, ITEM, "part")
         .collect()
-        .sort([USER, schema.TIMESTAMP] if timed else USER, maintain_order=True)
     )
-    cold = pl.col(COLD) if COLD in encoded.columns else pl.lit(None, pl.String)
-    warm = cold.is_null() & (pl.col(USER) < num_train_users)
-    parts = {name: encoded.filter(warm & (pl.col(schema.SPLIT) == name)) for name in SPLIT_NAMES}
-    if COLD in encoded.columns:
-        parts["items"] = encoded.filter((cold == "item") & (pl.col(USER) < num_train_users))
-        parts["users"] = encoded.filter(cold == "user")
-    return parts
+    return _Rows(*(rows_df[c].to_numpy() for c in (USER, ITEM, "part")))
 
 
-def _log_unknown_items(by_split: dict[str, pl.DataFrame], name: str) -> None:
+def _log_unknown_items(rows: _Rows, name: str) -> None:
     for split_name in (VAL, TEST):
-        unknown = by_split[split_name][ITEM].null_count()
+        unknown = int((rows.of(split_name) & (rows.item < 0)).sum())
         if unknown:
             log.info(
                 "%s: %d %s interactions have items absent from train (kept as misses)",
@@ -309,11 +353,15 @@ def _log_unknown_items(by_split: dict[str, pl.DataFrame], name: str) -> None:
             )
 
 
-def _before_test(by_split: dict[str, pl.DataFrame]) -> pl.DataFrame:
-    """Train + the validation interactions whose item is known: everything before the test
-    period that a model can use, grouped by user."""
-    val_in_vocab = by_split[VAL].filter(pl.col(ITEM).is_not_null())
-    return pl.concat([by_split[TRAIN], val_in_vocab]).sort(USER, maintain_order=True)
+def _before_test(rows: _Rows) -> np.ndarray:
+    """(n', 2) train + the validation interactions whose item is known: everything before the test
+    period that a model can use, grouped by user (each user's training rows, then their
+    validation ones)."""
+    val = rows.of(VAL) & (rows.item >= 0)
+    kept = rows.of(TRAIN) | val
+    users, items, later = rows.user[kept], rows.item[kept], val[kept]
+    order = np.argsort(users.astype(np.int64) * 2 + later, kind="stable")  # nearly sorted: fast
+    return _pairs(users[order], items[order])
 
 
 def _side_table(

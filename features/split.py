@@ -22,6 +22,7 @@ no part, and gets none without an error.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,15 +73,16 @@ def _per_user_note(df: pl.DataFrame, column: str = schema.USER_ID) -> str:
 def _check_parts(
     split_df: pl.DataFrame,
     asked: dict[str, bool],
-    need: dict[str, str],
+    need: Callable[[], dict[str, str]],
 ) -> None:
     """An EmptySplitError for the first part in `asked` (val, test) that was asked for and is
-    empty in `split_df`. `need[part]` says what the part needs (with the data's numbers)."""
+    empty in `split_df`. `need()[part]` says what the part needs (with the data's numbers: only
+    counted when a part is empty)."""
     counts = dict(split_df[_SPLIT].value_counts().iter_rows()) if split_df.height else {}
     for part in ("val", "test"):
         if asked.get(part) and not counts.get(part):
             raise EmptySplitError(
-                part, split_df.height, split_df[schema.USER_ID].n_unique(), need[part]
+                part, split_df.height, split_df[schema.USER_ID].n_unique(), need()[part]
             )
 
 
@@ -203,10 +205,14 @@ class TemporalSplit(ColdHoldout):
             )
         split_df = self.hold_out_cold(split_df, self.seed)
         warm_df = _warm(split_df)
-        note = _per_user_note(warm_df)
-        need = f"it holds out only from users with at least 3 interactions; {note}"
+
+        def need() -> dict[str, str]:
+            note = _per_user_note(warm_df)
+            need = f"it holds out only from users with at least 3 interactions; {note}"
+            return {"val": need, "test": need}
+
         asked = {"val": self.val_ratio > 0, "test": self.test_ratio > 0}
-        _check_parts(warm_df, asked, {"val": need, "test": need})
+        _check_parts(warm_df, asked, need)
         return split_df.lazy()
 
 
@@ -240,12 +246,15 @@ class ShippedSplit(ColdHoldout):
         )
         split_df = self.hold_out_cold(split_df, self.seed)
         warm_df = _warm(split_df)
-        train_df = warm_df.filter(pl.col(_SPLIT) != "test")
-        need = {
-            "val": "validation is carved only from users with at least 3 shipped train "
-            "interactions; " + _per_user_note(train_df),
-            "test": "the source shipped no test interactions (rows with split 'test')",
-        }
+
+        def need() -> dict[str, str]:
+            train_df = warm_df.filter(pl.col(_SPLIT) != "test")
+            return {
+                "val": "validation is carved only from users with at least 3 shipped train "
+                "interactions; " + _per_user_note(train_df),
+                "test": "the source shipped no test interactions (rows with split 'test')",
+            }
+
         _check_parts(warm_df, {"val": self.val_ratio > 0, "test": True}, need)
         return split_df.lazy()
 
@@ -301,17 +310,19 @@ class RandomSplit(ColdHoldout):
         )
         split_df = self.hold_out_cold(split_df, self.seed)
         warm_df = _warm(split_df)
-        if self.by_user:
+
+        def need() -> dict[str, str]:
+            if not self.by_user:
+                return {
+                    "val": "the whole frame needs at least 3 interactions",
+                    "test": "the whole frame needs at least 2 interactions",
+                }
             note = _per_user_note(warm_df)
-            need = {
+            return {
                 "val": f"it holds out validation only from users with at least 3 interactions; {note}",
                 "test": f"it holds out test only from users with at least 2 interactions; {note}",
             }
-        else:
-            need = {
-                "val": "the whole frame needs at least 3 interactions",
-                "test": "the whole frame needs at least 2 interactions",
-            }
+
         asked = {"val": self.val_ratio > 0, "test": self.test_ratio > 0}
         _check_parts(warm_df, asked, need)
         return split_df.lazy()
