@@ -7,12 +7,13 @@ optional. A time column may hold integers (taken as they are, e.g. epoch seconds
 datetimes (turned into epoch seconds), or strings parsed with `timestamp_format`. With
 `min_rating`, only rows rated at least that much are positives.
 
-The file is read and checked when `interactions()` is called. A bad file stops there with a
-`schema.DataFileError` naming the file, the column and a sample of the bad values: an empty or
-binary file, bytes that are not UTF-8, a line with more fields than the header, a missing or
-mistyped column, a row without a user, item, timestamp or rating (empty, null or NaN: never
-dropped silently), ids mixing numbers and other strings, ids with a fraction, times that do not
-parse. Ids follow `features.sources.checks` (integers become Int64, negative ones included;
+The file is read and checked when `interactions()` is called (a Parquet file of integer ids
+and times is only scanned and counted there, its rows read once by `prepare`: see
+`scan_interactions`). A bad file stops there with a `schema.DataFileError` naming the file,
+the column and a sample of the bad values: an empty or binary file, bytes that are not UTF-8, a
+line with more fields than the header, a missing or mistyped column, a row without a user,
+item, timestamp or rating (empty, null or NaN: never dropped silently), ids mixing numbers and
+other strings, ids with a fraction, times that do not parse. Ids follow `features.sources.checks` (integers become Int64, negative ones included;
 leading zeros or more than 64 bits keep the text; `ids="str"` keeps every id as written).
 
 Duplicated rows are kept by the source; `prepare` then keeps one interaction per
@@ -107,13 +108,9 @@ def read_interactions(
     a missing or mistyped column, an empty file, missing ids, mixed or fractional ids, times or
     ratings that do not parse. Duplicated rows are all kept here (`prepare` keeps one
     interaction per (user, item): the earliest)."""
-    path = existing_file(path, what)
-    parquet = check_file(path, separator)  # an unknown format is named before the content is read
-    with reading(path):
-        found = scan_table(path, separator, has_header).collect_schema()
-    mapping = {ours: ours for ours in OUR_COLUMNS if ours in found}
-    mapping.update(dict(columns or {}))
-    _check_columns(path, found, mapping, required, reasons)
+    path, parquet, _, mapping = _mapped(
+        path, columns, separator, has_header, required, what, reasons
+    )
     theirs = list(dict.fromkeys(mapping.values()))
     strings = () if parquet else theirs  # text columns are parsed here, with named errors
     with reading(path):
@@ -131,6 +128,77 @@ def read_interactions(
         column = mapping[schema.RATING]
         out.append(number_values(raw_df[column], path, column, schema.RATING))
     return pl.DataFrame(out)
+
+
+def scan_interactions(
+    path: str | Path,
+    columns: Mapping[str, str] | None = None,
+    separator: str | None = None,
+    has_header: bool = True,
+    timestamp_format: str | None = None,
+    ids: str = "auto",
+    required: tuple[str, ...] = (schema.USER_ID, schema.ITEM_ID),
+    what: str = "interactions",
+    reasons: Mapping[str, str] | None = None,
+) -> pl.LazyFrame:
+    """`read_interactions` as a LazyFrame, the same columns and checks. A Parquet file whose
+    ids and times are integers (and rating a number) is scanned, not read: only a count of its
+    missing values is computed here, and the rows are read once, by whoever collects the frame
+    (a large file is never held twice). Any other file is read and checked at once."""
+    path, parquet, found, mapping = _mapped(
+        path, columns, separator, has_header, required, what, reasons
+    )
+    kinds = {ours: found[theirs] for ours, theirs in mapping.items()}
+    scannable = parquet and all(
+        dtype.is_integer() or (ours == schema.RATING and dtype.is_numeric())
+        for ours, dtype in kinds.items()
+    )
+    if not scannable:
+        return read_interactions(
+            path, columns, separator, has_header, timestamp_format, ids, required, what, reasons
+        ).lazy()
+    scan_lf = scan_table(path)
+    missing = [
+        (pl.col(theirs).is_null() | (pl.col(theirs).is_nan() if kinds[ours].is_float() else False))
+        .sum()
+        .alias(ours)
+        for ours, theirs in mapping.items()
+    ]
+    with reading(path):
+        counts = scan_lf.select(pl.len().alias("_rows"), *missing).collect().row(0, named=True)
+    if counts.pop("_rows") == 0:
+        raise schema.DataFileError(path, None, "has no data rows")
+    if any(counts.values()):  # read at once, for the error that names the rows
+        read_interactions(
+            path, columns, separator, has_header, timestamp_format, ids, required, what, reasons
+        )
+    casts = {schema.TIMESTAMP: pl.Int64, schema.RATING: pl.Float64}
+    return scan_lf.select(
+        pl.col(mapping[ours]).cast(casts.get(ours, kinds[ours])).alias(ours)
+        for ours in OUR_COLUMNS
+        if ours in mapping
+    )
+
+
+def _mapped(
+    path: str | Path,
+    columns: Mapping[str, str] | None,
+    separator: str | None,
+    has_header: bool,
+    required: tuple[str, ...],
+    what: str,
+    reasons: Mapping[str, str] | None,
+) -> tuple[Path, bool, pl.Schema, dict[str, str]]:
+    """(path, whether it is Parquet, its columns, our name → the file's column), the mapping
+    checked against the file's columns."""
+    path = existing_file(path, what)
+    parquet = check_file(path, separator)  # an unknown format is named before the content is read
+    with reading(path):
+        found = scan_table(path, separator, has_header).collect_schema()
+    mapping = {ours: ours for ours in OUR_COLUMNS if ours in found}
+    mapping.update(dict(columns or {}))
+    _check_columns(path, found, mapping, required, reasons)
+    return path, parquet, found, mapping
 
 
 class Interactions:
@@ -185,7 +253,7 @@ class Interactions:
             reasons[schema.RATING] = (
                 f"min_rating={self.min_rating} needs a rating column; map one with columns.rating"
             )
-        df = read_interactions(
+        interactions_lf = scan_interactions(
             self.path,
             self.columns,
             self.separator,
@@ -196,8 +264,9 @@ class Interactions:
             f"{self.name} interactions",
             reasons,
         )
-        self._id_dtypes = {side: df[key].dtype for side, key in schema.KEYS.items()}
-        return positives(df.lazy(), self.min_rating)
+        found = interactions_lf.collect_schema()
+        self._id_dtypes = {side: found[key] for side, key in schema.KEYS.items()}
+        return positives(interactions_lf, self.min_rating)
 
     def users(self) -> pl.DataFrame | None:
         return self._table("user")
