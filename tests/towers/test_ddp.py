@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -27,6 +28,7 @@ from towers import (
     TowerConfig,
     TwoTowerModule,
 )
+from towers.distributed import RanksDifferError, check_same_on_every_rank
 
 NUM_RANKS = 2
 # The global batch: repeated items within and across the ranks' halves (accidental hits), and
@@ -117,6 +119,8 @@ def _worker(rank: int, port: int, results: str) -> None:
         for name, build in CONFIGS.items():
             torch.manual_seed(0)  # the same initial weights on every rank
             out[name] = _step(build(), own, ddp=True)
+        out["optimisers"] = _optimisers_under_ddp()
+        out["differing_data_refused"] = _differing_data_refused(rank)
         # Plain DDP, for contrast: the module told it is alone, so nothing is gathered.
         module_file.world = lambda: (0, 1)
         torch.manual_seed(0)
@@ -126,6 +130,24 @@ def _worker(rank: int, port: int, results: str) -> None:
         torch.save(out, f"{results}.{rank}")
     finally:
         dist.destroy_process_group()
+
+
+def _optimisers_under_ddp() -> list[str]:
+    """The optimisers of a module with sparse id tables, set up for DDP."""
+    model = _softmax()
+    model.setup("fit")
+    optimisers, _ = model.configure_optimizers()
+    return [type(o).__name__ for o in optimisers]
+
+
+def _differing_data_refused(rank: int) -> bool:
+    """Whether ranks holding the same arrays pass and ranks holding others are refused."""
+    check_same_on_every_rank("alike", [np.arange(5)])
+    try:
+        check_same_on_every_rank("per rank", [np.arange(5) + rank])
+    except RanksDifferError:
+        return True
+    return False
 
 
 def _free_port() -> int:
@@ -165,6 +187,14 @@ def test_without_the_gather_the_gradients_differ(ranks):
     _, grads = _one_process("softmax")
     _, rank_grads = ranks[0]["softmax_without_gather"]
     assert not all(torch.allclose(rank_grads[p], g, atol=1e-5, rtol=1e-5) for p, g in grads.items())
+
+
+def test_under_ddp_the_sparse_tables_train_with_adam_not_row_adam(ranks):
+    assert all(rank["optimisers"] == ["Adam", "AdamW"] for rank in ranks)
+
+
+def test_ranks_whose_prepared_data_differ_are_refused(ranks):
+    assert all(rank["differing_data_refused"] for rank in ranks)
 
 
 # -- the loaders: each rank's share -----------------------------------------------------------
