@@ -13,6 +13,7 @@ from features.sources import (
     MovieLensArchive,
     S3Rec,
 )
+from features.sources.synthetic_log import SyntheticLog
 from tests.conftest import ROOT, shared_dataset
 from tests.features.test_sources import IDS_AND_HISTORY
 
@@ -23,6 +24,7 @@ SOURCES = {
     "bars_electronics": LightGCN,
     "lightgcn": LightGCN,
     "s3rec_beauty": S3Rec,
+    "synthetic_log": SyntheticLog,
 }
 
 
