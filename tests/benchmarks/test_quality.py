@@ -30,7 +30,11 @@ def test_popularity_and_twotower_rows_match_train_py(tmp_path):
     assert popularity["metrics"] == {
         k.removeprefix("popularity/"): v for k, v in written.items() if k.startswith("popularity/")
     }
-    assert twotower["metrics"] == {k: v for k, v in written.items() if k.startswith("test/")}
+    # The test metrics and the audit's groups (test_head/, test_users_light/, ...), not the cold
+    # slices, Matryoshka prefixes or baselines.
+    audited = ("test/", "test_head/", "test_mid/", "test_tail/", "test_users_")
+    assert twotower["metrics"] == {k: v for k, v in written.items() if k.startswith(audited)}
+    assert twotower["metrics"]["test_tail/recall@20"] == written["test_tail/recall@20"]
     assert twotower["recipe"]["trainer"]["max_epochs"] == 1
     assert "popularity_prior" in twotower["recipe"]["model"]
     assert twotower["recipe"]["features"]["user"]["features"]["history"]["length"] == 10
@@ -47,3 +51,14 @@ def test_popularity_and_twotower_rows_match_train_py(tmp_path):
         ["tiny", "popularity"],
         ["tiny", "twotower"],
     ]
+    audit = quality.audit_table(results).splitlines()
+    assert audit[0].split()[2:] == [
+        "head/recall@20",
+        "mid/recall@20",
+        "tail/recall@20",
+        "coverage@20",
+        "tail_share@20",
+    ]
+    for line, run in zip(audit[2:], (popularity, twotower), strict=True):
+        cells = [float(cell) for cell in line.split()[2:]]
+        assert cells == [round(run["metrics"][c], 4) for c in quality.AUDIT_COLUMNS]
