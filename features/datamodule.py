@@ -20,9 +20,9 @@ from features.arrays import csr_by_user, padded_rows
 from features.fitted import item_codes_of
 from features.fitting import TextEncoderFactory
 from features.prepare import HeldOut, PreparedData, prepare
+from features.ranks import check_same_on_every_rank
 from features.sources.base import Source
 from features.spec import FeaturesConfig
-from towers.distributed import check_same_on_every_rank
 
 
 class UserInputs:

@@ -19,6 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 import towers.module as module_file
 from features.datamodule import EpochShuffle, TooFewForRanksError, _EpochBatches, _loader
+from features.ranks import RanksDifferError, check_same_on_every_rank
 from tests.towers.test_module import SPEC, batch, catalogue
 from towers import (
     CosineContrastiveLoss,
@@ -28,7 +29,6 @@ from towers import (
     TowerConfig,
     TwoTowerModule,
 )
-from towers.distributed import RanksDifferError, check_same_on_every_rank
 
 NUM_RANKS = 2
 # The global batch: repeated items within and across the ranks' halves (accidental hits), and
