@@ -54,7 +54,7 @@ from serve.recommender import Recommender
 from serve.report import write_report
 from serve.versions import resolve
 from towers import FeatureSpec, ItemCatalogue, Scorer, TwoTowerModule
-from towers.halving import successive_halving
+from towers.halving import first_rung_epochs, successive_halving
 from towers.matryoshka import Matryoshka, check_dim
 from towers.metrics import METRICS, metric_name
 
@@ -627,6 +627,8 @@ class RecipeTrial:
         self.name, self.cfg, self.data = name, cfg, data
         self.family = str(cfg.model.loss._target_)  # curves of one loss compare early
         self.max_epochs = int(cfg.trainer.max_epochs)
+        # Optimiser steps an epoch: the loader drops the last partial batch.
+        self.steps_per_epoch = max(len(data.train) // int(cfg.data.batch_size), 1)
         self.output_dir = _start_run(cfg)
         if cfg.resume is False:  # _start_run set earlier checkpoints aside; rungs continue
             cfg.resume = True
@@ -698,7 +700,12 @@ def _choose_recipe(
     metrics.json and recipe.json)."""
     trials = _recipe_trials(cfg, overrides, data, output_dir)
     budget = float(cfg.recipe.budget_minutes) * 60
-    search = successive_halving(trials, int(cfg.recipe.first_epochs), budget)
+    first = first_rung_epochs(
+        int(cfg.recipe.first_epochs),
+        int(cfg.recipe.get("first_steps", 0)),
+        [trial.steps_per_epoch for trial in trials],
+    )
+    search = successive_halving(trials, first, budget)
     winner = search.winner
     log.info("recipe: %s wins (%s = %.4f)", winner.name, cfg.monitor, winner.score)
     record: dict[str, object] = {"recipe/winner": winner.name}
@@ -710,6 +717,7 @@ def _choose_recipe(
         "winner": winner.name,
         "out_of_budget": search.out_of_budget,
         "budget_minutes": float(cfg.recipe.budget_minutes),
+        "first_rung_epochs": first,
         "candidates": {n: list(o) for n, o in cfg.recipe.candidates.items()},
         "rungs": [asdict(rung) for rung in search.rungs],
     }

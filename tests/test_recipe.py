@@ -21,7 +21,8 @@ def _recipe_config(output_dir, candidates):
     overrides = [*TINY, *OVERRIDES, f"paths.output_dir={output_dir}"]
     cfg = train.compose([*overrides, "recipe=auto"])
     cfg.recipe.candidates = OmegaConf.create(candidates)
-    cfg.recipe.first_epochs = 1
+    # Two epochs asked, but one already gives every candidate its first_steps: the rung is one.
+    cfg.recipe.first_epochs, cfg.recipe.first_steps = 2, 1
     return cfg, overrides
 
 
@@ -47,7 +48,9 @@ def test_the_candidate_that_learns_wins_and_trains_on_to_its_epoch_count(run):
     assert metrics["recipe/frozen/epochs"] == 1  # dropped after the first rung
     _, learned_epochs = _best_logged(output_dir, "learns")
     assert learned_epochs == 4  # the winner's whole epoch count, not the rung's
-    assert json.loads((output_dir / "recipe.json").read_text())["rungs"][0]["kept"] == ["learns"]
+    search = json.loads((output_dir / "recipe.json").read_text())
+    assert search["rungs"][0]["kept"] == ["learns"]
+    assert search["first_rung_epochs"] == search["rungs"][0]["epochs"] == 1
     assert metrics["test/recall@20"] > metrics["popularity/test/recall@20"]
 
 
