@@ -3,6 +3,7 @@
     SyntheticLog(num_interactions=25_000_000, num_users=1_000_000, num_items=200_000)
     python -m features.sources.synthetic_log --interactions 25000000 --users 1000000 \
         --items 200000 --out /data/log25m      # interactions / items / users .parquet
+    python -m features.sources.synthetic_log ... --layout movielens   # ratings.csv, movies.csv
 
 Planted, exactly: each item's number of interactions (its popularity) follows a Zipf law over
 popularity ranks, `count ∝ rank ** -item_exponent`, at most `max_item_share` of the users; each
@@ -126,7 +127,8 @@ class SyntheticLog:
                 "num_interactions",
                 self.num_interactions,
                 f"must lie in [{self.num_users * self.min_user_interactions}, {most}]: "
-                "min_user_interactions per user, at most the caps' unique pairs",
+                "min_user_interactions per user, at most the caps' unique pairs (a user at "
+                f"most {self.user_cap} items: raise num_items or max_user_share for more)",
             )
 
     @property
@@ -254,6 +256,30 @@ class SyntheticLog:
                 table.write_parquet(written[side])
         return written
 
+    def write_movielens(self, folder: str | Path) -> Path:
+        """The log in MovieLens' CSV layout, as ml-25m ships it: ratings.csv (userId, movieId,
+        rating 5.0: every interaction a positive, timestamp) and movies.csv (movieId, title
+        "Item <id> (<year>)", genres: the category). `MovieLens(root=folder)` reads it (the
+        `data=movielens data.source.root=...` path). Returns `folder`."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self._log.select(
+            pl.col(schema.USER_ID).alias("userId"),
+            pl.col(schema.ITEM_ID).alias("movieId"),
+            pl.lit(5.0).alias("rating"),
+            schema.TIMESTAMP,
+        ).write_csv(folder / "ratings.csv")
+        items = self.items() if self.item_features else None
+        ids = pl.int_range(self.num_items, dtype=pl.Int64, eager=True) + ITEM_ID_OFFSET
+        year = 1950 + (ids % 74)
+        pl.DataFrame({"movieId": ids}).with_columns(
+            pl.format("Item {} ({})", ids, year).alias("title"),
+            (items[CATEGORY] if items is not None else pl.lit("(no genres listed)")).alias(
+                "genres"
+            ),
+        ).write_csv(folder / "movies.csv")
+        return folder
+
 
 def _skewed_codes(rng: np.random.Generator, num: int, num_codes: int) -> np.ndarray:
     """(num,) codes in [0, num_codes), code k drawn with weight 1 / (k + 1)."""
@@ -267,7 +293,11 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     parser.add_argument("--users", type=int, default=None, help="default: interactions / 25")
     parser.add_argument("--items", type=int, default=None, help="default: interactions / 125")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, required=True, help="folder for the Parquet files")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the files")
+    parser.add_argument(
+        "--layout", choices=["parquet", "movielens"], default="parquet",
+        help="parquet: interactions / items / users .parquet; movielens: ratings.csv, movies.csv",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     log = SyntheticLog(
         num_interactions=args.interactions,
@@ -276,6 +306,11 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
         seed=args.seed,
     )
     started = time.perf_counter()
+    if args.layout == "movielens":
+        log.write_movielens(args.out)
+        print(f"{log.num_interactions:,} interactions in {time.perf_counter() - started:.1f} s:")
+        print(f"python train.py data=movielens data.source.root={args.out}")
+        return {"ratings": args.out / "ratings.csv", "movies": args.out / "movies.csv"}
     written = log.write_parquet(args.out)
     print(f"{log.num_interactions:,} interactions, {log.num_users:,} users, {log.num_items:,} "
           f"items in {time.perf_counter() - started:.1f} s:")  # fmt: skip
