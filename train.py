@@ -54,6 +54,7 @@ from serve.recommender import Recommender
 from serve.report import write_report
 from serve.versions import resolve
 from towers import FeatureSpec, ItemCatalogue, Scorer, TwoTowerModule
+from towers.checkpoint import Checkpoints
 from towers.halving import first_rung_epochs, successive_halving
 from towers.matryoshka import Matryoshka, check_dim
 from towers.metrics import METRICS, metric_name
@@ -242,7 +243,7 @@ def _refit(
     # resumed selection that picks another epoch count starts its refit afresh).
     name = f"refit-{epochs}" if seed == cfg.seed else f"refit-{epochs}-seed{seed}"
     directory = output_dir / "checkpoints" / name
-    checkpoint = L.pytorch.callbacks.ModelCheckpoint(
+    checkpoint = Checkpoints(
         dirpath=directory, save_last=True, save_top_k=0
     )
     trainer: L.Trainer = instantiate(

@@ -96,3 +96,14 @@ def test_resume_force_continues_and_resume_false_sets_the_old_run_aside(tmp_path
     assert stored["model.optim.lr"] == 0.07
     with pytest.raises(ValueError, match="resume: expected true, false or force, got 'maybe'"):
         train_module._check_resume(compose_config(tmp_path, ["resume=maybe"]), tmp_path)
+
+
+def test_last_checkpoint_is_the_last_epoch_after_validation_peaked(tmp_path):
+    """`resume` continues from last.ckpt: it must hold the last epoch, not the best one
+    (towers.checkpoint.Checkpoints; Lightning's own stops moving it after the best epoch)."""
+    train_module.train(compose_config(tmp_path, ["trainer.max_epochs=6", "refit=false"]))
+    checkpoints = tmp_path / "checkpoints"
+    best = torch.load(checkpoints / "best.ckpt", weights_only=True)
+    last = torch.load(checkpoints / "last.ckpt", weights_only=True)
+    assert best["epoch"] < 5  # TINY's validation peaks before its sixth epoch
+    assert last["epoch"] == 5 and last["global_step"] > best["global_step"]
