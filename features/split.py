@@ -176,13 +176,9 @@ class TemporalSplit(ColdHoldout):
             )
         by_user = pl.col(schema.USER_ID)
         n = pl.len().over(by_user)
-        # Position from the end: 0 is the user's latest interaction.
-        from_end = (
-            pl.int_range(pl.len())
-            .over(by_user, order_by=[schema.TIMESTAMP, schema.ITEM_ID])
-            .reverse()
-            .over(by_user)
-        )
+        # Position from the end in (time, item) order: 0 is the user's latest interaction.
+        position = pl.int_range(pl.len()).over(by_user, order_by=[schema.TIMESTAMP, schema.ITEM_ID])
+        from_end = n - 1 - position
         n_test = _holdout_count(n, self.test_ratio)
         n_val = pl.min_horizontal(_holdout_count(n, self.val_ratio), n - n_test - 1).clip(0)
         split_df = (

@@ -34,6 +34,27 @@ def test_temporal_split_holds_out_each_users_latest_interactions():
         assert held.len() == 0 or held.min() > train_max
 
 
+def test_temporal_split_breaks_ties_in_time_by_item_in_any_row_order():
+    """Equal timestamps (ML-100K rates many movies in one second) in shuffled file order: the
+    held-out interactions are each user's last in (time, item) order, as a sort finds them."""
+    rng = np.random.default_rng(3)
+    n = 12
+    rows = pl.DataFrame(
+        {
+            "user_id": np.repeat([1, 2, 3], n),
+            "item_id": rng.permutation(3 * n),
+            "timestamp": rng.integers(0, 4, 3 * n),  # few distinct times: many ties
+        }
+    ).sample(fraction=1.0, shuffle=True, seed=5)
+    df = TemporalSplit(val_ratio=0.25, test_ratio=0.25)(rows.lazy()).collect()
+    for _, group in df.group_by("user_id"):
+        ordered = group.sort("timestamp", "item_id")["split"].to_list()
+        assert ordered == ["train"] * 6 + ["val"] * 3 + ["test"] * 3, ordered
+        train_max = group.filter(pl.col("split") == "train").select(pl.max("timestamp")).item()
+        held_min = group.filter(pl.col("split") != "train").select(pl.min("timestamp")).item()
+        assert held_min >= train_max
+
+
 def test_temporal_split_needs_time():
     with pytest.raises(SchemaError, match="TemporalSplit needs a 'timestamp' column"):
         TemporalSplit()(pl.LazyFrame({"user_id": [1], "item_id": [2]}))
