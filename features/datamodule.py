@@ -114,13 +114,18 @@ class EpochShuffle(Sampler[int]):
     def __len__(self) -> int:
         return self.size
 
-    def __iter__(self):
+    def permutation(self) -> torch.Tensor:
+        """(size,) int64: this epoch's order."""
         generator = torch.Generator().manual_seed(self.seed)
         # The earlier epochs' permutations, drawn and dropped: one each, as a RandomSampler's
         # generator gives them when the loop stops after len(loader) batches (as Lightning does).
         for _ in range(self.epoch):
             torch.randperm(self.size, generator=generator)
-        yield from torch.randperm(self.size, generator=generator).tolist()
+        return torch.randperm(self.size, generator=generator)
+
+    def __iter__(self):
+        for chunk in self.permutation().split(1 << 16):  # no Python list of the whole epoch
+            yield from chunk.tolist()
 
 
 class _EpochBatches(BatchSampler):
@@ -142,9 +147,12 @@ class _EpochBatches(BatchSampler):
         self.rank, self.num_ranks = rank, num_ranks
 
     def __iter__(self):
-        for batch in super().__iter__():
+        order = self.sampler.permutation()  # cut as tensors: a 25M-row epoch is no Python list
+        end = len(order) - len(order) % self.batch_size if self.drop_last else len(order)
+        for start in range(0, end, self.batch_size):
+            batch = order[start : start + self.batch_size]
             share = len(batch) // self.num_ranks
-            yield batch[self.rank * share : (self.rank + 1) * share]
+            yield batch[self.rank * share : (self.rank + 1) * share].tolist()
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)

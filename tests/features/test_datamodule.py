@@ -1,8 +1,10 @@
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import BatchSampler
 
 from features import InteractionDataModule
+from features.datamodule import EpochShuffle, _EpochBatches
 from features.sources import Synthetic
 from features.split import TemporalSplit
 from tests.features.test_prepare import ids_and_history
@@ -93,3 +95,14 @@ def test_a_module_without_declared_features_says_so():
     dm = InteractionDataModule(Synthetic(num_users=5, num_items=5, num_clusters=1), TemporalSplit())
     with pytest.raises(ValueError, match="no features declared"):
         dm.setup()
+
+
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_epoch_batches_are_a_batch_samplers_over_the_epochs_order(drop_last):
+    """The batches cut from the permutation tensor are torch's BatchSampler's over the same
+    order, for any epoch (the one-process case of features.datamodule._EpochBatches)."""
+    order = EpochShuffle(103, seed=4)
+    cut = _EpochBatches(order, 10, drop_last)
+    for epoch in (2, 0):
+        cut.set_epoch(epoch)
+        assert list(cut) == list(BatchSampler(list(order), 10, drop_last))
