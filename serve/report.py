@@ -317,8 +317,8 @@ def _buckets_section(metrics: dict) -> str:
             ]
             positions = [i + (s - (len(series) - 1) / 2) * width for i in range(len(stages))]
             bars = ax.bar(positions, values, width, color=colour, label=name)
-            labels = ["none" if math.isnan(v) else f"{v:.3f}" for v in values]
-            ax.bar_label(bars, labels=labels, fontsize=7, padding=1)
+            shown = ["none" if math.isnan(v) else f"{v:.3f}" for v in values]
+            ax.bar_label(bars, labels=shown, fontsize=7, padding=1)
         ax.set_xticks(range(len(stages)), labels)
         ax.set_title(title, fontsize=10)
         ax.grid(axis="y", alpha=0.3)

@@ -164,3 +164,27 @@ def test_without_test_pairs_the_curves_say_so_and_unreadable_ones_are_named(trai
     with pytest.raises(RequestError) as raised:
         write_report(tmp_path)
     assert raised.value.field == TEST_PAIRS
+
+
+def test_the_bucket_bars_are_named_by_bucket_and_labelled_by_value(monkeypatch):
+    """The x axis names the thirds and the activity groups; each bar carries its own value."""
+    import serve.report as report
+
+    drawn = []
+
+    def recording_figure(*args, **kwargs):
+        fig, axes = original(*args, **kwargs)
+        drawn.append(axes)
+        return fig, axes
+
+    original = report._figure
+    monkeypatch.setattr(report, "_figure", recording_figure)
+    groups = ("head", "mid", "tail", "users_light", "users_heavy")
+    metrics = {f"test_{g}/recall@20": 0.1 * (i + 1) for i, g in enumerate(groups)}
+    metrics |= {f"popularity/test_{g}/recall@20": 0.01 * (i + 1) for i, g in enumerate(groups)}
+    report._buckets_section(metrics)
+    (axes,) = drawn
+    ticks = [[t.get_text() for t in ax.get_xticklabels()] for ax in axes]
+    assert ticks == [["head", "mid", "tail"], ["light", "heavy"]]
+    values = [t.get_text() for t in axes[0].texts]
+    assert values == ["0.100", "0.200", "0.300", "0.010", "0.020", "0.030"]
