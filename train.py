@@ -243,9 +243,7 @@ def _refit(
     # resumed selection that picks another epoch count starts its refit afresh).
     name = f"refit-{epochs}" if seed == cfg.seed else f"refit-{epochs}-seed{seed}"
     directory = output_dir / "checkpoints" / name
-    checkpoint = Checkpoints(
-        dirpath=directory, save_last=True, save_top_k=0
-    )
+    checkpoint = Checkpoints(dirpath=directory, save_last=True, save_top_k=0)
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         max_epochs=epochs,

@@ -153,7 +153,9 @@ class RetrievabilityAudit:
         median = float(np.median(activity)) if len(activity) else 0.0
         for name, members in zip(ACTIVITY, (activity <= median, activity > median), strict=True):
             if members.any():  # none above the median when most users share the top count
-                out[metric_name("recall", self.k, f"{stage}_{name}")] = float(recall[members].mean())
+                out[metric_name("recall", self.k, f"{stage}_{name}")] = float(
+                    recall[members].mean()
+                )
         times = self.times_ranked[self.candidates]  # (C,)
         slots = int(self.times_ranked.sum())
         tail_slots = int(self.times_ranked[self.groups.item_bucket == TAIL].sum())
