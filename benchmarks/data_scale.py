@@ -49,6 +49,8 @@ from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
 
+from results_file import write_results
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "data_scale.json"
 DATA_DIR = Path("~/.cache/twotower/data_scale").expanduser()
@@ -349,10 +351,7 @@ def main(argv: list[str] | None = None) -> dict | None:
             "machine": platform.machine(),
         },
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(f".{args.out.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, args.out)
+    write_results(args.out, result)
     print(f"results: {args.out}")
     return result
 

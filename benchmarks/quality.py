@@ -39,6 +39,7 @@ from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
+from results_file import write_results
 
 import train as train_module
 from features.prepare import PreparedData
@@ -358,10 +359,7 @@ def main(argv: list[str] | None = None) -> dict:
         result["meta"] = meta
     merged = json.loads(args.out.read_text()) if args.out.is_file() else {}
     merged.update(results)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(f".{args.out.name}.tmp")
-    tmp.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, args.out)
+    write_results(args.out, merged, sort_keys=True)
     print(f"results: {args.out}")
     return results
 

@@ -60,6 +60,7 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+from results_file import write_results
 from serving import INDEXES, NUM_USERS, free_port, send, synthetic_tables  # benchmarks/serving.py
 
 from serve.versions import current_version
@@ -615,10 +616,7 @@ def machine(load_before: tuple) -> dict:
 
 
 def write_json(result: dict, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    os.replace(tmp, out)
+    write_results(out, result, default=str)
 
 
 def build_bundle(path: Path, args) -> None:

@@ -50,6 +50,7 @@ import faiss
 import numpy as np
 import polars as pl
 import torch
+from results_file import write_results
 
 from features.fitted import FittedFeatures
 from features.fitting import FittedSide
@@ -581,10 +582,7 @@ def main(argv: list[str] | None = None) -> None:
         "rows": rows,
         "targets": targets(rows, args.http_items),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_name(f".{args.out.name}.tmp")
-    tmp_out.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp_out, args.out)
+    write_results(args.out, result)
     print("\ntargets:")
     for name, value in result["targets"].items():
         print(

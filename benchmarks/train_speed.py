@@ -33,7 +33,6 @@ Two measurements, in steady state (from step `--warmup` on), in training example
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -45,6 +44,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from results_file import write_results
 from torch.utils.data import DataLoader
 
 import train
@@ -354,10 +354,7 @@ def main(argv: list[str] | None = None) -> dict:
             "lightning": L.__version__,
         },
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(f".{args.out.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, args.out)
+    write_results(args.out, result)
     print(f"results: {args.out}")
     return result
 
