@@ -30,6 +30,7 @@ see `features.sources.tables` for how they are read and what is an error.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 
 import polars as pl
@@ -153,10 +154,12 @@ def scan_interactions(
         dtype.is_integer() or (ours == schema.RATING and dtype.is_numeric())
         for ours, dtype in kinds.items()
     )
+    read_whole = partial(
+        read_interactions,
+        path, columns, separator, has_header, timestamp_format, ids, required, what, reasons,
+    )  # fmt: skip
     if not scannable:
-        return read_interactions(
-            path, columns, separator, has_header, timestamp_format, ids, required, what, reasons
-        ).lazy()
+        return read_whole().lazy()
     scan_lf = scan_table(path)
     missing = [
         (pl.col(theirs).is_null() | (pl.col(theirs).is_nan() if kinds[ours].is_float() else False))
@@ -169,9 +172,7 @@ def scan_interactions(
     if counts.pop("_rows") == 0:
         raise schema.DataFileError(path, None, "has no data rows")
     if any(counts.values()):  # read at once, for the error that names the rows
-        read_interactions(
-            path, columns, separator, has_header, timestamp_format, ids, required, what, reasons
-        )
+        read_whole()
     casts = {schema.TIMESTAMP: pl.Int64, schema.RATING: pl.Float64}
     return scan_lf.select(
         pl.col(mapping[ours]).cast(casts.get(ours, kinds[ours])).alias(ours)
