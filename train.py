@@ -55,7 +55,7 @@ from serve.report import write_report
 from serve.versions import resolve
 from towers import FeatureSpec, ItemCatalogue, Scorer, TwoTowerModule
 from towers.checkpoint import Checkpoints
-from towers.halving import first_rung_epochs, successive_halving
+from towers.halving import first_rung_epochs, reachable, successive_halving
 from towers.matryoshka import Matryoshka, check_dim
 from towers.metrics import METRICS, metric_name
 
@@ -604,14 +604,37 @@ RECIPE_SHARED = ("data.source", "data.split", "features", "seed", "monitor")
 
 
 class StopAtEpoch(L.Callback):
-    """Stops a fit once `epochs` epochs are done (a recipe candidate's rung); the schedule stays
-    the one of the candidate's whole epoch count, so the rung is the start of its full run."""
+    """Stops a fit once `epochs` epochs are done (a recipe candidate's rung), or, with a `bar`,
+    as soon as the candidate can no longer reach it (towers.halving.reachable over `history`, the
+    monitored score of every epoch before this fit, and this fit's). The schedule stays the one of
+    the candidate's whole epoch count, so the rung is the start of its full run."""
 
-    def __init__(self, epochs: int) -> None:
-        self.epochs = epochs
+    def __init__(
+        self,
+        epochs: int,
+        monitor: str = "",
+        history: list[float] | None = None,
+        max_epochs: int = 0,
+        bar: float = float("-inf"),
+    ) -> None:
+        self.epochs, self.monitor, self.max_epochs, self.bar = epochs, monitor, max_epochs, bar
+        self.history = list(history or [])
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         trainer.should_stop = trainer.current_epoch >= self.epochs  # resumed at or past the rung
+
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.sanity_checking or self.bar == float("-inf"):
+            return
+        self.history.append(float(trainer.callback_metrics[self.monitor]))
+        if reachable(self.history, self.max_epochs - (trainer.current_epoch + 1)) < self.bar:
+            log.info(
+                "recipe: stopped at epoch %d, %s cannot reach %.4f",
+                trainer.current_epoch + 1,
+                self.monitor,
+                self.bar,
+            )
+            trainer.should_stop = True
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if trainer.current_epoch + 1 >= self.epochs:
@@ -632,6 +655,7 @@ class RecipeTrial:
         if cfg.resume is False:  # _start_run set earlier checkpoints aside; rungs continue
             cfg.resume = True
         self.epochs, self.score, self.seconds, self.stopped = 0, float("-inf"), 0.0, False
+        self.history: list[float] = []
 
     def datamodule(self) -> InteractionDataModule:
         """The candidate's loader settings over the run's prepared data."""
@@ -639,11 +663,12 @@ class RecipeTrial:
         datamodule.data = self.data
         return datamodule
 
-    def advance(self, epochs: int) -> None:
+    def advance(self, epochs: int, bar: float = float("-inf")) -> None:
         L.seed_everything(self.cfg.seed, workers=True)
         model = build_model(self.cfg, self.data)
         callbacks = _instantiate_all(self.cfg.get("callbacks"))
-        trainer = _trainer(self.cfg, [*callbacks, StopAtEpoch(epochs)])
+        stop = StopAtEpoch(epochs, self.cfg.monitor, self.history, self.max_epochs, bar)
+        trainer = _trainer(self.cfg, [*callbacks, stop])
         metrics_csv = self.output_dir / "metrics.csv"
         earlier_log = _read_log(metrics_csv)
         last = self.output_dir / "checkpoints" / "last.ckpt"
@@ -651,6 +676,7 @@ class RecipeTrial:
         if earlier_log is not None:
             _merge_log(earlier_log, metrics_csv)
         self.epochs = trainer.current_epoch
+        self.history = _validation_history(metrics_csv, self.cfg.monitor)
         checkpoint = next(
             c for c in callbacks if isinstance(c, L.pytorch.callbacks.ModelCheckpoint)
         )
@@ -660,6 +686,15 @@ class RecipeTrial:
         self.stopped = self.epochs >= self.cfg.trainer.max_epochs or any(
             c.stopped_epoch > 0 for c in early
         )
+
+
+def _validation_history(metrics_csv: Path, monitor: str) -> list[float]:
+    """The monitored validation score of each epoch in metrics.csv, in epoch order."""
+    frame = _read_log(metrics_csv)
+    if frame is None or monitor not in frame.columns:
+        return []
+    rows = frame.filter(pl.col(monitor).is_not_null()).sort("epoch", maintain_order=True)
+    return rows[monitor].cast(pl.Float64).to_list()
 
 
 def run_overrides(overrides: list[str] | None) -> list[str]:

@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 import train
 from tests.conftest import TINY
+from towers.halving import reachable
 
 OVERRIDES = ["trainer.max_epochs=4", "refit=false", "logger=csv"]
 CANDIDATES = {"learns": [], "frozen": ["model.optim.lr=0.0", "model.optim.dense_lr=0.0"]}
@@ -59,9 +60,9 @@ def test_each_recorded_figure_is_the_best_in_the_candidates_own_log(run):
     frozen, frozen_epochs = _best_logged(output_dir, "frozen")
     assert frozen_epochs == 1
     assert metrics["recipe/frozen/val/recall@20"] == pytest.approx(frozen, abs=1e-6)
-    log = pl.read_csv(output_dir / "recipe" / "learns" / "metrics.csv")
-    first = float(log["val/recall@20"].drop_nulls()[0])
-    assert metrics["recipe/learns/val/recall@20"] == pytest.approx(first, abs=1e-6)
+    learns, learns_epochs = _best_logged(output_dir, "learns")
+    assert metrics["recipe/learns/epochs"] == learns_epochs == 4  # the finalist's whole run
+    assert metrics["recipe/learns/val/recall@20"] == pytest.approx(learns, abs=1e-6)
 
 
 def test_the_printed_table_names_the_winner(run):
@@ -75,3 +76,18 @@ def test_a_candidate_that_changes_the_split_is_refused(tmp_path):
     with pytest.raises(train.RecipeError) as error:
         train.train(cfg, overrides)
     assert error.value.key == "data.split.val_ratio" and error.value.candidate == "other_split"
+
+
+def test_a_finalist_stops_once_it_cannot_reach_the_bar(tmp_path):
+    """RecipeTrial.advance with a bar no recall can reach (2.0) stops after the third epoch, the
+    first with enough history to judge, and its last checkpoint and history are that epoch's; a
+    later advance without a bar continues from there."""
+    cfg = train.compose([*TINY, *OVERRIDES, "trainer.max_epochs=6", f"paths.output_dir={tmp_path}"])
+    trial = train.RecipeTrial("learns", cfg, train.prepare_data(cfg).data)
+    trial.advance(6, bar=2.0)
+    logged = pl.read_csv(tmp_path / "metrics.csv")["val/recall@20"].drop_nulls().to_list()
+    assert trial.epochs == 3 and trial.history == pytest.approx(logged) and len(logged) == 3
+    assert reachable(logged, 3) < 2.0  # why it stopped, recomputed from its own log
+    trial.advance(4)
+    assert trial.epochs == 4 and len(trial.history) == 4 and not trial.stopped
+    assert trial.history[:3] == pytest.approx(logged)

@@ -7,28 +7,32 @@ import math
 
 import pytest
 
-from towers.halving import first_rung_epochs, successive_halving
+from towers.halving import first_rung_epochs, reachable, successive_halving
 
 
 class Planted:
     """A trial whose validation score after e epochs is curve[e - 1]; each epoch costs `pace`
-    seconds of a shared fake clock; it stops by itself after `last` epochs."""
+    seconds of a shared fake clock; it stops by itself after `last` epochs, and, given a bar, after
+    the first epoch from which `reachable` says it cannot reach it."""
 
     def __init__(self, name, curve, clock, pace=1.0, last=None, family="softmax"):
         self.name, self.curve, self.clock, self.pace = name, curve, clock, pace
         self.family, self.max_epochs = family, len(curve)
         self.last = last or len(curve)
         self.epochs, self.score, self.seconds, self.stopped = 0, -math.inf, 0.0, False
+        self.history: list[float] = []
         self.advanced_to: list[int] = []
 
-    def advance(self, epochs):
+    def advance(self, epochs, bar=-math.inf):
         self.advanced_to.append(epochs)
-        target = min(epochs, self.last)
-        spent = (target - self.epochs) * self.pace
-        self.clock[0] += spent
-        self.seconds += spent
-        self.epochs = target
-        self.score = max(self.curve[: self.epochs])
+        while self.epochs < min(epochs, self.last):
+            self.clock[0] += self.pace
+            self.seconds += self.pace
+            self.epochs += 1
+            self.history = self.curve[: self.epochs]
+            if reachable(self.history, self.max_epochs - self.epochs) < bar:
+                break
+        self.score = max(self.history)
         self.stopped = self.epochs >= self.last
 
 
@@ -39,14 +43,16 @@ def test_the_better_half_goes_on_until_one_is_left():
     weak = Planted("weak", [0.05] * 8, clock)
     weaker = Planted("weaker", [0.01] * 8, clock)
     search = successive_halving([weak, early, late, weaker], first_epochs=2, clock=lambda: clock[0])
-    # rung 1 at 2 epochs: early 0.4, late 0.2 go on; rung 2 at 4 epochs: late 0.6 beats early 0.4.
-    assert [r.epochs for r in search.rungs] == [2, 4]
+    # rung 1 at 2 epochs: early 0.4, late 0.2 go on; rung 2 at 4 epochs: late 0.6 beats early 0.4
+    # and, the one finalist left, trains to its end.
+    assert [r.epochs for r in search.rungs] == [2, 4, 8]
     assert search.rungs[0].kept == ["early", "late"]
     assert search.rungs[1].scores == {"early": 0.4, "late": 0.6}
+    assert search.rungs[2].scores == {"late": 0.95}
     assert search.winner is late and not search.out_of_budget
     assert weak.advanced_to == [2] and weaker.advanced_to == [2]
-    assert late.advanced_to == [2, 4] and late.epochs == 4
-    assert clock[0] == 4 * 2 + 2 * 2  # epochs trained in all
+    assert late.advanced_to == [2, 4, 8] and late.epochs == 8
+    assert clock[0] == 4 * 2 + 2 * 2 + 4  # epochs trained in all
 
 
 def test_a_trial_that_stopped_by_itself_keeps_its_score_and_is_not_advanced():
@@ -96,8 +102,10 @@ def test_families_halve_apart_and_their_finalists_meet_at_full_length():
     # Overall at one epoch the slow family trails; within it, slow beats slower and goes on.
     assert search.rungs[0].kept == ["fast", "fast_small", "slow"]
     assert search.rungs[1].epochs == 2 and search.rungs[1].kept == ["fast", "slow"]
-    final = search.rungs[2]
-    assert final.epochs == 6 and final.scores == {"fast": 0.45, "slow": 0.50}
+    # The finals, an epoch a round: slow, still gaining 0.1 an epoch, is never out of reach.
+    assert [r.epochs for r in search.rungs[2:]] == [3, 4, 5, 6]
+    final = search.rungs[-1]
+    assert final.scores == {"slow": 0.50, "fast": 0.45} and final.kept == ["slow"]
     assert search.winner is slow and slow.epochs == 6 and fast.epochs == 6
     assert slower.advanced_to == [1] and fast_weak.advanced_to == [1]
 
@@ -121,3 +129,62 @@ def test_the_first_rung_gives_every_candidate_enough_steps(
         first_epochs,
     )
     assert expected == brute
+
+
+@pytest.mark.parametrize(
+    ("history", "epochs_left", "expected"),
+    [
+        ([0.1, 0.3, 0.2, 0.4], 3, 0.4 + 3 * 0.1),  # best so far 0.3, 0.3, 0.4: largest gain 0.1
+        ([0.1, 0.2, 0.25, 0.25], 2, 0.25 + 2 * 0.05),  # a flat last epoch: the gain before it
+        ([0.5, 0.4, 0.3, 0.2], 5, 0.5),  # falling: the best so far, no gain
+        ([0.1, 0.2], 4, math.inf),  # too short to judge
+        ([0.1, 0.3, 0.2], 0, 0.3),  # no epochs left: its best
+    ],
+)
+def test_reachable_extends_the_largest_recent_gain_of_the_best_score(
+    history, epochs_left, expected
+):
+    assert reachable(history, epochs_left) == pytest.approx(expected)
+
+
+# Gowalla's two finalists under recipe=auto, validation recall@20 after each of their 12 epochs.
+GOWALLA_SOFTMAX = [0.1314, 0.1545, 0.1667, 0.1739, 0.1775, 0.1803, 0.1817, 0.1827, 0.1834,
+                   0.1842, 0.1828, 0.184]  # fmt: skip
+GOWALLA_CONTRASTIVE = [0.082, 0.1077, 0.1317, 0.1447, 0.1582, 0.1699, 0.1817, 0.1884, 0.1987,
+                       0.205, 0.2106, 0.2165]  # fmt: skip
+
+
+def by_hand_stop(curve, leader_curve, start):
+    """The epoch at which a trailing finalist trained an epoch a round after the leader stops:
+    the first e > start where its best plus (epochs left) x its largest best-score gain over the
+    last two epochs is below the leader's best after e epochs."""
+    for e in range(max(start + 1, 3), len(curve) + 1):
+        best = [max(curve[:i]) for i in range(1, e + 1)]
+        gain = max(best[-1] - best[-2], best[-2] - best[-3])
+        if best[-1] + (len(curve) - e) * gain < max(leader_curve[:e]):
+            return e
+    return len(curve)
+
+
+def test_a_finalist_that_cannot_catch_up_stops_early():
+    clock = [0.0]
+    softmax = Planted("softmax", GOWALLA_SOFTMAX, clock, pace=45.0)
+    contrastive = Planted("contrastive", GOWALLA_CONTRASTIVE, clock, pace=45.0, family="ccl")
+    search = successive_halving([softmax, contrastive], first_epochs=1, clock=lambda: clock[0])
+    assert by_hand_stop(GOWALLA_SOFTMAX, GOWALLA_CONTRASTIVE, start=1) == 8
+    assert search.winner is contrastive and contrastive.epochs == 12
+    assert softmax.epochs == 8 and softmax.score == 0.1827
+    assert search.rungs[-1].kept == ["contrastive"]
+    assert clock[0] == (12 + 8) * 45.0  # four of the softmax's twelve epochs never trained
+
+
+def test_the_finals_stop_when_the_budget_cannot_pay_for_the_next_round():
+    clock = [0.0]
+    softmax = Planted("softmax", GOWALLA_SOFTMAX, clock, pace=45.0)
+    contrastive = Planted("contrastive", GOWALLA_CONTRASTIVE, clock, pace=45.0, family="ccl")
+    search = successive_halving(
+        [softmax, contrastive], first_epochs=1, budget_seconds=10 * 45.0, clock=lambda: clock[0]
+    )
+    # The rungs at 1 and 2 epochs cost 4 epochs' time; each finals round (an epoch each) 2 more.
+    assert search.out_of_budget and softmax.epochs == contrastive.epochs == 5
+    assert search.winner is softmax  # 0.1775 against 0.1582 when the money ran out
