@@ -340,6 +340,9 @@ def _start_run(cfg: DictConfig) -> Path:
         raise ValueError(
             f"ensemble_selection_weight: expected a share in (0, 1), got {selection_weight!r}"
         )
+    refit_seeds = cfg.get("refit_seeds", 1)
+    if not isinstance(refit_seeds, int) or isinstance(refit_seeds, bool) or refit_seeds < 1:
+        raise ValueError(f"refit_seeds: expected a whole number >= 1, got {refit_seeds!r}")
     _check_matryoshka(cfg)
     _check_multi_process(cfg)
     output_dir = Path(cfg.paths.output_dir)
@@ -508,17 +511,22 @@ def _served_scorer(
     members = [(selected.user_tower, selected.item_tower)]
     weights = None  # the members' shares of the score; None: equal
     if cfg.get("refit"):
-        # An ensemble member from another initialisation: on Gowalla validation two seeds' models
-        # together measured +4.1% recall@20 over one, two runs of the same seed +1.2%.
-        seed = cfg.seed + 1 if cfg.get("ensemble") else cfg.seed
+        # Each refit from its own initialisation: on Gowalla validation two seeds' models together
+        # measured +4.1% recall@20 over one, two runs of the same seed +1.2%.
+        first = cfg.seed + 1 if cfg.get("ensemble") else cfg.seed
         epochs = int(metrics["train/epochs"])
-        refit, seconds = _refit(cfg, data, epochs, output_dir, seed)
+        refits, seconds = [], 0.0
+        for seed in range(first, first + int(cfg.get("refit_seeds", 1))):
+            refit, fit_seconds = _refit(cfg, data, epochs, output_dir, seed)
+            refits.append((refit.user_tower, refit.item_tower))
+            seconds += fit_seconds
         metrics.update({"refit/seconds": seconds, "refit/epochs": float(epochs)})
-        if cfg.get("ensemble"):  # the selection model, as costly as the refit, served beside it
+        if cfg.get("ensemble"):  # the selection model, as costly as a refit, served beside them
             share = float(cfg.ensemble_selection_weight)
-            members, weights = [*members, (refit.user_tower, refit.item_tower)], [share, 1 - share]
+            members = [*members, *refits]
+            weights = [share, *[(1 - share) / len(refits)] * len(refits)]
         else:
-            members = [(refit.user_tower, refit.item_tower)]
+            members = refits
     elif cfg.get("ensemble"):
         log.info("ensemble: no refit model to add to the selection model; serving it alone")
     if len(members) > 1:

@@ -240,6 +240,30 @@ def test_a_popularity_prior_is_served_with_the_known_interactions_counts(ensembl
     assert metrics["test/recall@20"] > metrics["popularity/test/recall@20"]
 
 
+@pytest.mark.slow
+def test_refit_seeds_serves_that_many_refit_models_as_one(tmp_path):
+    """refit_seeds=2: two refits, from seeds 42 and 43, are the bundle's two members with equal
+    shares; the selection model is not served."""
+    cfg = compose_config(tmp_path, ["trainer.max_epochs=2", "refit_seeds=2"])
+    metrics = train_module.train(cfg)
+    first = _weights(tmp_path / "checkpoints" / "refit-2" / "last.ckpt")[ITEM_TABLE]
+    second = _weights(tmp_path / "checkpoints" / "refit-2-seed43" / "last.ckpt")[ITEM_TABLE]
+    assert not torch.allclose(first, second)
+    torch.testing.assert_close(_exported_item_table(tmp_path / "bundle", 0), first)
+    torch.testing.assert_close(_exported_item_table(tmp_path / "bundle", 1), second)
+    scoring = Recommender.load(tmp_path / "bundle").bundle.manifest["model"]["scoring"]
+    assert scoring["members"] == 2 and scoring["weights"] is None  # None: equal shares
+    assert metrics["test/recall@20"] > metrics["popularity/test/recall@20"]
+
+
+@pytest.mark.parametrize("seeds", [0, -1, 1.5, True])
+def test_refit_seeds_below_one_or_fractional_is_named_before_training(tmp_path, seeds):
+    cfg = compose_config(tmp_path, [f"refit_seeds={seeds}"])
+    with pytest.raises(ValueError, match=r"refit_seeds: expected a whole number >= 1"):
+        train_module.train(cfg)
+    assert not (tmp_path / "checkpoints").exists()
+
+
 @pytest.mark.parametrize("weight", [0.0, 1.0, -0.2])
 def test_an_ensemble_weight_outside_0_1_is_named_before_training(tmp_path, weight):
     cfg = compose_config(tmp_path, ["ensemble=true", f"ensemble_selection_weight={weight}"])
