@@ -8,10 +8,13 @@
     python -m serve clusters --bundle PATH --k 50      k-means of the item vectors, as Parquet
     python -m serve duplicates --bundle PATH --threshold 0.95   item pairs above a cosine
     python -m serve audit --bundle PATH [--held-out pairs.parquet]   metrics and retrievability
+    python -m serve compare --bundle A --bundle B [--held-out pairs.parquet]   B - A, and its noise
     python -m serve report --run DIR      a run directory's report.html (serve.report), again
 
 `audit` prints the bundle's and popularity's metrics on held-out pairs, with the retrievability
 audit (serve.audit), as JSON; by default on the test split of the run that wrote the bundle.
+`compare` prints two bundles' recall and ndcg on the same held-out users (by default the test
+split beside the first), B - A and its 95% paired bootstrap interval (serve.compare).
 
 Errors (unknown ids, bad k, a broken bundle, an unreadable held-out file) print one line to
 stderr and exit with status 2;
@@ -26,7 +29,7 @@ import json
 import sys
 from pathlib import Path
 
-from serve.errors import BundleError, RequestError, UnknownIdError
+from serve.errors import BundleError, RequestError, UnknownIdError, check_k
 from serve.files import VERIFY
 from serve.held_out import TEST_PAIRS
 
@@ -84,6 +87,16 @@ def _parser() -> argparse.ArgumentParser:
         help="Parquet, CSV or JSON file of held-out user_id, item_id pairs (default: the "
         f"{TEST_PAIRS} that train.py wrote beside the bundle: the run's test split)",
     )
+    cmp = commands.add_parser(
+        "compare", help="two bundles on the same held-out users: B - A and its bootstrap interval"
+    )
+    cmp.add_argument(
+        "--bundle", required=True, action="append", help="A, then B (given twice, in that order)"
+    )
+    cmp.add_argument("--held-out", help=f"held-out pairs (default: the {TEST_PAIRS} beside A)")
+    cmp.add_argument("--k", type=int, action="append", help="cutoffs (repeatable; default 20, 50)")
+    cmp.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples of the users")
+    cmp.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     _add_catalogue_commands(commands)
     rep = commands.add_parser(
         "report", help="render a run directory's report.html again (plots of what the run wrote)"
@@ -175,6 +188,18 @@ def _read_table(path: str, flag: str = "--upsert"):
         raise RequestError(flag, path, f"cannot be read ({err})") from None
 
 
+def _held_out_path(given: str | None, bundle: str) -> str:
+    """`--held-out`, else the run's test split beside `bundle`, which must then exist."""
+    path = given or str(Path(bundle).parent / TEST_PAIRS)
+    if not given and not Path(path).is_file():
+        raise RequestError(
+            "--held-out",
+            path,
+            f"must be given: no {TEST_PAIRS} (a run's test split) is beside the bundle",
+        )
+    return path
+
+
 def _audit(args: argparse.Namespace, recommender) -> dict:
     """The bundle and popularity on the held-out pairs (serve.evaluate.evaluate_bundle), with
     how many pairs the bundle could not rank."""
@@ -183,13 +208,7 @@ def _audit(args: argparse.Namespace, recommender) -> dict:
     from serve.evaluate import evaluate_bundle
     from serve.held_out import held_out_pairs
 
-    path = args.held_out or str(Path(args.bundle).parent / TEST_PAIRS)
-    if not args.held_out and not Path(path).is_file():
-        raise RequestError(
-            "--held-out",
-            path,
-            f"must be given: no {TEST_PAIRS} (a run's test split) is beside the bundle",
-        )
+    path = _held_out_path(args.held_out, args.bundle)
     items = Vocabulary.from_ids(recommender.bundle.items[ITEM_ID])
     pairs = held_out_pairs(_read_table(path, "--held-out"), recommender.user_vocab, items)
     return {
@@ -202,6 +221,30 @@ def _audit(args: argparse.Namespace, recommender) -> dict:
         "unknown_items": pairs.unknown_items,
         "metrics": evaluate_bundle(recommender, pairs.held_out),
     }
+
+
+def _compare(args: argparse.Namespace) -> int:
+    """`compare`: B against A on the same held-out users (serve.compare), as JSON."""
+    from serve.compare import COMPARED_KS, compare_bundles
+    from serve.recommender import Recommender
+
+    try:
+        if len(args.bundle) != 2:
+            raise RequestError("--bundle", args.bundle, "must be given twice: A, then B")
+        if args.resamples < 1:
+            raise RequestError("--resamples", args.resamples, "must be at least 1")
+        a, b = (Recommender.load(path) for path in args.bundle)
+        path = _held_out_path(args.held_out, args.bundle[0])
+        ks = tuple(args.k or COMPARED_KS)
+        for k in ks:
+            check_k(k)
+        table = _read_table(path, "--held-out")
+        out = compare_bundles(a, b, table, ks, args.resamples, args.seed)
+    except (BundleError, UnknownIdError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps({"a": args.bundle[0], "b": args.bundle[1], "held_out": path} | out, indent=2))
+    return 0
 
 
 def _http(args: argparse.Namespace) -> int:
@@ -268,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "http":
         return _http(args)
+    if args.command == "compare":
+        return _compare(args)
     if args.command == "report":
         from serve.report import RunDirectoryError, write_report
 

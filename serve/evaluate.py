@@ -23,7 +23,7 @@ from features.arrays import padded_rows
 from features.prepare import HeldOut
 from serve.audit import AuditGroups, RetrievabilityAudit
 from serve.recommender import Recommender
-from towers.metrics import KS, RankingMetrics
+from towers.metrics import KS, RankingMetrics, hits, per_user
 from towers.ranking import exact_top_k
 
 
@@ -89,6 +89,22 @@ def evaluate_recommender(
         )
         _update(metrics, held_out, rows, top, audited)
     return _computed(metrics, audited, stage)
+
+
+def user_metrics(
+    recommender: Recommender, held_out: HeldOut, ks=KS, chunk: int = 4096
+) -> dict[str, np.ndarray]:
+    """Each held-out user's metrics through `Recommender.top_k`, name -> (U,) (row i:
+    held_out.users[i]): what `evaluate_recommender` averages."""
+    parts: list[dict[str, torch.Tensor]] = []
+    for start in range(0, len(held_out), chunk):
+        rows = np.arange(start, min(start + chunk, len(held_out)))
+        _, top = recommender.top_k(held_out.users[rows], max(ks), exclude_seen=True)
+        relevant = padded_rows(held_out.indptr, held_out.items, rows, pad=-1)
+        counts = held_out.indptr[rows + 1] - held_out.indptr[rows]
+        found = hits(torch.from_numpy(top), torch.from_numpy(relevant))
+        parts.append(per_user(found, torch.from_numpy(counts), ks))
+    return {name: torch.cat([p[name] for p in parts]).numpy() for name in parts[0]}
 
 
 def evaluate_bundle(

@@ -30,8 +30,8 @@ def hits(top_items: torch.Tensor, relevant: torch.Tensor) -> torch.Tensor:
     return ((top_items.unsqueeze(-1) == relevant.unsqueeze(1)) & valid.unsqueeze(1)).any(-1)
 
 
-def metric_sums(hit: torch.Tensor, num_relevant: torch.Tensor, ks=KS) -> dict[str, float]:
-    """Per-user metrics summed over users (divide by the user count for means)."""
+def per_user(hit: torch.Tensor, num_relevant: torch.Tensor, ks=KS) -> dict[str, torch.Tensor]:
+    """Each user's metrics, name -> (U,) float64, from (U, K) hits and (U,) held-out counts."""
     hit = hit.double()
     num_relevant = num_relevant.double().clamp(min=1)
     positions = torch.arange(1, hit.shape[1] + 1, dtype=torch.float64)
@@ -44,11 +44,16 @@ def metric_sums(hit: torch.Tensor, num_relevant: torch.Tensor, ks=KS) -> dict[st
             (num_relevant.clamp(max=k) - 1).long().clamp(max=top.shape[1] - 1)
         ]
         first = torch.where(top.any(1), 1.0 / (top.argmax(1) + 1).double(), torch.zeros_like(found))
-        out[metric_name("recall", k)] = (found / num_relevant).sum().item()
-        out[metric_name("ndcg", k)] = ((top * discounts[: top.shape[1]]).sum(1) / idcg).sum().item()
-        out[metric_name("hit_rate", k)] = (found > 0).double().sum().item()
-        out[metric_name("mrr", k)] = first.sum().item()
+        out[metric_name("recall", k)] = found / num_relevant
+        out[metric_name("ndcg", k)] = (top * discounts[: top.shape[1]]).sum(1) / idcg
+        out[metric_name("hit_rate", k)] = (found > 0).double()
+        out[metric_name("mrr", k)] = first
     return out
+
+
+def metric_sums(hit: torch.Tensor, num_relevant: torch.Tensor, ks=KS) -> dict[str, float]:
+    """Per-user metrics summed over users (divide by the user count for means)."""
+    return {name: values.sum().item() for name, values in per_user(hit, num_relevant, ks).items()}
 
 
 class RankingMetrics:
