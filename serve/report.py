@@ -463,7 +463,8 @@ def _recipe_section(search: dict | None, metrics: dict) -> str:
     rungs = search.get("rungs") or []
     names.sort(key=lambda n: -float(metrics.get(f"recipe/{n}/{monitor}", float("-inf"))))
     rung_head = "".join(
-        f"<th>rung {i + 1}: {r['epochs']} epoch{'s' if r['epochs'] != 1 else ''}</th>"
+        f"<th>{'finals' if r.get('finals') else f'rung {i + 1}'}: {r['epochs']} "
+        f"epoch{'s' if r['epochs'] != 1 else ''}</th>"
         for i, r in enumerate(rungs)
     )
     rows = []
@@ -484,8 +485,10 @@ def _recipe_section(search: dict | None, metrics: dict) -> str:
         "recipe",
         "Recipe candidates (recipe=auto)",
         f"<p>Successive halving on validation ({escape(budget)}): every candidate trains the "
-        "first rung, the better half trains on to the next; the winner trains to its own "
-        f"epoch count and is the run's model. {escape(monitor)} is each candidate's best.</p>"
+        "first rung, the better half of each loss family trains on to the next; in the finals "
+        "the families' finalists train side by side until the others cannot reach the leader, "
+        "which trains to its own epoch count and is the run's model. "
+        f"{escape(monitor)} is each candidate's best.</p>"
         f'<table class="numbers"><tr><th>candidate</th><th>overrides</th>'
         f"<th>{escape(monitor)}</th><th>epochs</th><th>seconds</th>{rung_head}</tr>"
         f"{''.join(rows)}</table>",

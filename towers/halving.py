@@ -58,6 +58,7 @@ class Rung:
     epochs: int
     scores: dict[str, float]
     kept: list[str]
+    finals: bool = False  # a round of the finals (the families' finalists side by side)
 
 
 @dataclass
@@ -117,7 +118,8 @@ def _finals(
         ranked = _ranked(contenders)
         contenders = [t for t in ranked if t is ranked[0] or _can_win(t, ranked[0].score)]
         epochs = max(t.epochs for t in ranked)
-        rungs.append(Rung(epochs, {t.name: t.score for t in ranked}, [t.name for t in contenders]))
+        scores = {t.name: t.score for t in ranked}
+        rungs.append(Rung(epochs, scores, [t.name for t in contenders], finals=True))
         log.info("recipe search, finals at %d epochs: %s", epochs, _scores(ranked))
     return Search(_ranked(contenders)[0], rungs)
 

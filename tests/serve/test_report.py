@@ -117,6 +117,8 @@ def test_a_full_run_draws_every_section_from_its_own_files(full_run):
     recipe = _section(html, "recipe")
     assert "learns (chosen)" in recipe and "model.optim.lr=0.0" in recipe
     assert recipe.index("learns (chosen)") < recipe.index("frozen")  # best first
+    # One loss family: after the first rung its one finalist trains to its end, in the finals.
+    assert "<th>rung 1: 1 epoch</th>" in recipe and recipe.count("<th>finals: ") == 1
 
 
 @pytest.mark.slow

@@ -175,6 +175,8 @@ def test_a_finalist_that_cannot_catch_up_stops_early():
     assert search.winner is contrastive and contrastive.epochs == 12
     assert softmax.epochs == 8 and softmax.score == 0.1827
     assert search.rungs[-1].kept == ["contrastive"]
+    # One candidate a family: the finals start after the first rung.
+    assert [r.finals for r in search.rungs] == [False] + [True] * (len(search.rungs) - 1)
     assert clock[0] == (12 + 8) * 45.0  # four of the softmax's twelve epochs never trained
 
 
@@ -185,6 +187,6 @@ def test_the_finals_stop_when_the_budget_cannot_pay_for_the_next_round():
     search = successive_halving(
         [softmax, contrastive], first_epochs=1, budget_seconds=10 * 45.0, clock=lambda: clock[0]
     )
-    # The rungs at 1 and 2 epochs cost 4 epochs' time; each finals round (an epoch each) 2 more.
+    # The first rung costs 2 epochs' time, each finals round (an epoch each) 2 more: four fit.
     assert search.out_of_budget and softmax.epochs == contrastive.epochs == 5
     assert search.winner is softmax  # 0.1775 against 0.1582 when the money ran out
