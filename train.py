@@ -309,6 +309,12 @@ def _check_resume(cfg: DictConfig, output_dir: Path) -> None:
             for key in sorted(before.keys() | settings.keys())
             if before.get(key) != settings.get(key)
         }
+        if differences.keys() - before.keys():  # keys newer than the checkpoints
+            # A key added since they were trained, at its default, is how they were trained.
+            defaults = _training_settings(compose())
+            for key in differences.keys() - before.keys():
+                if key in defaults and defaults[key] == settings[key]:
+                    del differences[key]
         if differences and mode != "force":
             raise ResumeConfigError(stored, differences)
     checkpoints.mkdir(exist_ok=True)

@@ -81,6 +81,21 @@ def test_a_rerun_with_other_settings_is_refused_naming_the_keys(tmp_path):
     train_module._check_resume(moved, tmp_path)
 
 
+def test_a_key_added_since_the_checkpoints_counts_only_away_from_its_default(tmp_path):
+    """Checkpoints recorded before `refit_seeds` existed: a rerun at its default (1) resumes, one
+    that sets it otherwise is refused naming it."""
+    _checkpointed(tmp_path, [])
+    stored = tmp_path / "checkpoints" / "run_settings.json"
+    older = json.loads(stored.read_text())
+    del older["refit_seeds"]
+    stored.write_text(json.dumps(older))
+    train_module._check_resume(compose_config(tmp_path, []), tmp_path)
+    stored.write_text(json.dumps(older))
+    with pytest.raises(train_module.ResumeConfigError) as refused:
+        train_module._check_resume(compose_config(tmp_path, ["refit_seeds=2"]), tmp_path)
+    assert refused.value.differences == {"refit_seeds": (None, 2)}
+
+
 def test_resume_force_continues_and_resume_false_sets_the_old_run_aside(tmp_path):
     _checkpointed(tmp_path, ["model.optim.lr=0.01"])
     forced = compose_config(tmp_path, ["model.optim.lr=0.05", "resume=force"])
