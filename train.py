@@ -624,15 +624,10 @@ class StopAtEpoch(L.Callback):
     the candidate's whole epoch count, so the rung is the start of its full run."""
 
     def __init__(
-        self,
-        epochs: int,
-        monitor: str = "",
-        history: list[float] | None = None,
-        max_epochs: int = 0,
-        bar: float = float("-inf"),
+        self, epochs: int, monitor: str, history: list[float], max_epochs: int, bar: float
     ) -> None:
         self.epochs, self.monitor, self.max_epochs, self.bar = epochs, monitor, max_epochs, bar
-        self.history = list(history or [])
+        self.history = list(history)
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         trainer.should_stop = trainer.current_epoch >= self.epochs  # resumed at or past the rung

@@ -34,13 +34,16 @@ def _update(
     top_items: np.ndarray,
     audit: RetrievabilityAudit | None = None,
 ) -> None:
-    relevant = padded_rows(held_out.indptr, held_out.items, rows, pad=-1)
-    counts = held_out.indptr[rows + 1] - held_out.indptr[rows]
-    metrics.update(
-        torch.from_numpy(top_items), torch.from_numpy(relevant), torch.from_numpy(counts)
-    )
+    metrics.update(torch.from_numpy(top_items), *_relevant(held_out, rows))
     if audit is not None:
         audit.update(held_out, rows, top_items)
+
+
+def _relevant(held_out: HeldOut, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """The held-out items of `rows` (R, longest) padded with -1, and how many each has (R,)."""
+    relevant = padded_rows(held_out.indptr, held_out.items, rows, pad=-1)
+    counts = held_out.indptr[rows + 1] - held_out.indptr[rows]
+    return torch.from_numpy(relevant), torch.from_numpy(counts)
 
 
 def _depth(metrics: RankingMetrics, audit: RetrievabilityAudit | None) -> int:
@@ -100,10 +103,8 @@ def user_metrics(
     for start in range(0, len(held_out), chunk):
         rows = np.arange(start, min(start + chunk, len(held_out)))
         _, top = recommender.top_k(held_out.users[rows], max(ks), exclude_seen=True)
-        relevant = padded_rows(held_out.indptr, held_out.items, rows, pad=-1)
-        counts = held_out.indptr[rows + 1] - held_out.indptr[rows]
-        found = hits(torch.from_numpy(top), torch.from_numpy(relevant))
-        parts.append(per_user(found, torch.from_numpy(counts), ks))
+        relevant, counts = _relevant(held_out, rows)
+        parts.append(per_user(hits(torch.from_numpy(top), relevant), counts, ks))
     return {name: torch.cat([p[name] for p in parts]).numpy() for name in parts[0]}
 
 
