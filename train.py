@@ -406,8 +406,8 @@ def _rank_zero() -> bool:
 
 
 def _check_matryoshka(cfg: DictConfig) -> None:
-    """`model.matryoshka` (and its weights) and `export.dim` against the towers' dimension,
-    before any data is read (towers.matryoshka's MatryoshkaError names the setting)."""
+    """`model.matryoshka` (its weights, its warmup) and `export.dim` against the towers'
+    dimension, before any data is read (towers.matryoshka's MatryoshkaError names the setting)."""
     towers = cfg.model.towers
     check_dim(OmegaConf.select(cfg, "export.dim"), int(towers.embedding_dim))
     Matryoshka.parse(
@@ -415,6 +415,7 @@ def _check_matryoshka(cfg: DictConfig) -> None:
         cfg.model.get("matryoshka_weights"),
         int(towers.embedding_dim),
         towers.similarity,
+        cfg.model.get("matryoshka_warmup", 0),
     )
 
 
@@ -790,7 +791,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, floa
         return metrics
     bundle_dir = _export(cfg, scorer, data, output_dir / "bundle")
     write_held_out(output_dir / TEST_PAIRS, data.test, data.user_vocab, data.item_vocab)
-    ks = selected.metrics.ks
+    ks = selected.ks
     metrics.update(_evaluate(cfg, bundle_dir, data, ks))
     metrics.update(_evaluate_prefixes(cfg, selected.matryoshka, scorer, data, ks, output_dir))
     _write_json(output_dir / "metrics.json", metrics)

@@ -166,7 +166,7 @@ def _module_settings(module: TwoTowerModule) -> dict:
         "loss": _loss_settings(module.loss),
         "popularity_prior": module.popularity_prior,
         "matryoshka": module.matryoshka,
-        "ks": tuple(module.metrics.ks),
+        "ks": module.ks,
     }
 
 

@@ -326,7 +326,11 @@ def test_a_matryoshka_run_evaluates_each_prefix_through_its_exported_bundle(matr
 
 @pytest.mark.parametrize(
     ("override", "setting"),
-    [("model.matryoshka=[16,8]", "model.matryoshka"), ("export.dim=65", "export.dim")],
+    [
+        ("model.matryoshka=[16,8]", "model.matryoshka"),
+        ("export.dim=65", "export.dim"),
+        ("model.matryoshka_warmup=-1", "model.matryoshka_warmup"),
+    ],
 )
 def test_bad_matryoshka_settings_are_named_before_training(tmp_path, override, setting):
     with pytest.raises(MatryoshkaError) as raised:

@@ -4,14 +4,15 @@ the same towers.
 
 - Training: the loss is the weighted sum of the run's loss on each trained dimension, the
   listed prefixes and the full vector, each computed on the first d coordinates of every vector
-  (user, positive, extra negatives), renormalised when the similarity is cosine. The towers
+  (user, positive, extra negatives), renormalised when the similarity is cosine. With a
+  `warmup`, the full vector trains alone for that many epochs before the prefixes join. The towers
   return unit vectors for cosine; renormalising the prefix of a unit vector gives exactly what
   renormalising the prefix of the tower's unnormalised output would (normalising scales a row's
   coordinates alike), gradients included, so the loss takes the towers' outputs as they are.
 - Serving: `Scorer(dim=d)` (towers.scoring) cuts each member's own vector to d coordinates and
   renormalises it before the ensemble's scales and the popularity prior's coordinates, which
   keep their meaning: the score is the weighted mean of the members' prefix cosines, plus the
-  prior. Validation monitors the full vector.
+  prior. Validation monitors the full vector and reports each prefix beside it.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class Matryoshka:
     dims: tuple[int, ...]  # increasing; the last is the full embedding_dim
     weights: tuple[float, ...]  # one per entry of dims
     similarity: Similarity
+    warmup: int = 0  # epochs the full vector trains alone before the prefixes' losses join
 
     @classmethod
     def parse(
@@ -73,16 +75,26 @@ class Matryoshka:
         weights: Sequence[float] | None,
         embedding_dim: int,
         similarity: Similarity | str,
+        warmup: int = 0,
     ) -> Matryoshka | None:
         """The settings `model.matryoshka` (`prefixes`, increasing, each at most embedding_dim;
-        the full vector is always trained, listed last or not) and `model.matryoshka_weights`
-        (one non-negative weight per trained dimension, the full vector's last; None: all 1).
-        None when `prefixes` is empty (no Matryoshka loss: weights must be None too)."""
+        the full vector is always trained, listed last or not), `model.matryoshka_weights`
+        (one non-negative weight per trained dimension, the full vector's last; None: all 1) and
+        `model.matryoshka_warmup` (whole epochs >= 0). None when `prefixes` is empty (no
+        Matryoshka loss: weights must be None and warmup 0 too)."""
         prefixes = list(prefixes)
+        if not _whole(warmup) or warmup < 0:
+            raise MatryoshkaError(
+                "model.matryoshka_warmup", warmup, "expected a whole number of epochs >= 0"
+            )
         if not prefixes:
             if weights is not None:
                 raise MatryoshkaError(
                     "model.matryoshka_weights", list(weights), "given without model.matryoshka"
+                )
+            if warmup:
+                raise MatryoshkaError(
+                    "model.matryoshka_warmup", warmup, "given without model.matryoshka"
                 )
             return None
         setting = "model.matryoshka"
@@ -115,12 +127,16 @@ class Matryoshka:
                     list(weights),
                     "expected finite non-negative weights, not all zero",
                 )
-        return cls(dims, values, Similarity.parse(similarity))
+        return cls(dims, values, Similarity.parse(similarity), int(warmup))
 
     @property
     def prefixes(self) -> tuple[int, ...]:
         """The trained dimensions shorter than the full vector."""
         return self.dims[:-1]
+
+    def trains_prefixes(self, epoch: int) -> bool:
+        """Whether the prefixes' losses count in (0-based) `epoch`: from the end of the warmup."""
+        return epoch >= self.warmup
 
     def loss(
         self,

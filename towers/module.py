@@ -82,13 +82,15 @@ class TwoTowerModule(L.LightningModule):
         popularity_prior: float = 0.0,
         matryoshka: Sequence[int] = (),
         matryoshka_weights: Sequence[float] | None = None,
+        matryoshka_warmup: int = 0,
         ks: tuple[int, ...] = KS,
     ):
         """`popularity_prior`: beta of the served score's + beta log p(item) (towers.scoring),
         from the training counts here; validation ranks with it, the loss never sees it.
         `matryoshka`: prefix lengths the loss trains besides the full vector, and
-        `matryoshka_weights` their weights, the full vector's last (towers.matryoshka; empty:
-        the loss on the full vector alone); validation ranks by the full vector."""
+        `matryoshka_weights` their weights, the full vector's last, and `matryoshka_warmup` the
+        epochs the full vector trains alone first (towers.matryoshka; empty: the loss on the full
+        vector alone); validation monitors the full vector and logs each prefix beside it."""
         super().__init__()
         self._epoch_loss: torch.Tensor | None = None  # training loss summed over the epoch
         self._epoch_steps = 0
@@ -109,7 +111,11 @@ class TwoTowerModule(L.LightningModule):
             )
         self.spec, self.tower_config, self.negatives, self.optim = spec, towers, negatives, optim
         self.matryoshka = Matryoshka.parse(
-            matryoshka, matryoshka_weights, towers.embedding_dim, towers.similarity
+            matryoshka,
+            matryoshka_weights,
+            towers.embedding_dim,
+            towers.similarity,
+            matryoshka_warmup,
         )
         # Plain values only, so checkpoints load with torch.load(weights_only=True).
         self.save_hyperparameters(
@@ -123,6 +129,7 @@ class TwoTowerModule(L.LightningModule):
                 "matryoshka_weights": None
                 if matryoshka_weights is None
                 else [float(w) for w in matryoshka_weights],
+                "matryoshka_warmup": int(matryoshka_warmup),
             }
         )
         self.automatic_optimization = False  # one optimiser each: id tables, dense tables, the rest
@@ -148,8 +155,11 @@ class TwoTowerModule(L.LightningModule):
         self.register_buffer(
             "log_popularity", log_popularity(catalogue.counts).float(), persistent=False
         )
-        self.metrics = RankingMetrics(ks)
-        self._catalogue_vectors: torch.Tensor | None = None
+        # What validation and test rank by: the full vector (None), then each trained prefix.
+        self.ks = tuple(ks)
+        prefixes = self.matryoshka.prefixes if self.matryoshka is not None else ()
+        self.rankings = {dim: RankingMetrics(ks) for dim in (None, *prefixes)}
+        self._catalogue_vectors: dict[int | None, torch.Tensor] = {}
         # Set by configure_optimizers (under Lightning or a plain loop).
         self._row_adams: list[RowAdam] = []
 
@@ -174,9 +184,16 @@ class TwoTowerModule(L.LightningModule):
     @torch.no_grad()
     def encode_catalogue(self) -> torch.Tensor:
         """Served vectors of every item (I, D'): what validation ranks (towers.scoring)."""
-        items = torch.arange(self.spec.num_items, device=self.log_popularity.device)
-        parts = items.split(self.scorer.items_per_pass)
-        return torch.cat([self.scorer.encode_items(self.item_inputs(part), part) for part in parts])
+        return self.scorer.served_items([self._catalogue_outputs()], self._catalogue_rows())
+
+    def _catalogue_rows(self) -> torch.Tensor:
+        return torch.arange(self.spec.num_items, device=self.log_popularity.device)  # (I,)
+
+    @torch.no_grad()
+    def _catalogue_outputs(self) -> torch.Tensor:
+        """The item tower's output for every item (I, D), a pass at a time."""
+        rows = self._catalogue_rows().split(self.scorer.items_per_pass)
+        return torch.cat([self.encode_items(part) for part in rows])
 
     # -- training ---------------------------------------------------------------------------
     def _sample_negatives(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -252,7 +269,7 @@ class TwoTowerModule(L.LightningModule):
             if negatives is not None:
                 extra["negative_log_q"] = negative_log_q  # (M,)
         extra["in_batch"] = self.negatives.in_batch
-        if self.matryoshka is None:
+        if self.matryoshka is None or not self.matryoshka.trains_prefixes(self.current_epoch):
             loss = self.loss(user_vectors, item_vectors, items, **extra)
         else:  # the weighted sum of the loss on each trained prefix
             loss = self.matryoshka.loss(self.loss, user_vectors, item_vectors, items, **extra)
@@ -420,26 +437,43 @@ class TwoTowerModule(L.LightningModule):
         return optimizers, schedulers
 
     # -- evaluation -------------------------------------------------------------------------
+    def _scorers(self) -> dict[int | None, Scorer]:
+        return {dim: self.scorer.at_dim(dim) for dim in self.rankings}
+
+    @torch.no_grad()
     def _start_ranking(self) -> None:
-        self.metrics.reset()
-        self._catalogue_vectors = self.encode_catalogue()
+        """Every served dimension's catalogue vectors, from one pass of the item tower."""
+        items, outputs = self._catalogue_rows(), self._catalogue_outputs()  # (I,), (I, D)
+        for metrics in self.rankings.values():
+            metrics.reset()
+        self._catalogue_vectors = {
+            dim: scorer.served_items([outputs], items) for dim, scorer in self._scorers().items()
+        }
 
     def _rank(self, batch: dict) -> None:
-        user_vectors = self.scorer.encode_users(batch["user_inputs"])  # (U, D')
-        _, top = exact_top_k(
-            user_vectors, self._catalogue_vectors, self.metrics.max_k, batch["seen"]
-        )
-        self.metrics.update(top.cpu(), batch["relevant"].cpu(), batch["num_relevant"].cpu())
+        outputs = self.encode_users(batch["user_inputs"])  # (U, D)
+        relevant, counts = batch["relevant"].cpu(), batch["num_relevant"].cpu()
+        for dim, scorer in self._scorers().items():
+            metrics = self.rankings[dim]
+            _, top = exact_top_k(
+                scorer.served_users([outputs]),
+                self._catalogue_vectors[dim],
+                metrics.max_k,
+                batch["seen"],
+            )
+            metrics.update(top.cpu(), relevant, counts)
 
     def _log_ranking(self, stage: str) -> dict[str, float]:
-        self.metrics.all_reduce(self.log_popularity.device)  # DDP: each rank ranked its share
-        values = self.metrics.compute(stage)
+        """`stage/...` for the full vector, `stage_d<d>/...` for each trained prefix."""
+        values = {}
+        for dim, metrics in self.rankings.items():
+            metrics.all_reduce(self.log_popularity.device)  # DDP: each rank ranked its share
+            values |= metrics.compute(stage if dim is None else f"{stage}_d{dim}")
         for name, value in values.items():
             # Alike on every rank already: the max over ranks (DDP) is the value itself.
-            self.log(
-                name, value, prog_bar=name.endswith("recall@20"), sync_dist=True, reduce_fx="max"
-            )
-        self._catalogue_vectors = None
+            prog_bar = name.endswith("recall@20") and name.startswith(f"{stage}/")
+            self.log(name, value, prog_bar=prog_bar, sync_dist=True, reduce_fx="max")
+        self._catalogue_vectors = {}
         return values
 
     def on_validation_epoch_start(self) -> None:

@@ -114,8 +114,12 @@ class Scorer:
     # -- the served vectors -----------------------------------------------------------------
     def encode_users(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Query vectors (B, output_dim) from the user tower's inputs (towers.inputs)."""
-        parts = self._prefixes([tower(inputs) for tower, _ in self.members])  # M x (B, dim or D_m)
-        vectors = self._side_by_side(parts)
+        return self.served_users([tower(inputs) for tower, _ in self.members])
+
+    def served_users(self, outputs: list[torch.Tensor]) -> torch.Tensor:
+        """Query vectors (B, output_dim) from the members' user tower outputs, M x (B, D_m): one
+        pass of the towers serves every prefix."""
+        vectors = self._side_by_side(self._prefixes(outputs))  # (B, sum of dim or D_m)
         if not self.popularity_prior:
             return vectors
         prior = vectors.new_tensor(self.user_prior).expand(len(vectors), PRIOR_DIMS)
@@ -127,8 +131,13 @@ class Scorer:
         """Candidate vectors (B, output_dim) from the item tower's inputs; `rows` (B,) are the
         items' catalogue rows, which the popularity prior reads (a row past the training catalogue
         counts as never seen; needed only with a prior)."""
-        parts = self._prefixes([tower(inputs) for _, tower in self.members])
-        vectors = self._side_by_side(parts)
+        return self.served_items([tower(inputs) for _, tower in self.members], rows)
+
+    def served_items(
+        self, outputs: list[torch.Tensor], rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Candidate vectors (B, output_dim) from the members' item tower outputs, M x (B, D_m)."""
+        vectors = self._side_by_side(self._prefixes(outputs))
         if not self.popularity_prior:
             return vectors
         if rows is None:

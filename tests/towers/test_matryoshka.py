@@ -119,6 +119,19 @@ def test_bad_settings_name_the_setting_and_what_is_wrong(prefixes, weights, sett
     assert raised.value.setting == setting
 
 
+@pytest.mark.parametrize(("prefixes", "warmup"), [([4], -1), ([4], 1.5), ([4], True), ([], 2)])
+def test_a_bad_warmup_names_its_setting(prefixes, warmup):
+    with pytest.raises(MatryoshkaError) as raised:
+        Matryoshka.parse(prefixes, None, D, "cosine", warmup)
+    assert raised.value.setting == "model.matryoshka_warmup" and raised.value.value == warmup
+
+
+def test_the_prefixes_train_from_the_end_of_the_warmup():
+    matryoshka = Matryoshka.parse([4], None, D, "cosine", warmup=2)
+    assert [matryoshka.trains_prefixes(epoch) for epoch in range(4)] == [False, False, True, True]
+    assert Matryoshka.parse([4], None, D, "cosine").trains_prefixes(0)
+
+
 def test_no_prefixes_is_no_matryoshka_loss_and_a_served_dim_is_checked():
     assert Matryoshka.parse([], None, D, "cosine") is None
     assert check_dim(None, D) is None and check_dim(D, D) == D

@@ -63,12 +63,12 @@ def batch(users, items, user_ids=None) -> dict:
     return {"user": users, "item": items, "user_inputs": {"user_id": ids, "history": histories}}
 
 
-def fit(model: TwoTowerModule, batches: list[dict], callbacks=()) -> None:
-    """One epoch over `batches` under Lightning (the module optimises by hand: it needs a
+def fit(model: TwoTowerModule, batches: list[dict], callbacks=(), epochs: int = 1) -> None:
+    """`epochs` epochs over `batches` under Lightning (the module optimises by hand: it needs a
     trainer for its optimisers), no validation."""
     trainer = L.Trainer(
         accelerator="cpu",
-        max_epochs=1,
+        max_epochs=epochs,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -296,9 +296,17 @@ def test_row_adam_catches_up_every_index_table_on_the_batchs_codes(monkeypatch):
 
 class HandMatryoshkaStep(HandStep):
     """HandStep's loss written out for `model.matryoshka=[2, 4]` of 8 dimensions, weights
-    (0.5, 2, 1): the loss on each prefix of the towers' outputs, renormalised, weighted."""
+    (0.5, 2, 1): the loss on each prefix of the towers' outputs, renormalised, weighted; in the
+    first `warmup` epochs the loss on the whole vector alone."""
+
+    def __init__(self, warmup: int = 0):
+        super().__init__()
+        self.warmup = warmup
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if trainer.current_epoch < self.warmup:
+            super().on_train_batch_start(trainer, module, batch, batch_idx)
+            return
         state = torch.get_rng_state()
         with torch.no_grad():
             negatives, _ = module._sample_negatives(torch.device("cpu"))
@@ -332,6 +340,71 @@ def test_a_matryoshka_step_trains_the_weighted_loss_of_each_prefix_and_validates
     torch.testing.assert_close(hand.got, hand.expected)
     assert model.scorer.dim is None  # validation ranks by the full vector
     assert model.eval().encode_catalogue().shape == (NUM_ITEMS, 8)
+
+
+def test_in_the_warmup_the_whole_vector_trains_alone_then_the_prefixes_join():
+    torch.manual_seed(0)
+    model = _module(
+        TowerConfig(embedding_dim=8),
+        loss=SampledSoftmaxLoss(logq_correction=False),
+        negatives=NegativeConfig(num_negatives=8),
+        matryoshka=[2, 4],
+        matryoshka_weights=[0.5, 2.0, 1.0],
+        matryoshka_warmup=1,
+    )
+    assert model.hparams["matryoshka_warmup"] == 1
+    hand = HandMatryoshkaStep(warmup=1)
+    fit(model, [batch([0, 1, 2, 3], [4, 5, 6, 7]), batch([5, 4, 3], [1, 2, 9])], [hand], epochs=2)
+    assert len(hand.got) == 4  # two steps of the whole vector, then two of the weighted sum
+    torch.testing.assert_close(hand.got, hand.expected)
+
+
+def _validation_batch() -> dict:
+    users = torch.arange(NUM_USERS)
+    inputs = batch(users, users)["user_inputs"]
+    seen = torch.stack([users, -torch.ones_like(users)], 1)  # (U, 2): item u seen, padded
+    relevant = torch.stack([(users + 5) % NUM_ITEMS, (users * 3 + 1) % NUM_ITEMS], 1)  # (U, 2)
+    relevant[::2, 1] = -1  # even users hold one item out
+    return {"user_inputs": inputs, "seen": seen, "relevant": relevant,
+            "num_relevant": (relevant >= 0).sum(1)}  # fmt: skip
+
+
+def _recall_by_hand(model: TwoTowerModule, step: dict, dim: int, k: int) -> float:
+    """recall@k when users and items are ranked by the cosine of their first `dim` coordinates
+    plus the popularity prior's beta * log p(item), the user's seen item excluded."""
+    with torch.no_grad():
+        users = F.normalize(model.user_tower(step["user_inputs"])[:, :dim], dim=1)
+        items = F.normalize(model.item_tower(catalogue().inputs)[:, :dim], dim=1)
+    counts = catalogue().counts.double() + 1
+    scores = (users @ items.T).double() + model.popularity_prior * (counts / counts.sum()).log()
+    recalls = []
+    for user in range(NUM_USERS):
+        scores[user, step["seen"][user, 0]] = float("-inf")
+        top = set(scores[user].topk(k).indices.tolist())
+        held_out = {i for i in step["relevant"][user].tolist() if i >= 0}
+        recalls.append(len(top & held_out) / len(held_out))
+    return sum(recalls) / len(recalls)
+
+
+def test_validation_logs_each_trained_prefix_ranked_by_its_own_renormalised_cosine():
+    torch.manual_seed(0)
+    model = _module(
+        TowerConfig(embedding_dim=8, init_std=1.0),
+        matryoshka=[2, 4],
+        popularity_prior=0.05,
+        ks=(1, 3),
+    )
+    step = _validation_batch()
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False)  # fmt: skip
+    (logged,) = trainer.validate(model.eval(), DataLoader([step], batch_size=None), verbose=False)
+    for dim, stage in ((2, "val_d2"), (4, "val_d4"), (8, "val")):
+        for k in (1, 3):
+            assert logged[f"{stage}/recall@{k}"] == pytest.approx(
+                _recall_by_hand(model, step, dim, k)
+            )
+    recalls = {logged[f"{stage}/recall@3"] for stage in ("val_d2", "val_d4", "val")}
+    assert len(recalls) > 1  # the prefixes rank differently: each stage is its own ranking
 
 
 def test_bad_matryoshka_settings_are_named_when_the_module_is_built():
