@@ -130,7 +130,8 @@ def recipe_table(metrics: dict[str, object], monitor: str) -> str:
 
 
 def plot_training(metrics_csv: Path, out_png: Path, monitor: str) -> Path | None:
-    """Training loss and the monitored validation metric per epoch, from the CSV log."""
+    """Training loss and the monitored validation metric per epoch, from the CSV log, with the
+    same metric of each Matryoshka prefix (`val_d<d>/...`) beside the monitored one."""
     log_df = _read_log(metrics_csv)
     if log_df is None:
         return None
@@ -139,19 +140,30 @@ def plot_training(metrics_csv: Path, out_png: Path, monitor: str) -> Path | None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    validation = validation_columns(log_df.columns, monitor)
     fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 3.5))
-    for ax, column in ((ax_loss, "train/loss_epoch"), (ax_val, monitor)):
-        if column in log_df.columns:
+    for ax, columns in ((ax_loss, ["train/loss_epoch"]), (ax_val, validation)):
+        for column in (c for c in columns if c in log_df.columns):
             points = log_df.select("epoch", column).drop_nulls()
-            ax.plot(points["epoch"] + 1, points[column], marker="o")
+            ax.plot(points["epoch"] + 1, points[column], marker="o", label=column)
         ax.set_xlabel("epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.set_title(column)
+        ax.set_title(columns[0])
         ax.grid(alpha=0.3)
+    if len(validation) > 1:
+        ax_val.legend()
     fig.tight_layout()
     fig.savefig(out_png, dpi=100)
     plt.close(fig)
     return out_png
+
+
+def validation_columns(columns: list[str], monitor: str) -> list[str]:
+    """The monitored column, then the same metric of each Matryoshka prefix, shortest first:
+    "val/recall@20", "val_d16/recall@20", "val_d32/recall@20"."""
+    stage, _, metric = monitor.partition("/")
+    pattern = re.compile(rf"{re.escape(stage)}_d\d+/{re.escape(metric)}")
+    return [monitor, *sorted((c for c in columns if pattern.fullmatch(c)), key=_numbers_in_order)]
 
 
 def _read_log(path: Path) -> pl.DataFrame | None:

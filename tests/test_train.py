@@ -324,6 +324,24 @@ def test_a_matryoshka_run_evaluates_each_prefix_through_its_exported_bundle(matr
         assert any(line.split()[:2] == [stage, name] for line in table), row
 
 
+def test_a_matryoshka_run_validates_each_prefix_beside_the_full_vector(matryoshka_run):
+    """The selected model's validation figures, val_d8/ and val_d16/ beside val/, in
+    metrics.json and in the plotted columns (training.png's curves)."""
+    output_dir, _ = matryoshka_run
+    written = json.loads((output_dir / "metrics.json").read_text())
+    columns = train_module.validation_columns(list(written), "val/recall@20")
+    assert columns == ["val/recall@20", "val_d8/recall@20", "val_d16/recall@20"]
+    assert all(0 < written[c] <= 1 for c in columns)
+    assert written["val_d8/recall@20"] != written["val_d16/recall@20"]
+
+
+def test_validation_columns_take_the_monitored_metric_of_each_prefix_in_order():
+    columns = ["epoch", "val_d64/recall@20", "val/recall@20", "val_d8/recall@20",
+               "val_d8/recall@200", "val_d8/ndcg@20", "test_d8/recall@20"]  # fmt: skip
+    assert train_module.validation_columns(columns, "val/recall@20") == [
+        "val/recall@20", "val_d8/recall@20", "val_d64/recall@20"]  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("override", "setting"),
     [
