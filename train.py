@@ -61,6 +61,7 @@ from towers.metrics import METRICS, metric_name
 
 log = logging.getLogger("twotower")
 ROOT = Path(__file__).resolve().parent
+LOSS_COLUMN = "train/loss_epoch"  # the CSV log's training loss per epoch (training.png)
 # conf/paths/default.yaml's ${repo_root:}: registered before any config is composed (the CLI's
 # @hydra.main below, or `compose`).
 OmegaConf.register_new_resolver("repo_root", lambda: str(ROOT), replace=True)
@@ -140,12 +141,13 @@ def plot_training(metrics_csv: Path, out_png: Path, monitor: str) -> Path | None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    curves = training_curves(log_df, monitor)
     validation = validation_columns(log_df.columns, monitor)
     fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 3.5))
-    for ax, columns in ((ax_loss, ["train/loss_epoch"]), (ax_val, validation)):
-        for column in (c for c in columns if c in log_df.columns):
-            points = log_df.select("epoch", column).drop_nulls()
-            ax.plot(points["epoch"] + 1, points[column], marker="o", label=column)
+    for ax, columns in ((ax_loss, [LOSS_COLUMN]), (ax_val, validation)):
+        for column in (c for c in columns if c in curves):
+            epochs, values = curves[column]
+            ax.plot([e + 1 for e in epochs], values, marker="o", label=column)
         ax.set_xlabel("epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_title(columns[0])
@@ -156,6 +158,25 @@ def plot_training(metrics_csv: Path, out_png: Path, monitor: str) -> Path | None
     fig.savefig(out_png, dpi=100)
     plt.close(fig)
     return out_png
+
+
+def training_curves(log_df: pl.DataFrame, monitor: str) -> dict[str, tuple[list[int], list[float]]]:
+    """Each plotted column's (epochs, values), 0-based epochs: the training loss and the
+    validation columns at the epochs the fit trained. The selected model's validation after the
+    fit is logged one epoch past the last; a curve that went on there would show an epoch never
+    trained."""
+    trained = None
+    if LOSS_COLUMN in log_df.columns:
+        trained = log_df.select("epoch", LOSS_COLUMN).drop_nulls()["epoch"].implode()
+    curves = {}
+    for column in [LOSS_COLUMN, *validation_columns(log_df.columns, monitor)]:
+        if column not in log_df.columns:
+            continue
+        points = log_df.select("epoch", column).drop_nulls()
+        if trained is not None:
+            points = points.filter(pl.col("epoch").is_in(trained))
+        curves[column] = (points["epoch"].to_list(), points[column].cast(pl.Float64).to_list())
+    return curves
 
 
 def validation_columns(columns: list[str], monitor: str) -> list[str]:

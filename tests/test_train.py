@@ -335,6 +335,24 @@ def test_a_matryoshka_run_validates_each_prefix_beside_the_full_vector(matryoshk
     assert written["val_d8/recall@20"] != written["val_d16/recall@20"]
 
 
+def test_training_curves_stop_at_the_last_trained_epoch():
+    """The CSV log as a fit of 3 epochs then the selected model's validation leave it: one
+    loss and one validation row an epoch, then a validation row at epoch 3 with no training."""
+    none = None
+    log_df = pl.DataFrame({
+        "epoch": [0, 0, 1, 1, 2, 2, 3],
+        "train/loss_epoch": [0.9, none, 0.7, none, 0.6, none, none],
+        "val/recall@20": [none, 0.1, none, 0.2, none, 0.15, 0.2],
+        "val_d8/recall@20": [none, 0.05, none, 0.1, none, 0.12, 0.1],
+    })  # fmt: skip
+    curves = train_module.training_curves(log_df, "val/recall@20")
+    assert curves == {
+        "train/loss_epoch": ([0, 1, 2], [0.9, 0.7, 0.6]),
+        "val/recall@20": ([0, 1, 2], [0.1, 0.2, 0.15]),
+        "val_d8/recall@20": ([0, 1, 2], [0.05, 0.1, 0.12]),
+    }
+
+
 def test_validation_columns_take_the_monitored_metric_of_each_prefix_in_order():
     columns = ["epoch", "val_d64/recall@20", "val/recall@20", "val_d8/recall@20",
                "val_d8/recall@200", "val_d8/ndcg@20", "test_d8/recall@20"]  # fmt: skip
