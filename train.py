@@ -20,6 +20,7 @@ import os
 import random
 import re
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
@@ -53,7 +55,7 @@ from serve.held_out import TEST_PAIRS, write_held_out
 from serve.recommender import Recommender
 from serve.report import write_report
 from serve.versions import resolve
-from towers import FeatureSpec, ItemCatalogue, Scorer, TwoTowerModule
+from towers import ConfigError, FeatureSpec, ItemCatalogue, Scorer, TwoTowerModule
 from towers.checkpoint import Checkpoints
 from towers.halving import first_rung_epochs, reachable, successive_halving
 from towers.matryoshka import Matryoshka, check_dim
@@ -212,7 +214,19 @@ def build_model(cfg: DictConfig, data: PreparedData) -> TwoTowerModule:
         inputs={name: torch.from_numpy(a) for name, a in data.item_inputs.items()},
         counts=torch.from_numpy(data.item_counts),
     )
-    return instantiate(cfg.model)(spec=FeatureSpec(**data.tower_spec()), catalogue=catalogue)
+    return model_factory(cfg)(spec=FeatureSpec(**data.tower_spec()), catalogue=catalogue)
+
+
+def model_factory(cfg: DictConfig) -> Callable[..., TwoTowerModule]:
+    """`cfg.model` made (its towers, loss, negatives and optimiser settings), the module still
+    to be given the data's spec and catalogue. A setting its class refuses raises that class's
+    `ConfigError`, not Hydra's wrapper around it."""
+    try:
+        return instantiate(cfg.model)
+    except InstantiationException as error:
+        if isinstance(error.__cause__, ConfigError):
+            raise error.__cause__ from None
+        raise
 
 
 def _fit(
@@ -374,15 +388,7 @@ def _training_settings(cfg: DictConfig) -> dict[str, object]:
 def _start_run(cfg: DictConfig) -> Path:
     """The run directory with the resolved config in it; threads and seeds set; the settings
     that would fail only after training checked first."""
-    selection_weight = float(cfg.get("ensemble_selection_weight", 0.5))
-    if not 0.0 < selection_weight < 1.0:
-        raise ValueError(
-            f"ensemble_selection_weight: expected a share in (0, 1), got {selection_weight!r}"
-        )
-    refit_seeds = cfg.get("refit_seeds", 1)
-    if not isinstance(refit_seeds, int) or isinstance(refit_seeds, bool) or refit_seeds < 1:
-        raise ValueError(f"refit_seeds: expected a whole number >= 1, got {refit_seeds!r}")
-    _check_matryoshka(cfg)
+    _check_settings(cfg)
     _check_multi_process(cfg)
     output_dir = Path(cfg.paths.output_dir)
     if _rank_zero():  # under DDP the other ranks use the directory rank 0 set up
@@ -438,9 +444,17 @@ def _rank_zero() -> bool:
     return rank_zero_only.rank == 0 and os.environ.get("NODE_RANK", "0") == "0"
 
 
-def _check_matryoshka(cfg: DictConfig) -> None:
-    """`model.matryoshka` (its weights, its warmup) and `export.dim` against the towers'
-    dimension, before any data is read (towers.matryoshka's MatryoshkaError names the setting)."""
+def _check_settings(cfg: DictConfig) -> None:
+    """The settings that would fail only after data preparation or training, checked before any
+    data is read; a `ConfigError` names the key."""
+    selection_weight = float(cfg.get("ensemble_selection_weight", 0.5))
+    if not 0.0 < selection_weight < 1.0:
+        raise ConfigError(
+            "ensemble_selection_weight", selection_weight, "expected a share in (0, 1)"
+        )
+    refit_seeds = cfg.get("refit_seeds", 1)
+    if not isinstance(refit_seeds, int) or isinstance(refit_seeds, bool) or refit_seeds < 1:
+        raise ConfigError("refit_seeds", refit_seeds, "expected a whole number >= 1")
     towers = cfg.model.towers
     check_dim(OmegaConf.select(cfg, "export.dim"), int(towers.embedding_dim))
     Matryoshka.parse(
@@ -450,6 +464,7 @@ def _check_matryoshka(cfg: DictConfig) -> None:
         towers.similarity,
         cfg.model.get("matryoshka_warmup", 0),
     )
+    model_factory(cfg)
 
 
 def features_config(cfg: DictConfig, source: Source) -> FeaturesConfig:

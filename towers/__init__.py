@@ -3,6 +3,7 @@
 `TwoTowerModule` (and with it Lightning) is imported only when asked for, so `serve/` can load
 plain towers without importing the training stack."""
 
+from towers.config import ConfigError, NegativeConfig, OptimConfig
 from towers.losses import CosineContrastiveLoss, SampledSoftmaxLoss
 from towers.metrics import KS, METRICS, RankingMetrics, metric_name
 from towers.ranking import exact_top_k
@@ -10,7 +11,7 @@ from towers.scoring import Scorer
 from towers.similarity import Similarity
 from towers.towers import FeatureSpec, ItemTower, TowerConfig, UserTower
 
-_LAZY = {"TwoTowerModule", "ItemCatalogue", "NegativeConfig", "OptimConfig"}
+_LAZY = {"TwoTowerModule", "ItemCatalogue"}
 
 
 def __getattr__(name: str):
@@ -24,6 +25,7 @@ def __getattr__(name: str):
 __all__ = [
     "KS",
     "METRICS",
+    "ConfigError",
     "CosineContrastiveLoss",
     "FeatureSpec",
     "ItemCatalogue",

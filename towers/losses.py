@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from towers.config import ConfigError
+
 
 class SampledSoftmaxLoss(nn.Module):
     """Defaults: the shipped recipe (validation recall@20 chose temperature 0.15 on MovieLens
@@ -33,6 +35,8 @@ class SampledSoftmaxLoss(nn.Module):
         logq_correction: bool = True,  # subtract log expected candidate count
     ):
         super().__init__()
+        if not temperature > 0:
+            raise ConfigError("model.loss.temperature", temperature, "expected > 0")
         self.log_scale = nn.Parameter(
             torch.tensor(math.log(1.0 / temperature)), requires_grad=learn_temperature
         )
@@ -130,6 +134,8 @@ class CosineContrastiveLoss(nn.Module):
         negative_weight: float = 150.0,  # w: weight of the mean negative term
     ):
         super().__init__()
+        if not negative_weight >= 0:
+            raise ConfigError("model.loss.negative_weight", negative_weight, "expected >= 0")
         self.margin = margin
         self.negative_weight = negative_weight
 

@@ -26,16 +26,12 @@ from itertools import pairwise
 import torch
 from torch import nn
 
+from towers.config import ConfigError
 from towers.similarity import Similarity
 
 
-class MatryoshkaError(ValueError):
-    """A Matryoshka setting that does not fit the model: `setting` names it (the config key, e.g.
-    "model.matryoshka", "export.dim"), `value` is what was given, `reason` what is wrong."""
-
-    def __init__(self, setting: str, value: object, reason: str):
-        self.setting, self.value, self.reason = setting, value, reason
-        super().__init__(f"{setting}={value!r}: {reason}")
+class MatryoshkaError(ConfigError):
+    """A Matryoshka setting that does not fit the model ("model.matryoshka", "export.dim", ...)."""
 
 
 def prefix(vectors: torch.Tensor, dim: int, similarity: Similarity) -> torch.Tensor:

@@ -23,6 +23,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from towers.config import NegativeConfig, OptimConfig
 from towers.distributed import all_reduce_sum, gather_rows, world
 from towers.losses import CosineContrastiveLoss, SampledSoftmaxLoss
 from towers.matryoshka import Matryoshka
@@ -41,33 +42,6 @@ class ItemCatalogue:
 
     inputs: dict[str, torch.Tensor]  # the item tower's inputs, (I, ...) each (towers.inputs)
     counts: torch.Tensor  # (I,) training interactions per item
-
-
-@dataclass
-class NegativeConfig:
-    """Which candidates the loss contrasts each positive with. Defaults: the shipped recipe."""
-
-    in_batch: bool = True  # the other examples' positives in the batch are negatives
-    num_negatives: int = 1024  # extra negatives shared by the whole batch
-    distribution: str = "uniform"  # "uniform" over the catalogue or "popularity" (training counts)
-
-
-@dataclass
-class OptimConfig:
-    """Optimisers and learning-rate schedule. Defaults: the shipped recipe."""
-
-    lr: float = 0.01  # learning rate of the embedding tables
-    dense_lr: float | None = 0.001  # everything else (projections, MLPs); None = lr
-    weight_decay: float = 0.0  # AdamW decay of dense parameters
-    embedding_l2: float = 0.0  # L2 penalty on the embedding rows a batch touches
-    schedule: str = "linear"  # "constant", or "linear" / "cosine" decay to zero over the run
-    warmup_steps: int = 0  # linear warm-up steps
-    text_lr: float = (
-        2e-5  # the fine-tuned layers of a text model (a text feature's fine_tune_layers)
-    )
-
-
-SCHEDULES = ("constant", "linear", "cosine")
 
 
 class TwoTowerModule(L.LightningModule):
@@ -99,16 +73,6 @@ class TwoTowerModule(L.LightningModule):
             negatives or NegativeConfig(),
             optim or OptimConfig(),
         )
-        if not negatives.in_batch and negatives.num_negatives <= 0:
-            raise ValueError("NegativeConfig: in_batch=false needs num_negatives > 0")
-        if negatives.distribution not in ("uniform", "popularity"):
-            raise ValueError(
-                f"NegativeConfig.distribution: expected uniform or popularity, got {negatives.distribution!r}"
-            )
-        if optim.schedule not in SCHEDULES:
-            raise ValueError(
-                f"OptimConfig.schedule: expected one of {SCHEDULES}, got {optim.schedule!r}"
-            )
         self.spec, self.tower_config, self.negatives, self.optim = spec, towers, negatives, optim
         self.matryoshka = Matryoshka.parse(
             matryoshka,

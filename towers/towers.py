@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from towers.config import ConfigError
 from towers.inputs import HISTORY, ID_KIND, INDEX, TOKENS, TowerInput, build_encoder
 from towers.similarity import Similarity
 
@@ -98,7 +99,7 @@ class TowerConfig:
         for name in ("dropout", "user_dropout", "user_id_dropout", "item_id_dropout"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
-                raise ValueError(f"TowerConfig.{name}: expected a rate in [0, 1), got {value!r}")
+                raise ConfigError(f"model.towers.{name}", value, "expected a rate in [0, 1)")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -6,6 +6,8 @@ from torch.utils.data import DataLoader
 
 import towers.towers as towers_module
 from towers import (
+    ConfigError,
+    CosineContrastiveLoss,
     FeatureSpec,
     ItemCatalogue,
     NegativeConfig,
@@ -140,11 +142,29 @@ def test_catalogue_vectors_match_the_item_tower_on_the_catalogues_inputs(monkeyp
     assert model.similarity.value == "cosine"
 
 
-def test_bad_schedule_or_distribution_is_named():
-    with pytest.raises(ValueError, match="distribution"):
-        _module(negatives=NegativeConfig(distribution="zipf"))
-    with pytest.raises(ValueError, match="schedule"):
-        _module(optim=OptimConfig(schedule="step"))
+@pytest.mark.parametrize(
+    "make, setting",
+    [
+        (lambda: NegativeConfig(distribution="zipf"), "model.negatives.distribution"),
+        (lambda: NegativeConfig(num_negatives=-1), "model.negatives.num_negatives"),
+        (lambda: NegativeConfig(in_batch=False, num_negatives=0), "model.negatives.num_negatives"),
+        (lambda: OptimConfig(schedule="step"), "model.optim.schedule"),
+        (lambda: OptimConfig(dense_lr=float("nan")), "model.optim.dense_lr"),
+        (lambda: OptimConfig(warmup_steps=-1), "model.optim.warmup_steps"),
+        (lambda: TowerConfig(item_id_dropout=1.0), "model.towers.item_id_dropout"),
+        (lambda: SampledSoftmaxLoss(temperature=-0.1), "model.loss.temperature"),
+        (lambda: CosineContrastiveLoss(negative_weight=-1.0), "model.loss.negative_weight"),
+    ],
+)
+def test_a_setting_that_cannot_work_is_refused_by_its_config_class(make, setting):
+    with pytest.raises(ConfigError) as raised:
+        make()
+    assert raised.value.setting == setting
+
+
+def test_a_frozen_optimiser_and_in_batch_only_negatives_are_settings_that_work():
+    assert OptimConfig(lr=0.0, dense_lr=None, text_lr=0.0).lr == 0.0
+    assert NegativeConfig(num_negatives=0).in_batch
 
 
 def test_shared_item_embeddings_are_one_table_in_training():
