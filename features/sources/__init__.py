@@ -4,7 +4,7 @@ when the dataset has them, users and items tables (one row per key, see `base.So
 from features.sources.base import Source
 from features.sources.download import ChecksumError
 from features.sources.files import scan_table
-from features.sources.interactions import Interactions, read_interactions
+from features.sources.interactions import InteractionFile, Interactions, read_interactions
 from features.sources.lastfm import LastFMHetRec
 from features.sources.lightgcn import LightGCN, scan_lightgcn
 from features.sources.movielens import MovieLens, bundled_dir, scan_movies, scan_ratings
@@ -16,6 +16,7 @@ from features.sources.tables import read_table
 
 __all__ = [
     "ChecksumError",
+    "InteractionFile",
     "Interactions",
     "LastFMHetRec",
     "LightGCN",

@@ -30,7 +30,7 @@ see `features.sources.tables` for how they are read and what is an error.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from functools import partial
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
@@ -88,78 +88,66 @@ def _check_columns(
         )
 
 
-def read_interactions(
-    path: str | Path,
-    columns: Mapping[str, str] | None = None,
-    separator: str | None = None,
-    has_header: bool = True,
-    timestamp_format: str | None = None,
-    ids: str = "auto",
-    required: tuple[str, ...] = (schema.USER_ID, schema.ITEM_ID),
-    what: str = "interactions",
-    reasons: Mapping[str, str] | None = None,
-) -> pl.DataFrame:
-    """One interactions file as a checked DataFrame: user_id, item_id and, when mapped,
-    timestamp (Int64 epoch seconds) and rating (Float64), in that order, one row per file row.
+@dataclass(frozen=True)
+class InteractionFile:
+    """One interactions file and how to read it. `columns` maps our names to the file's (ours
+    are used where the file has them); `separator` None: from the suffix; `timestamp_format`:
+    strptime's, for times written as strings; `ids`: "auto" (integers where every id is one) or
+    "str"; `what` names the file when it does not exist; `reasons` replaces the message for a
+    `required` column that is not mapped."""
 
-    `columns` maps our names to the file's (ours are used where the file has them); `what`
-    names the file when it does not exist; `reasons` replaces the message for a required column
-    that is not mapped. Every
-    problem with the file is a `schema.DataFileError` naming it (see `features.sources.checks`):
-    a missing or mistyped column, an empty file, missing ids, mixed or fractional ids, times or
-    ratings that do not parse. Duplicated rows are all kept here (`prepare` keeps one
-    interaction per (user, item): the earliest)."""
-    path, parquet, _, mapping = _mapped(
-        path, columns, separator, has_header, required, what, reasons
-    )
+    path: str | Path
+    columns: Mapping[str, str] | None = None
+    separator: str | None = None
+    has_header: bool = True
+    timestamp_format: str | None = None
+    ids: str = "auto"
+    required: tuple[str, ...] = (schema.USER_ID, schema.ITEM_ID)
+    what: str = "interactions"
+    reasons: Mapping[str, str] | None = None
+
+
+def read_interactions(file: InteractionFile) -> pl.DataFrame:
+    """The file as a checked DataFrame: user_id, item_id and, when mapped, timestamp (Int64
+    epoch seconds) and rating (Float64), in that order, one row per file row.
+
+    Every problem with the file is a `schema.DataFileError` naming it (see
+    `features.sources.checks`): a missing or mistyped column, an empty file, missing ids, mixed
+    or fractional ids, times or ratings that do not parse. Duplicated rows are all kept here
+    (`prepare` keeps one interaction per (user, item): the earliest)."""
+    path, parquet, _, mapping = _mapped(file)
     theirs = list(dict.fromkeys(mapping.values()))
     strings = () if parquet else theirs  # text columns are parsed here, with named errors
     with reading(path):
-        raw_df = scan_table(path, separator, has_header, strings).select(theirs).collect()
+        raw_df = scan_table(path, file.separator, file.has_header, strings).select(theirs).collect()
     if raw_df.height == 0:
         raise schema.DataFileError(path, None, "has no data rows")
     out = [
-        id_values(raw_df[mapping[ours]], path, mapping[ours], ours, ids)
+        id_values(raw_df[mapping[ours]], path, mapping[ours], ours, file.ids)
         for ours in (schema.USER_ID, schema.ITEM_ID)
     ]
     if schema.TIMESTAMP in mapping:
         column = mapping[schema.TIMESTAMP]
-        out.append(time_values(raw_df[column], path, column, timestamp_format))
+        out.append(time_values(raw_df[column], path, column, file.timestamp_format))
     if schema.RATING in mapping:
         column = mapping[schema.RATING]
         out.append(number_values(raw_df[column], path, column, schema.RATING))
     return pl.DataFrame(out)
 
 
-def scan_interactions(
-    path: str | Path,
-    columns: Mapping[str, str] | None = None,
-    separator: str | None = None,
-    has_header: bool = True,
-    timestamp_format: str | None = None,
-    ids: str = "auto",
-    required: tuple[str, ...] = (schema.USER_ID, schema.ITEM_ID),
-    what: str = "interactions",
-    reasons: Mapping[str, str] | None = None,
-) -> pl.LazyFrame:
+def scan_interactions(file: InteractionFile) -> pl.LazyFrame:
     """`read_interactions` as a LazyFrame, the same columns and checks. A Parquet file whose
     ids and times are integers (and rating a number) is scanned, not read: only a count of its
     missing values is computed here, and the rows are read once, by whoever collects the frame
     (a large file is never held twice). Any other file is read and checked at once."""
-    path, parquet, found, mapping = _mapped(
-        path, columns, separator, has_header, required, what, reasons
-    )
+    path, parquet, found, mapping = _mapped(file)
     kinds = {ours: found[theirs] for ours, theirs in mapping.items()}
     scannable = parquet and all(
         dtype.is_integer() or (ours == schema.RATING and dtype.is_numeric())
         for ours, dtype in kinds.items()
     )
-    read_whole = partial(
-        read_interactions,
-        path, columns, separator, has_header, timestamp_format, ids, required, what, reasons,
-    )  # fmt: skip
     if not scannable:
-        return read_whole().lazy()
+        return read_interactions(file).lazy()
     scan_lf = scan_table(path)
     missing = [
         (pl.col(theirs).is_null() | (pl.col(theirs).is_nan() if kinds[ours].is_float() else False))
@@ -172,7 +160,7 @@ def scan_interactions(
     if counts.pop("_rows") == 0:
         raise schema.DataFileError(path, None, "has no data rows")
     if any(counts.values()):  # read at once, for the error that names the rows
-        read_whole()
+        read_interactions(file)
     casts = {schema.TIMESTAMP: pl.Int64, schema.RATING: pl.Float64}
     return scan_lf.select(
         pl.col(mapping[ours]).cast(casts.get(ours, kinds[ours])).alias(ours)
@@ -181,24 +169,17 @@ def scan_interactions(
     )
 
 
-def _mapped(
-    path: str | Path,
-    columns: Mapping[str, str] | None,
-    separator: str | None,
-    has_header: bool,
-    required: tuple[str, ...],
-    what: str,
-    reasons: Mapping[str, str] | None,
-) -> tuple[Path, bool, pl.Schema, dict[str, str]]:
+def _mapped(file: InteractionFile) -> tuple[Path, bool, pl.Schema, dict[str, str]]:
     """(path, whether it is Parquet, its columns, our name → the file's column), the mapping
     checked against the file's columns."""
-    path = existing_file(path, what)
-    parquet = check_file(path, separator)  # an unknown format is named before the content is read
+    path = existing_file(file.path, file.what)
+    # An unknown format is named before the content is read.
+    parquet = check_file(path, file.separator)
     with reading(path):
-        found = scan_table(path, separator, has_header).collect_schema()
+        found = scan_table(path, file.separator, file.has_header).collect_schema()
     mapping = {ours: ours for ours in OUR_COLUMNS if ours in found}
-    mapping.update(dict(columns or {}))
-    _check_columns(path, found, mapping, required, reasons)
+    mapping.update(dict(file.columns or {}))
+    _check_columns(path, found, mapping, file.required, file.reasons)
     return path, parquet, found, mapping
 
 
@@ -254,7 +235,7 @@ class Interactions:
             reasons[schema.RATING] = (
                 f"min_rating={self.min_rating} needs a rating column; map one with columns.rating"
             )
-        interactions_lf = scan_interactions(
+        file = InteractionFile(
             self.path,
             self.columns,
             self.separator,
@@ -265,6 +246,7 @@ class Interactions:
             f"{self.name} interactions",
             reasons,
         )
+        interactions_lf = scan_interactions(file)
         found = interactions_lf.collect_schema()
         self._id_dtypes = {side: found[key] for side, key in schema.KEYS.items()}
         return positives(interactions_lf, self.min_rating)

@@ -30,7 +30,7 @@ import polars as pl
 from features import schema
 from features.sources.base import existing_file, normalised_tag, positives, table_label
 from features.sources.checks import check_text, id_values, reading, time_values
-from features.sources.interactions import read_interactions
+from features.sources.interactions import InteractionFile, read_interactions
 from features.sources.tables import match_id_type
 
 BUNDLED_NAME = "ml-latest-small"
@@ -66,9 +66,10 @@ RATINGS_COLUMNS = {
 def scan_ratings(path: str | Path) -> pl.LazyFrame:
     """ratings.csv → user_id, item_id, rating, timestamp, read and checked at once (a bad file is
     a `schema.DataFileError` naming it, the column and a sample of the bad values)."""
-    df = read_interactions(
+    ratings = InteractionFile(
         path, RATINGS_COLUMNS, required=tuple(RATINGS_COLUMNS), what="movielens ratings"
     )
+    df = read_interactions(ratings)
     return df.select(schema.USER_ID, schema.ITEM_ID, schema.RATING, schema.TIMESTAMP).lazy()
 
 

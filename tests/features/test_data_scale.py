@@ -16,7 +16,7 @@ from features.datamodule import HeldOutBatches, TrainBatches, UserInputs
 from features.prepare import prepare
 from features.schema import DataFileError
 from features.sources import Interactions
-from features.sources.interactions import read_interactions, scan_interactions
+from features.sources.interactions import InteractionFile, read_interactions, scan_interactions
 from features.sources.synthetic_log import (
     ITEM_ID_OFFSET,
     USER_ID_OFFSET,
@@ -227,15 +227,15 @@ def test_prepared_rows_are_int32_and_batches_int64(written):
 # -- Parquet scanned lazily ----------------------------------------------------------------------
 def test_a_parquet_scan_reads_what_the_eager_read_does(written):
     _, _, paths = written
-    scanned = scan_interactions(paths["interactions"]).collect()
-    assert_frame_equal(scanned, read_interactions(paths["interactions"]))
+    file = InteractionFile(paths["interactions"])
+    assert_frame_equal(scan_interactions(file).collect(), read_interactions(file))
 
 
 def test_a_parquet_scan_names_missing_ids_as_the_eager_read_does(tmp_path):
     path = tmp_path / "x.parquet"
     pl.DataFrame({"user_id": [1, None, 3], "item_id": [4, 5, 6]}).write_parquet(path)
     with pytest.raises(DataFileError, match=r"1 of 3 rows have no user_id .* at rows 2"):
-        scan_interactions(path)
+        scan_interactions(InteractionFile(path))
     pl.DataFrame(schema={"user_id": pl.Int64, "item_id": pl.Int64}).write_parquet(path)
     with pytest.raises(DataFileError, match="has no data rows"):
-        scan_interactions(path)
+        scan_interactions(InteractionFile(path))
