@@ -457,14 +457,17 @@ def _check_settings(cfg: DictConfig) -> None:
         raise ConfigError("refit_seeds", refit_seeds, "expected a whole number >= 1")
     towers = cfg.model.towers
     check_dim(OmegaConf.select(cfg, "export.dim"), int(towers.embedding_dim))
-    Matryoshka.parse(
+    matryoshka = Matryoshka.parse(
         cfg.model.get("matryoshka") or [],
         cfg.model.get("matryoshka_weights"),
         int(towers.embedding_dim),
         towers.similarity,
         cfg.model.get("matryoshka_warmup", 0),
+        cfg.model.get("matryoshka_loss"),
     )
-    model_factory(cfg)
+    factory = model_factory(cfg)
+    if matryoshka is not None:  # each prefix's loss settings against the loss's class
+        matryoshka.losses(factory.keywords["loss"])
 
 
 def features_config(cfg: DictConfig, source: Source) -> FeaturesConfig:

@@ -8,6 +8,7 @@ own is tested on a planted bundle (tests/serve/conftest.py), without training.""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -285,6 +286,16 @@ def test_a_bad_setting_is_named_by_its_key_before_any_data_is_read(tmp_path, ove
     assert not (tmp_path / "checkpoints").exists()
 
 
+def test_a_prefix_loss_setting_the_loss_lacks_is_named_before_any_data_is_read(tmp_path):
+    cfg = compose_config(
+        tmp_path, ["model.matryoshka=[8]", "model.matryoshka_loss=[{margin: 0.5}]"]
+    )  # the default loss, sampled softmax, has no margin
+    with pytest.raises(ConfigError) as raised:
+        train_module.train(cfg)
+    assert raised.value.setting == "model.matryoshka_loss[0].margin"
+    assert not (tmp_path / "checkpoints").exists()
+
+
 def test_an_experiment_sets_top_level_keys():
     """Experiments override train.yaml's own keys (`_self_` comes first in its defaults)."""
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -297,6 +308,7 @@ def test_an_experiment_sets_top_level_keys():
 MATRYOSHKA = [  # 32 dimensions trained with their 8- and 16-dim prefixes, the 16 served
     "model.towers.embedding_dim=32",
     "model.matryoshka=[8,16]",
+    "model.matryoshka_loss=[{temperature: 0.3}, null]",  # the 8-dim prefix's own temperature
     "export.dim=16",
     "trainer.max_epochs=2",
     "refit=false",
@@ -346,6 +358,9 @@ def test_a_matryoshka_run_validates_each_prefix_beside_the_full_vector(matryoshk
     assert columns == ["val/recall@20", "val_d8/recall@20", "val_d16/recall@20"]
     assert all(0 < written[c] <= 1 for c in columns)
     assert written["val_d8/recall@20"] != written["val_d16/recall@20"]
+    state = torch.load(output_dir / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]
+    torch.testing.assert_close(state["prefix_losses.0.log_scale"], torch.tensor(math.log(1 / 0.3)))
+    assert "prefix_losses.1.log_scale" not in state  # the 16-dim prefix: the run's loss itself
 
 
 def test_training_curves_stop_at_the_last_trained_epoch():

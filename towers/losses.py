@@ -16,6 +16,7 @@ rank's item vectors, with `positive_rows` saying where each of this rank's users
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,11 @@ class SampledSoftmaxLoss(nn.Module):
         super().__init__()
         if not temperature > 0:
             raise ConfigError("model.loss.temperature", temperature, "expected > 0")
+        self.settings = {
+            "temperature": temperature,
+            "learn_temperature": learn_temperature,
+            "logq_correction": logq_correction,
+        }
         self.log_scale = nn.Parameter(
             torch.tensor(math.log(1.0 / temperature)), requires_grad=learn_temperature
         )
@@ -136,6 +142,7 @@ class CosineContrastiveLoss(nn.Module):
         super().__init__()
         if not negative_weight >= 0:
             raise ConfigError("model.loss.negative_weight", negative_weight, "expected >= 0")
+        self.settings = {"margin": margin, "negative_weight": negative_weight}
         self.margin = margin
         self.negative_weight = negative_weight
 
@@ -168,3 +175,21 @@ class CosineContrastiveLoss(nn.Module):
         penalty = penalty.masked_fill(own_items[:, None] == candidate_ids[None, :], 0.0)
         count = max(candidates.shape[0] - (1 if in_batch else 0), 1)
         return (1 - positive).mean() + self.negative_weight * (penalty.sum(1) / count).mean()
+
+
+def with_settings(loss: nn.Module, changes: Mapping[str, object], setting: str) -> nn.Module:
+    """A new loss of `loss`'s class with its settings (`loss.settings`, its constructor's
+    arguments) and `changes` over them; a learnable temperature starts afresh. `setting` names
+    `changes` in a `ConfigError` (an unknown key, or a value the class refuses)."""
+    unknown = sorted(set(changes) - set(loss.settings))
+    if unknown:
+        raise ConfigError(
+            f"{setting}.{unknown[0]}",
+            changes[unknown[0]],
+            f"{type(loss).__name__} has no such setting (it has {sorted(loss.settings)})",
+        )
+    try:
+        return type(loss)(**{**loss.settings, **changes})
+    except ConfigError as error:
+        key = error.setting.rsplit(".", 1)[-1]
+        raise ConfigError(f"{setting}.{key}", error.value, error.reason) from None

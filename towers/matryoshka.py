@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 
@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from towers.config import ConfigError
+from towers.losses import with_settings
 from towers.similarity import Similarity
 
 
@@ -51,6 +52,27 @@ def check_dim(dim: object, embedding_dim: int, setting: str = "export.dim") -> i
     return int(dim)
 
 
+def _loss_settings(
+    given: Sequence[Mapping[str, object] | None] | None, prefixes: tuple[int, ...]
+) -> tuple[dict, ...]:
+    """`model.matryoshka_loss` as one dict of changes per prefix; () when none is given. The
+    keys are checked against the loss when it is built (`Matryoshka.losses`)."""
+    if given is None:
+        return ()
+    setting = "model.matryoshka_loss"
+    changes = [] if isinstance(given, Mapping | str) else list(given)
+    if len(changes) != len(prefixes) or not all(
+        c is None or isinstance(c, Mapping) for c in changes
+    ):
+        raise MatryoshkaError(
+            setting,
+            given,
+            f"expected {len(prefixes)} mappings of loss settings, one per prefix {list(prefixes)} "
+            "({} or null: the run's loss)",
+        )
+    return tuple({str(k): v for k, v in (c or {}).items()} for c in changes)
+
+
 def _whole(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
@@ -63,6 +85,9 @@ class Matryoshka:
     weights: tuple[float, ...]  # one per entry of dims
     similarity: Similarity
     warmup: int = 0  # epochs the full vector trains alone before the prefixes' losses join
+    # One per prefix: changes to the run's loss settings for that prefix's loss ({} = none);
+    # () = every dimension trains with the run's loss itself.
+    loss_settings: tuple[dict, ...] = ()
 
     @classmethod
     def parse(
@@ -72,6 +97,7 @@ class Matryoshka:
         embedding_dim: int,
         similarity: Similarity | str,
         warmup: int = 0,
+        loss_settings: Sequence[Mapping[str, object] | None] | None = None,
     ) -> Matryoshka | None:
         """The settings `model.matryoshka` (`prefixes`, increasing, each at most embedding_dim;
         the full vector is always trained, listed last or not), `model.matryoshka_weights`
@@ -91,6 +117,10 @@ class Matryoshka:
             if warmup:
                 raise MatryoshkaError(
                     "model.matryoshka_warmup", warmup, "given without model.matryoshka"
+                )
+            if loss_settings is not None:
+                raise MatryoshkaError(
+                    "model.matryoshka_loss", list(loss_settings), "given without model.matryoshka"
                 )
             return None
         setting = "model.matryoshka"
@@ -123,7 +153,8 @@ class Matryoshka:
                     list(weights),
                     "expected finite non-negative weights, not all zero",
                 )
-        return cls(dims, values, Similarity.parse(similarity), int(warmup))
+        changes = _loss_settings(loss_settings, dims[:-1])
+        return cls(dims, values, Similarity.parse(similarity), int(warmup), changes)
 
     @property
     def prefixes(self) -> tuple[int, ...]:
@@ -134,18 +165,29 @@ class Matryoshka:
         """Whether the prefixes' losses count in (0-based) `epoch`: from the end of the warmup."""
         return epoch >= self.warmup
 
+    def losses(self, loss: nn.Module) -> list[nn.Module]:
+        """The loss of each trained dimension, the full vector's last: `loss` itself where a
+        prefix has no `loss_settings`, else a loss of its class with those settings changed."""
+        if not self.loss_settings:
+            return [loss] * len(self.dims)
+        prefix_losses = [
+            with_settings(loss, changes, f"model.matryoshka_loss[{i}]") if changes else loss
+            for i, changes in enumerate(self.loss_settings)
+        ]
+        return [*prefix_losses, loss]
+
     def loss(
         self,
-        loss: nn.Module,
+        losses: Sequence[nn.Module],  # one per trained dimension (`losses`)
         user_vectors: torch.Tensor,  # (B, D)
         item_vectors: torch.Tensor,  # (G, D) the candidates' positives (every rank's under DDP)
         items: torch.Tensor,  # (G,)
         negative_vectors: torch.Tensor | None = None,  # (M, D)
         **kwargs,  # the loss's other arguments (negatives, log q, ...), the same at every d
     ) -> torch.Tensor:
-        """sum over d of weight_d * loss(the vectors' first d coordinates, renormalised)."""
+        """sum over d of weight_d * loss_d(the vectors' first d coordinates, renormalised)."""
         total = user_vectors.new_zeros(())
-        for dim, weight in zip(self.dims, self.weights, strict=True):
+        for dim, weight, loss in zip(self.dims, self.weights, losses, strict=True):
             if weight == 0:
                 continue
             negatives = None if negative_vectors is None else self._cut(negative_vectors, dim)

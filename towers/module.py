@@ -16,7 +16,7 @@ arithmetic, since `RowAdam`'s weights follow dense Adam's.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import lightning as L
@@ -57,14 +57,16 @@ class TwoTowerModule(L.LightningModule):
         matryoshka: Sequence[int] = (),
         matryoshka_weights: Sequence[float] | None = None,
         matryoshka_warmup: int = 0,
+        matryoshka_loss: Sequence[Mapping[str, object] | None] | None = None,
         ks: tuple[int, ...] = KS,
     ):
         """`popularity_prior`: beta of the served score's + beta log p(item) (towers.scoring),
         from the training counts here; validation ranks with it, the loss never sees it.
         `matryoshka`: prefix lengths the loss trains besides the full vector, and
-        `matryoshka_weights` their weights, the full vector's last, and `matryoshka_warmup` the
-        epochs the full vector trains alone first (towers.matryoshka; empty: the loss on the full
-        vector alone); validation monitors the full vector and logs each prefix beside it."""
+        `matryoshka_weights` their weights, the full vector's last, `matryoshka_warmup` the
+        epochs the full vector trains alone first and `matryoshka_loss` each prefix's changes to
+        the loss settings (towers.matryoshka; empty: the loss on the full vector alone);
+        validation monitors the full vector and logs each prefix beside it."""
         super().__init__()
         self._epoch_loss: torch.Tensor | None = None  # training loss summed over the epoch
         self._epoch_steps = 0
@@ -80,6 +82,7 @@ class TwoTowerModule(L.LightningModule):
             towers.embedding_dim,
             towers.similarity,
             matryoshka_warmup,
+            matryoshka_loss,
         )
         # Plain values only, so checkpoints load with torch.load(weights_only=True).
         self.save_hyperparameters(
@@ -94,6 +97,9 @@ class TwoTowerModule(L.LightningModule):
                 if matryoshka_weights is None
                 else [float(w) for w in matryoshka_weights],
                 "matryoshka_warmup": int(matryoshka_warmup),
+                "matryoshka_loss": None
+                if matryoshka_loss is None
+                else [dict(c or {}) for c in matryoshka_loss],
             }
         )
         self.automatic_optimization = False  # one optimiser each: id tables, dense tables, the rest
@@ -112,6 +118,14 @@ class TwoTowerModule(L.LightningModule):
             item_counts=catalogue.counts,
         )
         self.loss = loss or SampledSoftmaxLoss()
+        # The loss of each trained dimension (the full vector's last); the prefixes' own losses,
+        # where their settings differ, are registered (a learnable temperature trains with them).
+        self._dimension_losses = (
+            [self.loss] if self.matryoshka is None else self.matryoshka.losses(self.loss)
+        )
+        self.prefix_losses = nn.ModuleList(
+            dict.fromkeys(m for m in self._dimension_losses if m is not self.loss)
+        )
         # The catalogue's item inputs, as buffers (they follow the module to its device).
         self._item_input_names = list(catalogue.inputs)
         for i, name in enumerate(self._item_input_names):
@@ -236,7 +250,9 @@ class TwoTowerModule(L.LightningModule):
         if self.matryoshka is None or not self.matryoshka.trains_prefixes(self.current_epoch):
             loss = self.loss(user_vectors, item_vectors, items, **extra)
         else:  # the weighted sum of the loss on each trained prefix
-            loss = self.matryoshka.loss(self.loss, user_vectors, item_vectors, items, **extra)
+            loss = self.matryoshka.loss(
+                self._dimension_losses, user_vectors, item_vectors, items, **extra
+            )
         if self.optim.embedding_l2 > 0:
             loss = loss + self.optim.embedding_l2 * self._touched_l2(user_inputs, item_inputs)
         return loss

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from towers import CosineContrastiveLoss, SampledSoftmaxLoss, Similarity
+from towers import ConfigError, CosineContrastiveLoss, SampledSoftmaxLoss, Similarity
 from towers.matryoshka import Matryoshka, MatryoshkaError, check_dim, prefix
 
 B, M, D = 6, 5, 16
@@ -46,7 +46,12 @@ def test_the_loss_is_the_weighted_sum_of_the_loss_on_each_renormalised_prefix(
     matryoshka = Matryoshka.parse([4, 8], [0.5, 2.0, 1.0], D, similarity)
     assert matryoshka.dims == (4, 8, 16) and matryoshka.prefixes == (4, 8)
     got = matryoshka.loss(
-        loss, sim.prepare(users), sim.prepare(items), ITEMS, sim.prepare(negatives), **extra
+        matryoshka.losses(loss),
+        sim.prepare(users),
+        sim.prepare(items),
+        ITEMS,
+        sim.prepare(negatives),
+        **extra,
     )
 
     def cut(x: torch.Tensor, d: int) -> torch.Tensor:
@@ -68,7 +73,7 @@ def test_listing_the_full_dimension_trains_it_once_and_equal_weights_are_the_def
     assert listed == Matryoshka.parse([8], [1.0, 1.0], D, "cosine")
     expected = loss(prefix(users, 8, Similarity.COSINE), prefix(items, 8, Similarity.COSINE), ITEMS)
     expected = expected + loss(users, items, ITEMS)
-    torch.testing.assert_close(listed.loss(loss, users, items, ITEMS), expected)
+    torch.testing.assert_close(listed.loss(listed.losses(loss), users, items, ITEMS), expected)
 
 
 def test_only_the_matryoshka_loss_sees_a_signal_carried_by_the_prefix():
@@ -88,7 +93,7 @@ def test_only_the_matryoshka_loss_sees_a_signal_carried_by_the_prefix():
 
     def both(u: torch.Tensor, i: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         u, i = F.normalize(u, dim=1), F.normalize(i, dim=1)
-        return loss(u, i, items), matryoshka.loss(loss, u, i, items)
+        return loss(u, i, items), matryoshka.loss(matryoshka.losses(loss), u, i, items)
 
     plain, nested = both(users, positives)
     plain_rotated, nested_rotated = both(users @ rotation, positives @ rotation)
@@ -117,6 +122,62 @@ def test_bad_settings_name_the_setting_and_what_is_wrong(prefixes, weights, sett
     with pytest.raises(MatryoshkaError, match=reason) as raised:
         Matryoshka.parse(prefixes, weights, D, "cosine")
     assert raised.value.setting == setting
+
+
+def test_a_prefix_with_loss_settings_trains_with_a_loss_of_the_same_class_changed():
+    """model.matryoshka_loss=[{negative_weight: 5}, null]: the 4-dim term is CCL with weight 5,
+    the others the run's loss itself (the same object), summed by hand."""
+    users, items, negatives = (F.normalize(x, dim=1) for x in _raw(2))
+    loss = CosineContrastiveLoss(margin=0.3, negative_weight=2.0)
+    matryoshka = Matryoshka.parse([4, 8], None, D, "cosine", 0, [{"negative_weight": 5.0}, None])
+    assert matryoshka.loss_settings == ({"negative_weight": 5.0}, {})
+    four, eight, full = matryoshka.losses(loss)
+    assert isinstance(four, CosineContrastiveLoss) and four.settings == {
+        "margin": 0.3, "negative_weight": 5.0}  # fmt: skip
+    assert eight is loss and full is loss
+    extra = {"negatives": NEGATIVES}
+    got = matryoshka.loss([four, eight, full], users, items, ITEMS, negatives, **extra)
+    cosine = Similarity.COSINE
+    by_hand = CosineContrastiveLoss(margin=0.3, negative_weight=5.0)
+    expected = by_hand(
+        prefix(users, 4, cosine), prefix(items, 4, cosine), ITEMS,
+        negative_vectors=prefix(negatives, 4, cosine), **extra,
+    ) + loss(
+        prefix(users, 8, cosine), prefix(items, 8, cosine), ITEMS,
+        negative_vectors=prefix(negatives, 8, cosine), **extra,
+    ) + loss(users, items, ITEMS, negative_vectors=negatives, **extra)  # fmt: skip
+    torch.testing.assert_close(got, expected)
+    assert not torch.allclose(got, matryoshka.loss([loss] * 3, users, items, ITEMS, negatives,
+                                                   **extra))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("prefixes", "changes", "setting"),
+    [
+        ([4], [{"temperature": 0.5}, {}], "model.matryoshka_loss"),  # two for one prefix
+        ([4], {"temperature": 0.5}, "model.matryoshka_loss"),  # not a list
+        ([4], [0.5], "model.matryoshka_loss"),
+        ([], [{"temperature": 0.5}], "model.matryoshka_loss"),  # without model.matryoshka
+    ],
+)
+def test_bad_loss_settings_are_named(prefixes, changes, setting):
+    with pytest.raises(MatryoshkaError) as raised:
+        Matryoshka.parse(prefixes, None, D, "cosine", 0, changes)
+    assert raised.value.setting == setting
+
+
+@pytest.mark.parametrize(
+    ("changes", "setting", "value"),
+    [
+        ({"margin": 0.5}, "model.matryoshka_loss[0].margin", 0.5),  # softmax has no margin
+        ({"temperature": 0.0}, "model.matryoshka_loss[0].temperature", 0.0),
+    ],
+)
+def test_a_loss_setting_the_class_refuses_names_the_prefix(changes, setting, value):
+    matryoshka = Matryoshka.parse([4], None, D, "cosine", 0, [changes])
+    with pytest.raises(ConfigError) as raised:
+        matryoshka.losses(SampledSoftmaxLoss())
+    assert raised.value.setting == setting and raised.value.value == value
 
 
 @pytest.mark.parametrize(("prefixes", "warmup"), [([4], -1), ([4], 1.5), ([4], True), ([], 2)])

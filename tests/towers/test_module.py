@@ -317,11 +317,12 @@ def test_row_adam_catches_up_every_index_table_on_the_batchs_codes(monkeypatch):
 class HandMatryoshkaStep(HandStep):
     """HandStep's loss written out for `model.matryoshka=[2, 4]` of 8 dimensions, weights
     (0.5, 2, 1): the loss on each prefix of the towers' outputs, renormalised, weighted; in the
-    first `warmup` epochs the loss on the whole vector alone."""
+    first `warmup` epochs the loss on the whole vector alone; `losses`: a prefix's own loss
+    (dimension → loss), else the module's."""
 
-    def __init__(self, warmup: int = 0):
+    def __init__(self, warmup: int = 0, losses: dict | None = None):
         super().__init__()
-        self.warmup = warmup
+        self.warmup, self.losses = warmup, losses or {}
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
         if trainer.current_epoch < self.warmup:
@@ -336,7 +337,7 @@ class HandMatryoshkaStep(HandStep):
             loss = 0.0
             for dim, weight in ((2, 0.5), (4, 2.0), (8, 1.0)):
                 cut = [F.normalize(v[:, :dim], dim=1) for v in (users, items, extra)]
-                loss += weight * module.loss(
+                loss += weight * self.losses.get(dim, module.loss)(
                     cut[0], cut[1], batch["item"], cut[2], negatives, in_batch=True
                 )
         self.expected.append(loss)
@@ -360,6 +361,32 @@ def test_a_matryoshka_step_trains_the_weighted_loss_of_each_prefix_and_validates
     torch.testing.assert_close(hand.got, hand.expected)
     assert model.scorer.dim is None  # validation ranks by the full vector
     assert model.eval().encode_catalogue().shape == (NUM_ITEMS, 8)
+
+
+def test_a_prefix_trains_with_its_own_loss_settings_and_learns_its_own_temperature():
+    """model.matryoshka_loss=[{temperature: 0.5}, null]: the 2-dim prefix's loss is a copy of
+    the run's loss at temperature 0.5 (learned, as the run's is), the 4-dim prefix uses the
+    run's loss itself; each step is the weighted sum with those losses, by hand."""
+    torch.manual_seed(0)
+    model = _module(
+        TowerConfig(embedding_dim=8),
+        loss=SampledSoftmaxLoss(logq_correction=False, learn_temperature=True),
+        negatives=NegativeConfig(num_negatives=8),
+        matryoshka=[2, 4],
+        matryoshka_weights=[0.5, 2.0, 1.0],
+        matryoshka_loss=[{"temperature": 0.5}, None],
+    )
+    (prefix_loss,) = model.prefix_losses
+    assert prefix_loss.settings == {
+        "temperature": 0.5, "learn_temperature": True, "logq_correction": False}  # fmt: skip
+    assert prefix_loss.temperature == pytest.approx(0.5)
+    assert model.loss.temperature == pytest.approx(0.15)
+    assert model.hparams["matryoshka_loss"] == [{"temperature": 0.5}, {}]
+    start = prefix_loss.log_scale.detach().clone()
+    hand = HandMatryoshkaStep(losses={2: prefix_loss})
+    fit(model, [batch([0, 1, 2, 3], [4, 5, 6, 7]), batch([5, 4, 3], [1, 2, 9])], [hand])
+    torch.testing.assert_close(hand.got, hand.expected)
+    assert not torch.equal(prefix_loss.log_scale.detach(), start)  # trained with the towers
 
 
 def test_in_the_warmup_the_whole_vector_trains_alone_then_the_prefixes_join():
