@@ -5,7 +5,9 @@ the same towers.
 - Training: the loss is the weighted sum of the run's loss on each trained dimension, the
   listed prefixes and the full vector, each computed on the first d coordinates of every vector
   (user, positive, extra negatives), renormalised when the similarity is cosine. With a
-  `warmup`, the full vector trains alone for that many epochs before the prefixes join. The towers
+  `warmup`, the full vector trains alone for that many epochs before the prefixes join. A
+  prefix may train with its own settings of the loss (`loss_settings`: on Gowalla a 32-dim
+  model ranks better with CCL's negative weight at 100 than at the 192-dim recipe's 150). The towers
   return unit vectors for cosine; renormalising the prefix of a unit vector gives exactly what
   renormalising the prefix of the tower's unnormalised output would (normalising scales a row's
   coordinates alike), gradients included, so the loss takes the towers' outputs as they are.
