@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from towers import FeatureSpec, ItemTower, Similarity, TowerConfig, UserTower
+from towers import ConfigError, FeatureSpec, ItemTower, Similarity, TowerConfig, UserTower
 from towers.inputs import TowerInput
 
 NUM_ITEMS = 7
@@ -150,8 +150,9 @@ def test_user_dropout_acts_in_training_only():
 
 @pytest.mark.parametrize("field", ["dropout", "user_dropout", "user_id_dropout", "item_id_dropout"])
 def test_dropout_rates_outside_zero_to_one_are_named(field):
-    with pytest.raises(ValueError, match=rf"TowerConfig\.{field}: .* got 1\.5"):
+    with pytest.raises(ConfigError) as raised:
         TowerConfig(**{field: 1.5})
+    assert raised.value.setting == f"model.towers.{field}" and raised.value.value == 1.5
 
 
 def test_an_id_without_a_row_is_served_from_the_other_inputs():
