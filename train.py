@@ -339,7 +339,7 @@ def _check_resume(cfg: DictConfig, output_dir: Path) -> None:
     checkpoints and training log aside in replaced-<time>/ and starts over."""
     mode = cfg.get("resume")
     if mode not in (True, False, "force"):
-        raise ValueError(f"resume: expected true, false or force, got {mode!r}")
+        raise ConfigError("resume", mode, "expected true, false or force")
     checkpoints, settings = output_dir / "checkpoints", _training_settings(cfg)
     if mode is False and checkpoints.exists():
         aside = output_dir / time.strftime("replaced-%Y%m%d-%H%M%S")

@@ -14,6 +14,7 @@ from torch.utils.data import RandomSampler
 import train as train_module
 from features.datamodule import EpochShuffle
 from tests.conftest import ROOT, TINY, compose_config
+from towers import ConfigError
 
 RUN = ["trainer.max_epochs=3", "refit=false"]
 
@@ -109,8 +110,9 @@ def test_resume_force_continues_and_resume_false_sets_the_old_run_aside(tmp_path
     assert not (tmp_path / "checkpoints" / "last.ckpt").exists()
     stored = json.loads((tmp_path / "checkpoints" / "run_settings.json").read_text())
     assert stored["model.optim.lr"] == 0.07
-    with pytest.raises(ValueError, match="resume: expected true, false or force, got 'maybe'"):
+    with pytest.raises(ConfigError) as raised:
         train_module._check_resume(compose_config(tmp_path, ["resume=maybe"]), tmp_path)
+    assert raised.value.setting == "resume" and raised.value.value == "maybe"
 
 
 def test_last_checkpoint_is_the_last_epoch_after_validation_peaked(tmp_path):
