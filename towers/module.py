@@ -61,12 +61,9 @@ class TwoTowerModule(L.LightningModule):
         ks: tuple[int, ...] = KS,
     ):
         """`popularity_prior`: beta of the served score's + beta log p(item) (towers.scoring),
-        from the training counts here; validation ranks with it, the loss never sees it.
-        `matryoshka`: prefix lengths the loss trains besides the full vector, and
-        `matryoshka_weights` their weights, the full vector's last, `matryoshka_warmup` the
-        epochs the full vector trains alone first and `matryoshka_loss` each prefix's changes to
-        the loss settings (towers.matryoshka; empty: the loss on the full vector alone);
-        validation monitors the full vector and logs each prefix beside it."""
+        from the training counts; validation ranks with it, the loss never sees it. The
+        `matryoshka*` settings: towers.matryoshka's `Matryoshka.parse` (empty: the loss on the
+        full vector alone); validation monitors the full vector, logs each prefix beside it."""
         super().__init__()
         self._epoch_loss: torch.Tensor | None = None  # training loss summed over the epoch
         self._epoch_steps = 0
@@ -92,24 +89,16 @@ class TwoTowerModule(L.LightningModule):
                 "negatives": asdict(negatives),
                 "optim": asdict(optim),
                 "popularity_prior": popularity_prior,
-                "matryoshka": [int(d) for d in matryoshka],
-                "matryoshka_weights": None
-                if matryoshka_weights is None
-                else [float(w) for w in matryoshka_weights],
-                "matryoshka_warmup": int(matryoshka_warmup),
-                "matryoshka_loss": None
-                if matryoshka_loss is None
-                else [dict(c or {}) for c in matryoshka_loss],
+                **_matryoshka_hparams(
+                    matryoshka, matryoshka_weights, matryoshka_warmup, matryoshka_loss
+                ),
             }
         )
         self.automatic_optimization = False  # one optimiser each: id tables, dense tables, the rest
         self.user_tower = UserTower(spec, towers)
         self.item_tower = ItemTower(spec, towers)
-        history, item_ids = self.user_tower.history_encoder, self.item_tower.id_table()
-        if towers.share_item_embeddings and history is not None and item_ids is not None:
-            # Tied in training; export writes each tower's own copy. The pooled history makes the
-            # tied table's gradient dense, so it is updated as one (see _row_wise).
-            history.table = item_ids
+        if towers.share_item_embeddings:
+            self._tie_item_embeddings()
         self.popularity_prior = popularity_prior
         # What validation ranks by: the towers plus the prior (from the training counts).
         self.scorer = Scorer(
@@ -126,13 +115,7 @@ class TwoTowerModule(L.LightningModule):
         self.prefix_losses = nn.ModuleList(
             dict.fromkeys(m for m in self._dimension_losses if m is not self.loss)
         )
-        # The catalogue's item inputs, as buffers (they follow the module to its device).
-        self._item_input_names = list(catalogue.inputs)
-        for i, name in enumerate(self._item_input_names):
-            self.register_buffer(f"_item_input_{i}", catalogue.inputs[name], persistent=False)
-        self.register_buffer(
-            "log_popularity", log_popularity(catalogue.counts).float(), persistent=False
-        )
+        self._register_catalogue(catalogue)
         # What validation and test rank by: the full vector (None), then each trained prefix.
         self.ks = tuple(ks)
         prefixes = self.matryoshka.prefixes if self.matryoshka is not None else ()
@@ -140,6 +123,24 @@ class TwoTowerModule(L.LightningModule):
         self._catalogue_vectors: dict[int | None, torch.Tensor] = {}
         # Set by configure_optimizers (under Lightning or a plain loop).
         self._row_adams: list[RowAdam] = []
+
+    def _tie_item_embeddings(self) -> None:
+        """The history reads the item tower's id table, where both exist. Tied in training;
+        export writes each tower's own copy. The pooled history makes the tied table's gradient
+        dense, so it is updated as one (see _row_wise)."""
+        history, item_ids = self.user_tower.history_encoder, self.item_tower.id_table()
+        if history is not None and item_ids is not None:
+            history.table = item_ids
+
+    def _register_catalogue(self, catalogue: ItemCatalogue) -> None:
+        """The catalogue's item inputs and log popularity as buffers (they follow the module to
+        its device; not saved in checkpoints)."""
+        self._item_input_names = list(catalogue.inputs)
+        for i, name in enumerate(self._item_input_names):
+            self.register_buffer(f"_item_input_{i}", catalogue.inputs[name], persistent=False)
+        self.register_buffer(
+            "log_popularity", log_popularity(catalogue.counts).float(), persistent=False
+        )
 
     @property
     def similarity(self) -> Similarity:
@@ -474,6 +475,21 @@ class TwoTowerModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_ranking("test")
+
+
+def _matryoshka_hparams(
+    prefixes: Sequence[int],
+    weights: Sequence[float] | None,
+    warmup: int,
+    loss: Sequence[Mapping[str, object] | None] | None,
+) -> dict:
+    """The Matryoshka settings as plain values, for the checkpoint's hyper-parameters."""
+    return {
+        "matryoshka": [int(d) for d in prefixes],
+        "matryoshka_weights": None if weights is None else [float(w) for w in weights],
+        "matryoshka_warmup": int(warmup),
+        "matryoshka_loss": None if loss is None else [dict(c or {}) for c in loss],
+    }
 
 
 def _rng_state() -> dict:
