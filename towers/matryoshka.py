@@ -62,9 +62,11 @@ def _loss_settings(
     if given is None:
         return ()
     setting = "model.matryoshka_loss"
-    changes = [] if isinstance(given, Mapping | str) else list(given)
-    if len(changes) != len(prefixes) or not all(
-        c is None or isinstance(c, Mapping) for c in changes
+    changes = None if isinstance(given, Mapping | str) else list(given)  # a list, not one mapping
+    if (
+        changes is None
+        or len(changes) != len(prefixes)
+        or not all(c is None or isinstance(c, Mapping) for c in changes)
     ):
         raise MatryoshkaError(
             setting,

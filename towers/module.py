@@ -112,9 +112,7 @@ class TwoTowerModule(L.LightningModule):
         self._dimension_losses = (
             [self.loss] if self.matryoshka is None else self.matryoshka.losses(self.loss)
         )
-        self.prefix_losses = nn.ModuleList(
-            dict.fromkeys(m for m in self._dimension_losses if m is not self.loss)
-        )
+        self.prefix_losses = nn.ModuleList(m for m in self._dimension_losses if m is not self.loss)
         self._register_catalogue(catalogue)
         # What validation and test rank by: the full vector (None), then each trained prefix.
         self.ks = tuple(ks)
