@@ -368,7 +368,8 @@ def _matryoshka_section(metrics: dict, manifest: dict) -> str:
                 ha="center",
             )
     sizes = [metrics.get(f"{stages[d]}/{BYTES_PER_ITEM}") for d in dims]
-    bars = ax_bytes.bar([str(d) for d in dims], sizes, color="#9467bd")
+    bars = ax_bytes.bar(range(len(dims)), sizes, color="#9467bd")  # evenly spaced, labelled d
+    ax_bytes.set_xticks(range(len(dims)), [str(d) for d in dims])
     ax_bytes.bar_label(bars, fmt="%.0f", fontsize=7)
     ax_recall.set_xscale("log", base=2)
     ax_recall.set_xticks(dims, [str(d) for d in dims])

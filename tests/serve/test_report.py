@@ -190,3 +190,31 @@ def test_the_bucket_bars_are_named_by_bucket_and_labelled_by_value(monkeypatch):
     assert ticks == [["head", "mid", "tail"], ["light", "heavy"]]
     values = [t.get_text() for t in axes[0].texts]
     assert values == ["0.100", "0.200", "0.300", "0.010", "0.020", "0.030"]
+
+
+def test_the_byte_bars_are_named_by_dimension_and_labelled_by_size(monkeypatch, caplog):
+    """Evenly spaced bars with the dimension under each and its bytes on it, drawn without
+    matplotlib guessing an axis from strings (it logs when it does)."""
+    import serve.report as report
+
+    drawn = []
+
+    def recording_figure(*args, **kwargs):
+        fig, axes = original(*args, **kwargs)
+        drawn.append(axes)
+        return fig, axes
+
+    original = report._figure
+    monkeypatch.setattr(report, "_figure", recording_figure)
+    metrics = {"test/recall@20": 0.3, "test/recall@50": 0.4, "test/bytes_per_item": 264.0}
+    for d, size in ((16, 72.0), (32, 136.0)):
+        metrics |= {f"test_d{d}/recall@20": d / 200, f"test_d{d}/recall@50": d / 100}
+        metrics[f"test_d{d}/bytes_per_item"] = size
+    manifest = {"model": {"scoring": {}, "members": [{"embedding_dim": 64}]}}
+    with caplog.at_level("INFO", logger="matplotlib"):
+        report._matryoshka_section(metrics, manifest)
+    (axes,) = drawn
+    bytes_axis = axes[1]
+    assert [t.get_text() for t in bytes_axis.get_xticklabels()] == ["16", "32", "64"]
+    assert [t.get_text() for t in bytes_axis.texts] == ["72", "136", "264"]
+    assert not [r for r in caplog.records if r.name.startswith("matplotlib")]
