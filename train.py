@@ -464,6 +464,7 @@ def _check_settings(cfg: DictConfig) -> None:
         towers.similarity,
         cfg.model.get("matryoshka_warmup", 0),
         cfg.model.get("matryoshka_loss"),
+        cfg.model.get("matryoshka_prior"),
     )
     factory = model_factory(cfg)
     if matryoshka is not None:  # each prefix's loss settings against the loss's class
@@ -589,12 +590,13 @@ def _served_scorer(
         log.info("ensemble: no refit model to add to the selection model; serving it alone")
     if len(members) > 1:
         log.info("serving %d models as one (weights %s)", len(members), weights or "equal")
+    dim = OmegaConf.select(cfg, "export.dim")
     return Scorer(
         members,
         weights,
-        popularity_prior=selected.popularity_prior,
+        popularity_prior=selected.served_prior(dim),
         item_counts=torch.from_numpy(data.item_counts_before_test()),
-        dim=OmegaConf.select(cfg, "export.dim"),
+        dim=dim,
     )
 
 
@@ -630,7 +632,7 @@ def _export(cfg: DictConfig, scorer: Scorer, data: PreparedData, path: Path) -> 
 
 def _evaluate_prefixes(
     cfg: DictConfig,
-    matryoshka: Matryoshka | None,
+    selected: TwoTowerModule,
     scorer: Scorer,
     data: PreparedData,
     ks,
@@ -638,13 +640,15 @@ def _evaluate_prefixes(
 ) -> dict[str, float]:
     """With `model.matryoshka`: each trained prefix d exported as its own bundle (bundle_d<d>/,
     what `export.dim=d` serves) and evaluated on test through the serving path as
-    `test_d<d>/...`, with its index's bytes per item beside the served bundle's (`test/`)."""
-    if matryoshka is None:
+    `test_d<d>/...`, with its index's bytes per item beside the served bundle's (`test/`); each
+    prefix served with its own popularity prior (`model.matryoshka_prior`) or the model's."""
+    if selected.matryoshka is None:
         return {}
     served = read_manifest(resolve(output_dir / "bundle")[0])
     metrics = {f"test/{BYTES_PER_ITEM}": index_bytes_per_item(served)}
-    for dim in matryoshka.prefixes:
-        path = _export(cfg, scorer.at_dim(dim), data, output_dir / f"bundle_d{dim}")
+    for dim in selected.matryoshka.prefixes:
+        prefix_scorer = scorer.at_dim(dim, selected.served_prior(dim))
+        path = _export(cfg, prefix_scorer, data, output_dir / f"bundle_d{dim}")
         recommender, stage = Recommender.load(path), f"test_d{dim}"
         metrics |= evaluate_recommender(recommender, data.test, ks, stage=stage)
         metrics[f"{stage}/{BYTES_PER_ITEM}"] = recommender.bundle.bytes_per_item
@@ -844,7 +848,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, floa
     write_held_out(output_dir / TEST_PAIRS, data.test, data.user_vocab, data.item_vocab)
     ks = selected.ks
     metrics.update(_evaluate(cfg, bundle_dir, data, ks))
-    metrics.update(_evaluate_prefixes(cfg, selected.matryoshka, scorer, data, ks, output_dir))
+    metrics.update(_evaluate_prefixes(cfg, selected, scorer, data, ks, output_dir))
     _write_json(output_dir / "metrics.json", metrics)
     print(metrics_table(metrics, ks))
     if search:

@@ -101,7 +101,7 @@ def write_files(
     (directory / FEATURES).write_text(json.dumps(features.to_json(), indent=1) + "\n")
     save_file(_states([user for user, _ in scorer.members]), directory / USER_TOWER)
     item_states = _states([item for _, item in scorer.members])
-    if scorer.item_prior is not None:
+    if scorer.popularity_prior:
         item_states[PRIOR_KEY] = scorer.item_prior.contiguous().clone()
     save_file(item_states, directory / ITEM_TOWER)
     save_file(

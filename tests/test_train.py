@@ -309,6 +309,7 @@ MATRYOSHKA = [  # 32 dimensions trained with their 8- and 16-dim prefixes, the 1
     "model.towers.embedding_dim=32",
     "model.matryoshka=[8,16]",
     "model.matryoshka_loss=[{temperature: 0.3}, null]",  # the 8-dim prefix's own temperature
+    "model.matryoshka_prior=[null, 0.5]",  # the 16-dim prefix's own popularity prior
     "export.dim=16",
     "trainer.max_epochs=2",
     "refit=false",
@@ -324,18 +325,23 @@ def matryoshka_run(tmp_path_factory):
 @pytest.mark.slow
 def test_a_matryoshka_run_evaluates_each_prefix_through_its_exported_bundle(matryoshka_run):
     """Each prefix is exported (bundle_d8/, bundle_d16/) and ranked on test through the serving
-    path; export.dim=16 serves the 16-dim prefix, so test_d16/ repeats test/. The index bytes
-    per item shrink with the prefix; the printed table shows the prefixes' rows."""
+    path; export.dim=16 serves the 16-dim prefix with its own prior, so test_d16/ repeats test/.
+    The index bytes per item shrink with the prefix; the printed table shows the prefixes'
+    rows."""
     output_dir, metrics = matryoshka_run
     written = json.loads((output_dir / "metrics.json").read_text())
-    for dim in (8, 16):
+    scoring = {}
+    for dim, prior_dims in ((8, 0), (16, PRIOR_DIMS)):  # the 16-dim prefix with its prior
         for name in ("recall@20", "ndcg@20", "bytes_per_item"):
             assert isinstance(written[f"test_d{dim}/{name}"], float), (dim, name)
         bundle = read_bundle(output_dir / f"bundle_d{dim}")
-        assert bundle.scorer.dim == dim and bundle.index.d == dim
-        assert bundle.manifest["model"]["scoring"]["dim"] == dim
+        assert bundle.scorer.dim == dim and bundle.index.d == dim + prior_dims
+        scoring[dim] = bundle.manifest["model"]["scoring"]
+        assert scoring[dim]["dim"] == dim
+    assert scoring[8]["popularity_prior"] == 0.0 and scoring[16]["popularity_prior"] == 0.5
     served = read_bundle(output_dir / "bundle")
-    assert served.manifest["model"]["scoring"]["dim"] == 16 and served.index.d == 16
+    assert served.manifest["model"]["scoring"] == scoring[16]
+    assert served.index.d == 16 + PRIOR_DIMS
     for k in KS:
         for name in ("recall", "ndcg"):
             key = metric_name(name, k)
@@ -358,7 +364,9 @@ def test_a_matryoshka_run_validates_each_prefix_beside_the_full_vector(matryoshk
     assert columns == ["val/recall@20", "val_d8/recall@20", "val_d16/recall@20"]
     assert all(0 < written[c] <= 1 for c in columns)
     assert written["val_d8/recall@20"] != written["val_d16/recall@20"]
-    state = torch.load(output_dir / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]
+    checkpoint = torch.load(output_dir / "checkpoints" / "best.ckpt", weights_only=True)
+    assert checkpoint["hyper_parameters"]["matryoshka_prior"] == [None, 0.5]
+    state = checkpoint["state_dict"]
     torch.testing.assert_close(state["prefix_losses.0.log_scale"], torch.tensor(math.log(1 / 0.3)))
     assert "prefix_losses.1.log_scale" not in state  # the 16-dim prefix: the run's loss itself
 
@@ -394,6 +402,7 @@ def test_validation_columns_take_the_monitored_metric_of_each_prefix_in_order():
         ("model.matryoshka=[16,8]", "model.matryoshka"),
         ("export.dim=65", "export.dim"),
         ("model.matryoshka_warmup=-1", "model.matryoshka_warmup"),
+        ("model.matryoshka_prior=[0.1]", "model.matryoshka_prior"),
     ],
 )
 def test_bad_matryoshka_settings_are_named_before_training(tmp_path, override, setting):

@@ -62,7 +62,7 @@ def _loss_settings(
     if given is None:
         return ()
     setting = "model.matryoshka_loss"
-    changes = None if isinstance(given, Mapping | str) else list(given)  # a list, not one mapping
+    changes = _listed(given)
     if (
         changes is None
         or len(changes) != len(prefixes)
@@ -75,6 +75,86 @@ def _loss_settings(
             "({} or null: the run's loss)",
         )
     return tuple({str(k): v for k, v in (c or {}).items()} for c in changes)
+
+
+def _priors(given: Sequence[float | None] | None, prefixes: tuple[int, ...]) -> tuple:
+    """`model.matryoshka_prior` as one finite prior or None per prefix; () when none is given."""
+    if given is None:
+        return ()
+    priors = _listed(given)
+    if (
+        priors is None
+        or len(priors) != len(prefixes)
+        or not all(p is None or _finite_number(p) for p in priors)
+    ):
+        raise MatryoshkaError(
+            "model.matryoshka_prior",
+            given,
+            f"expected {len(prefixes)} finite numbers, one per prefix {list(prefixes)} (null: "
+            "model.popularity_prior)",
+        )
+    return tuple(None if p is None else float(p) for p in priors)
+
+
+def _listed(given: object) -> list | None:
+    """A per-prefix setting as a list; None when it is one value (a mapping, a string, a number)."""
+    if isinstance(given, Sequence) and not isinstance(given, str):
+        return list(given)
+    return None
+
+
+def _check_unused(**given: object) -> None:
+    """Without prefixes, every other Matryoshka setting must be at its default (None, or 0)."""
+    for name, value in given.items():
+        if value is not None and value != 0:
+            shown = value if isinstance(value, numbers.Number) else list(value)
+            raise MatryoshkaError(
+                f"model.matryoshka_{name}", shown, "given without model.matryoshka"
+            )
+
+
+def _trained_dims(prefixes: list, embedding_dim: int) -> tuple[int, ...]:
+    """The increasing trained dimensions: the prefixes, then the full vector."""
+    setting = "model.matryoshka"
+    if not all(_whole(d) for d in prefixes):
+        raise MatryoshkaError(setting, prefixes, "expected whole numbers of coordinates")
+    prefixes = [int(d) for d in prefixes]
+    if any(b <= a for a, b in pairwise(prefixes)) or prefixes[0] < 1:
+        raise MatryoshkaError(setting, prefixes, "expected positive, increasing prefixes")
+    if prefixes[-1] > embedding_dim:
+        raise MatryoshkaError(
+            setting, prefixes, f"a prefix longer than the vector (embedding_dim={embedding_dim})"
+        )
+    return tuple(prefixes) if prefixes[-1] == embedding_dim else (*prefixes, embedding_dim)
+
+
+def _weights(weights: Sequence[float] | None, dims: tuple[int, ...]) -> tuple[float, ...]:
+    """One finite non-negative weight per trained dimension, not all zero (None: all 1)."""
+    if weights is None:
+        return (1.0,) * len(dims)
+    values = tuple(float(w) for w in weights)
+    if len(values) != len(dims):
+        raise MatryoshkaError(
+            "model.matryoshka_weights",
+            list(weights),
+            f"expected {len(dims)} weights, one per trained dimension {list(dims)} (the full "
+            "vector's last)",
+        )
+    if not all(math.isfinite(w) and w >= 0 for w in values) or not sum(values) > 0:
+        raise MatryoshkaError(
+            "model.matryoshka_weights",
+            list(weights),
+            "expected finite non-negative weights, not all zero",
+        )
+    return values
+
+
+def _finite_number(value: object) -> bool:
+    return (
+        isinstance(value, numbers.Real)
+        and not isinstance(value, bool)
+        and math.isfinite(float(value))
+    )
 
 
 def _whole(value: object) -> bool:
@@ -92,6 +172,9 @@ class Matryoshka:
     # One per prefix: changes to the run's loss settings for that prefix's loss ({} = none);
     # () = every dimension trains with the run's loss itself.
     loss_settings: tuple[dict, ...] = ()
+    # One per prefix: the popularity prior its served score adds (towers.scoring) in place of
+    # the model's; None keeps the model's. () = every prefix serves with the model's.
+    priors: tuple[float | None, ...] = ()
 
     @classmethod
     def parse(
@@ -102,68 +185,44 @@ class Matryoshka:
         similarity: Similarity | str,
         warmup: int = 0,
         loss_settings: Sequence[Mapping[str, object] | None] | None = None,
+        priors: Sequence[float | None] | None = None,
     ) -> Matryoshka | None:
         """The settings `model.matryoshka` (`prefixes`, increasing, each at most embedding_dim;
         the full vector is always trained, listed last or not), `model.matryoshka_weights`
-        (one non-negative weight per trained dimension, the full vector's last; None: all 1) and
-        `model.matryoshka_warmup` (whole epochs >= 0). None when `prefixes` is empty (no
-        Matryoshka loss: weights must be None and warmup 0 too)."""
-        prefixes = list(prefixes)
+        (one non-negative weight per trained dimension, the full vector's last; None: all 1),
+        `model.matryoshka_warmup` (whole epochs >= 0), `model.matryoshka_loss` and
+        `model.matryoshka_prior` (one entry per prefix). None when `prefixes` is empty (no
+        Matryoshka loss: the other settings must then be left at their defaults)."""
         if not _whole(warmup) or warmup < 0:
             raise MatryoshkaError(
                 "model.matryoshka_warmup", warmup, "expected a whole number of epochs >= 0"
             )
+        prefixes = list(prefixes)
         if not prefixes:
-            if weights is not None:
-                raise MatryoshkaError(
-                    "model.matryoshka_weights", list(weights), "given without model.matryoshka"
-                )
-            if warmup:
-                raise MatryoshkaError(
-                    "model.matryoshka_warmup", warmup, "given without model.matryoshka"
-                )
-            if loss_settings is not None:
-                raise MatryoshkaError(
-                    "model.matryoshka_loss", list(loss_settings), "given without model.matryoshka"
-                )
+            _check_unused(weights=weights, warmup=warmup, loss=loss_settings, prior=priors)
             return None
-        setting = "model.matryoshka"
-        if not all(_whole(d) for d in prefixes):
-            raise MatryoshkaError(setting, prefixes, "expected whole numbers of coordinates")
-        prefixes = [int(d) for d in prefixes]
-        if any(b <= a for a, b in pairwise(prefixes)) or prefixes[0] < 1:
-            raise MatryoshkaError(setting, prefixes, "expected positive, increasing prefixes")
-        if prefixes[-1] > embedding_dim:
-            raise MatryoshkaError(
-                setting,
-                prefixes,
-                f"a prefix longer than the vector (embedding_dim={embedding_dim})",
-            )
-        dims = tuple(prefixes) if prefixes[-1] == embedding_dim else (*prefixes, embedding_dim)
-        if weights is None:
-            values = (1.0,) * len(dims)
-        else:
-            values = tuple(float(w) for w in weights)
-            if len(values) != len(dims):
-                raise MatryoshkaError(
-                    "model.matryoshka_weights",
-                    list(weights),
-                    f"expected {len(dims)} weights, one per trained dimension {list(dims)} (the "
-                    "full vector's last)",
-                )
-            if not all(math.isfinite(w) and w >= 0 for w in values) or not sum(values) > 0:
-                raise MatryoshkaError(
-                    "model.matryoshka_weights",
-                    list(weights),
-                    "expected finite non-negative weights, not all zero",
-                )
-        changes = _loss_settings(loss_settings, dims[:-1])
-        return cls(dims, values, Similarity.parse(similarity), int(warmup), changes)
+        dims = _trained_dims(prefixes, embedding_dim)
+        return cls(
+            dims,
+            _weights(weights, dims),
+            Similarity.parse(similarity),
+            int(warmup),
+            _loss_settings(loss_settings, dims[:-1]),
+            _priors(priors, dims[:-1]),
+        )
 
     @property
     def prefixes(self) -> tuple[int, ...]:
         """The trained dimensions shorter than the full vector."""
         return self.dims[:-1]
+
+    def prior(self, dim: int | None, default: float) -> float:
+        """The popularity prior served at `dim` (None: the full vector): the prefix's own where
+        `model.matryoshka_prior` gives one, else `default` (the model's)."""
+        if dim not in self.prefixes or not self.priors:
+            return default
+        own = self.priors[self.prefixes.index(dim)]
+        return default if own is None else own
 
     def trains_prefixes(self, epoch: int) -> bool:
         """Whether the prefixes' losses count in (0-based) `epoch`: from the end of the warmup."""

@@ -58,12 +58,14 @@ class TwoTowerModule(L.LightningModule):
         matryoshka_weights: Sequence[float] | None = None,
         matryoshka_warmup: int = 0,
         matryoshka_loss: Sequence[Mapping[str, object] | None] | None = None,
+        matryoshka_prior: Sequence[float | None] | None = None,
         ks: tuple[int, ...] = KS,
     ):
         """`popularity_prior`: beta of the served score's + beta log p(item) (towers.scoring),
         from the training counts; validation ranks with it, the loss never sees it. The
         `matryoshka*` settings: towers.matryoshka's `Matryoshka.parse` (empty: the loss on the
-        full vector alone); validation monitors the full vector, logs each prefix beside it."""
+        full vector alone); validation monitors the full vector, logs each prefix beside it,
+        each ranked with the prior it serves with (`served_prior`)."""
         super().__init__()
         self._epoch_loss: torch.Tensor | None = None  # training loss summed over the epoch
         self._epoch_steps = 0
@@ -80,6 +82,7 @@ class TwoTowerModule(L.LightningModule):
             towers.similarity,
             matryoshka_warmup,
             matryoshka_loss,
+            matryoshka_prior,
         )
         # Plain values only, so checkpoints load with torch.load(weights_only=True).
         self.save_hyperparameters(
@@ -90,7 +93,11 @@ class TwoTowerModule(L.LightningModule):
                 "optim": asdict(optim),
                 "popularity_prior": popularity_prior,
                 **_matryoshka_hparams(
-                    matryoshka, matryoshka_weights, matryoshka_warmup, matryoshka_loss
+                    matryoshka,
+                    matryoshka_weights,
+                    matryoshka_warmup,
+                    matryoshka_loss,
+                    matryoshka_prior,
                 ),
             }
         )
@@ -416,8 +423,15 @@ class TwoTowerModule(L.LightningModule):
         return optimizers, schedulers
 
     # -- evaluation -------------------------------------------------------------------------
+    def served_prior(self, dim: int | None) -> float:
+        """The popularity prior served at prefix `dim` (None: the full vector): the prefix's own
+        (`matryoshka_prior`) or the model's."""
+        if self.matryoshka is None:
+            return self.popularity_prior
+        return self.matryoshka.prior(dim, self.popularity_prior)
+
     def _scorers(self) -> dict[int | None, Scorer]:
-        return {dim: self.scorer.at_dim(dim) for dim in self.rankings}
+        return {dim: self.scorer.at_dim(dim, self.served_prior(dim)) for dim in self.rankings}
 
     @torch.no_grad()
     def _start_ranking(self) -> None:
@@ -480,6 +494,7 @@ def _matryoshka_hparams(
     weights: Sequence[float] | None,
     warmup: int,
     loss: Sequence[Mapping[str, object] | None] | None,
+    prior: Sequence[float | None] | None,
 ) -> dict:
     """The Matryoshka settings as plain values, for the checkpoint's hyper-parameters."""
     return {
@@ -487,6 +502,9 @@ def _matryoshka_hparams(
         "matryoshka_weights": None if weights is None else [float(w) for w in weights],
         "matryoshka_warmup": int(warmup),
         "matryoshka_loss": None if loss is None else [dict(c or {}) for c in loss],
+        "matryoshka_prior": None
+        if prior is None
+        else [None if p is None else float(p) for p in prior],
     }
 
 

@@ -71,11 +71,12 @@ class Scorer:
             )
         self.popularity_prior = float(popularity_prior)
         # Centred log p per item index; the last entry (index num_items) for an item never seen.
+        # Kept whenever counts are given, so that a prefix may serve with a prior of its own.
         self.item_prior: torch.Tensor | None = None
-        if self.popularity_prior:
-            if item_counts is None:
-                raise ValueError("Scorer: a popularity prior needs the items' interaction counts")
+        if item_counts is not None:
             self.set_popularity(item_counts)
+        elif self.popularity_prior:
+            raise ValueError("Scorer: a popularity prior needs the items' interaction counts")
 
     @property
     def items_per_pass(self) -> int:
@@ -105,10 +106,16 @@ class Scorer:
         log_p = log_popularity(torch.cat([counts, counts.new_zeros(1)]))  # + the unseen entry
         self.item_prior = (log_p - log_p[:-1].mean()).float()
 
-    def at_dim(self, dim: int | None) -> Scorer:
-        """The same members, weights and prior, served at another prefix `dim` (None: whole)."""
+    def at_dim(self, dim: int | None, popularity_prior: float | None = None) -> Scorer:
+        """The same members and weights served at another prefix `dim` (None: whole), with the
+        same prior or, given `popularity_prior`, that one over the same item counts."""
+        prior = self.popularity_prior if popularity_prior is None else float(popularity_prior)
+        if not math.isfinite(prior):
+            raise ValueError(f"Scorer.at_dim: expected a finite prior, got {prior!r}")
+        if prior and self.item_prior is None:
+            raise ValueError("Scorer.at_dim: a popularity prior needs the items' counts")
         scorer = Scorer(self.members, self.weights, dim=dim)
-        scorer.popularity_prior, scorer.item_prior = self.popularity_prior, self.item_prior
+        scorer.popularity_prior, scorer.item_prior = prior, self.item_prior
         return scorer
 
     # -- the served vectors -----------------------------------------------------------------

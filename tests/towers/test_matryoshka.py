@@ -157,6 +157,7 @@ def test_a_prefix_with_loss_settings_trains_with_a_loss_of_the_same_class_change
         ([4], [{"temperature": 0.5}, {}], "model.matryoshka_loss"),  # two for one prefix
         ([4], {"temperature": 0.5}, "model.matryoshka_loss"),  # not a list
         ([4], [0.5], "model.matryoshka_loss"),
+        ([4], 0.5, "model.matryoshka_loss"),  # one number
         ([], [{"temperature": 0.5}], "model.matryoshka_loss"),  # without model.matryoshka
     ],
 )
@@ -178,6 +179,34 @@ def test_a_loss_setting_the_class_refuses_names_the_prefix(changes, setting, val
     with pytest.raises(ConfigError) as raised:
         matryoshka.losses(SampledSoftmaxLoss())
     assert raised.value.setting == setting and raised.value.value == value
+
+
+def test_a_prefix_serves_with_its_own_prior_or_the_models():
+    """model.matryoshka_prior=[0.002, null]: the 4-dim prefix's own prior; the 8-dim prefix,
+    the full vector and a dimension that is no prefix keep the model's."""
+    matryoshka = Matryoshka.parse([4, 8], None, D, "cosine", 0, None, [0.002, None])
+    assert matryoshka.priors == (0.002, None)
+    assert [matryoshka.prior(d, 0.0005) for d in (4, 8, None, D, 5)] == [
+        0.002, 0.0005, 0.0005, 0.0005, 0.0005]  # fmt: skip
+    assert Matryoshka.parse([4], None, D, "cosine").prior(4, 0.0005) == 0.0005
+
+
+@pytest.mark.parametrize(
+    ("prefixes", "priors"),
+    [
+        ([4, 8], [0.002]),  # one for two prefixes
+        ([4], 0.002),  # not a list
+        ([4], {"prior": 0.002}),
+        ([4], [float("nan")]),
+        ([4], [True]),
+        ([4], ["0.002"]),
+        ([], [0.002]),  # without model.matryoshka
+    ],
+)
+def test_bad_priors_are_named(prefixes, priors):
+    with pytest.raises(MatryoshkaError) as raised:
+        Matryoshka.parse(prefixes, None, D, "cosine", 0, None, priors)
+    assert raised.value.setting == "model.matryoshka_prior"
 
 
 @pytest.mark.parametrize(("prefixes", "warmup"), [([4], -1), ([4], 1.5), ([4], True), ([], 2)])

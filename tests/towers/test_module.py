@@ -416,14 +416,18 @@ def _validation_batch() -> dict:
             "num_relevant": (relevant >= 0).sum(1)}  # fmt: skip
 
 
-def _recall_by_hand(model: TwoTowerModule, step: dict, dim: int, k: int) -> float:
+def _recall_by_hand(
+    model: TwoTowerModule, step: dict, dim: int, k: int, prior: float | None = None
+) -> float:
     """recall@k when users and items are ranked by the cosine of their first `dim` coordinates
-    plus the popularity prior's beta * log p(item), the user's seen item excluded."""
+    plus the popularity prior's beta * log p(item) (beta: `prior`, else the model's), the user's
+    seen item excluded."""
+    prior = model.popularity_prior if prior is None else prior
     with torch.no_grad():
         users = F.normalize(model.user_tower(step["user_inputs"])[:, :dim], dim=1)
         items = F.normalize(model.item_tower(catalogue().inputs)[:, :dim], dim=1)
     counts = catalogue().counts.double() + 1
-    scores = (users @ items.T).double() + model.popularity_prior * (counts / counts.sum()).log()
+    scores = (users @ items.T).double() + prior * (counts / counts.sum()).log()
     recalls = []
     for user in range(NUM_USERS):
         scores[user, step["seen"][user, 0]] = float("-inf")
@@ -434,22 +438,30 @@ def _recall_by_hand(model: TwoTowerModule, step: dict, dim: int, k: int) -> floa
 
 
 def test_validation_logs_each_trained_prefix_ranked_by_its_own_renormalised_cosine():
+    """Each prefix with the prior it serves with: the 2-dim prefix its own
+    (matryoshka_prior), the 4-dim one and the full vector the model's."""
     torch.manual_seed(0)
     model = _module(
         TowerConfig(embedding_dim=8, init_std=1.0),
         matryoshka=[2, 4],
+        matryoshka_prior=[0.5, None],
         popularity_prior=0.05,
         ks=(1, 3),
     )
+    assert [model.served_prior(d) for d in (2, 4, None, 8)] == [0.5, 0.05, 0.05, 0.05]
     step = _validation_batch()
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
                         enable_model_summary=False)  # fmt: skip
     (logged,) = trainer.validate(model.eval(), DataLoader([step], batch_size=None), verbose=False)
-    for dim, stage in ((2, "val_d2"), (4, "val_d4"), (8, "val")):
+    for dim, stage, prior in ((2, "val_d2", 0.5), (4, "val_d4", 0.05), (8, "val", 0.05)):
         for k in (1, 3):
             assert logged[f"{stage}/recall@{k}"] == pytest.approx(
-                _recall_by_hand(model, step, dim, k)
+                _recall_by_hand(model, step, dim, k, prior)
             )
+    # The 2-dim prefix's own prior changes its ranking: the model's would rank otherwise.
+    assert any(
+        _recall_by_hand(model, step, 2, k, 0.05) != logged[f"val_d2/recall@{k}"] for k in (1, 3)
+    )
     recalls = {logged[f"{stage}/recall@3"] for stage in ("val_d2", "val_d4", "val")}
     assert len(recalls) > 1  # the prefixes rank differently: each stage is its own ranking
 

@@ -203,6 +203,27 @@ def test_a_prefix_serves_each_members_first_coordinates_with_the_ensemble_and_th
     torch.testing.assert_close(served(full.at_dim(8)), served(full))
 
 
+def test_a_prefix_may_serve_with_a_prior_of_its_own_over_the_same_counts():
+    """at_dim(d, prior): the prefix's score with beta = prior times the centred log p of the
+    counts the scorer was given, even where the full vector serves without a prior."""
+    cfg = TowerConfig(embedding_dim=8)
+    members = [member(cfg, 1)]
+    plain = Scorer(members, item_counts=COUNTS)  # counts given, no prior served
+    assert plain.output_dim == 8
+    scorer = plain.at_dim(3, 0.4)
+    assert scorer.popularity_prior == 0.4 and scorer.output_dim == 3 + PRIOR_DIMS
+    assert scorer.to_dict() == {**plain.to_dict(), "dim": 3, "popularity_prior": 0.4}
+    log_p = ((COUNTS + 1.0) / (COUNTS + 1.0).sum()).log()
+    expected = _prefix_scores(*members[0], 3, "cosine") + 0.4 * (log_p - log_p.mean())
+    torch.testing.assert_close(served(scorer), expected)
+    assert plain.at_dim(3).popularity_prior == 0.0  # no prior given: the scorer's own
+    assert plain.at_dim(3, 0.0).output_dim == 3
+    with pytest.raises(ValueError, match="needs the items' counts"):
+        Scorer(members).at_dim(3, 0.4)
+    with pytest.raises(ValueError, match="expected a finite prior"):
+        plain.at_dim(3, float("inf"))
+
+
 def test_a_prefix_longer_than_a_member_is_named():
     members = [member(TowerConfig(embedding_dim=4), 1)]
     with pytest.raises(MatryoshkaError, match=r"export\.dim=5: .* in 1\.\.4"):
