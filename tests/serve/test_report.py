@@ -14,6 +14,7 @@ import shutil
 
 import pytest
 
+import serve.report as serve_report
 import train
 from serve.__main__ import main
 from serve.errors import RequestError
@@ -168,23 +169,29 @@ def test_without_test_pairs_the_curves_say_so_and_unreadable_ones_are_named(trai
     assert raised.value.field == TEST_PAIRS
 
 
-def test_the_bucket_bars_are_named_by_bucket_and_labelled_by_value(monkeypatch):
-    """The x axis names the thirds and the activity groups; each bar carries its own value."""
+def _recorded_axes(monkeypatch) -> list:
+    """The axes of every figure serve.report draws from now on, in order."""
     import serve.report as report
 
     drawn = []
+    original = report._figure
 
     def recording_figure(*args, **kwargs):
         fig, axes = original(*args, **kwargs)
         drawn.append(axes)
         return fig, axes
 
-    original = report._figure
     monkeypatch.setattr(report, "_figure", recording_figure)
+    return drawn
+
+
+def test_the_bucket_bars_are_named_by_bucket_and_labelled_by_value(monkeypatch):
+    """The x axis names the thirds and the activity groups; each bar carries its own value."""
+    drawn = _recorded_axes(monkeypatch)
     groups = ("head", "mid", "tail", "users_light", "users_heavy")
     metrics = {f"test_{g}/recall@20": 0.1 * (i + 1) for i, g in enumerate(groups)}
     metrics |= {f"popularity/test_{g}/recall@20": 0.01 * (i + 1) for i, g in enumerate(groups)}
-    report._buckets_section(metrics)
+    serve_report._buckets_section(metrics)
     (axes,) = drawn
     ticks = [[t.get_text() for t in ax.get_xticklabels()] for ax in axes]
     assert ticks == [["head", "mid", "tail"], ["light", "heavy"]]
@@ -195,24 +202,14 @@ def test_the_bucket_bars_are_named_by_bucket_and_labelled_by_value(monkeypatch):
 def test_the_byte_bars_are_named_by_dimension_and_labelled_by_size(monkeypatch, caplog):
     """Evenly spaced bars with the dimension under each and its bytes on it, drawn without
     matplotlib guessing an axis from strings (it logs when it does)."""
-    import serve.report as report
-
-    drawn = []
-
-    def recording_figure(*args, **kwargs):
-        fig, axes = original(*args, **kwargs)
-        drawn.append(axes)
-        return fig, axes
-
-    original = report._figure
-    monkeypatch.setattr(report, "_figure", recording_figure)
+    drawn = _recorded_axes(monkeypatch)
     metrics = {"test/recall@20": 0.3, "test/recall@50": 0.4, "test/bytes_per_item": 264.0}
     for d, size in ((16, 72.0), (32, 136.0)):
         metrics |= {f"test_d{d}/recall@20": d / 200, f"test_d{d}/recall@50": d / 100}
         metrics[f"test_d{d}/bytes_per_item"] = size
     manifest = {"model": {"scoring": {}, "members": [{"embedding_dim": 64}]}}
     with caplog.at_level("INFO", logger="matplotlib"):
-        report._matryoshka_section(metrics, manifest)
+        serve_report._matryoshka_section(metrics, manifest)
     (axes,) = drawn
     bytes_axis = axes[1]
     assert [t.get_text() for t in bytes_axis.get_xticklabels()] == ["16", "32", "64"]
