@@ -17,6 +17,7 @@ import polars as pl
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 import train as train_module
 from serve import Recommender, read_bundle
@@ -302,6 +303,30 @@ def test_an_experiment_sets_top_level_keys():
         default = compose(config_name="train")
         gowalla = compose(config_name="train", overrides=["experiment=gowalla"])
     assert default.ensemble is False and gowalla.ensemble is True
+
+
+GOWALLA_MATRYOSHKA = [  # the command benchmarks/README.md's Matryoshka figures were measured with
+    "experiment=gowalla",
+    "model.matryoshka=[32,64]",
+    "model.matryoshka_weights=[3,0.5,1]",
+    "model.matryoshka_warmup=7",
+    "trainer.max_epochs=14",
+    "model.matryoshka_loss=[{negative_weight: 100}, null]",
+    "model.matryoshka_prior=[0.002, 0.0015]",
+]
+
+
+def test_the_gowalla_matryoshka_experiment_is_the_measured_command():
+    """experiment=gowalla_matryoshka composes exactly the config of the measured command line,
+    and every Matryoshka setting in it is one the run accepts."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        short = compose(config_name="train", overrides=["experiment=gowalla_matryoshka"])
+        measured = compose(config_name="train", overrides=GOWALLA_MATRYOSHKA)
+    assert OmegaConf.to_container(short, resolve=True) == OmegaConf.to_container(
+        measured, resolve=True
+    )
+    assert short.model.matryoshka_prior == [0.002, 0.0015] and short.trainer.max_epochs == 14
+    train_module._check_settings(short)  # raises a ConfigError for a setting it refuses
 
 
 # -- Matryoshka prefixes, served at one of them ---------------------------------------------------
