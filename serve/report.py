@@ -385,25 +385,28 @@ def _matryoshka_section(metrics: dict, manifest: dict) -> str:
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
     ax_recall.legend(fontsize=8)
-    full = metrics.get(f"{stages[max(dims)]}/recall@{AUDIT_K}") or 0.0
+    full = {k: metrics.get(f"{stages[max(dims)]}/recall@{k}") or 0.0 for k in MATRYOSHKA_KS}
     rows = "".join(
         f"<tr><td>{d}{' (served)' if d == served else ''}</td>"
         + "".join(
             f"<td>{_number(metrics.get(f'{stages[d]}/recall@{k}'))}</td>" for k in MATRYOSHKA_KS
         )
-        + f"<td>{_share(metrics.get(f'{stages[d]}/recall@{AUDIT_K}'), full)}</td>"
+        + "".join(
+            f"<td>{_share(metrics.get(f'{stages[d]}/recall@{k}'), full[k])}</td>"
+            for k in MATRYOSHKA_KS
+        )
         + f"<td>{_number(metrics.get(f'{stages[d]}/{BYTES_PER_ITEM}'), '{:.1f}')}</td></tr>"
         for d in dims
     )
     head = "".join(f"<th>recall@{k}</th>" for k in MATRYOSHKA_KS)
+    head += "".join(f"<th>share of d={max(dims)}'s recall@{k}</th>" for k in MATRYOSHKA_KS)
     return _section(
         "matryoshka",
         "Matryoshka dimensions",
         "<p>Each trained prefix exported as its own bundle (bundle_d&lt;d&gt;/) and ranked on "
         "test through the serving path; bytes per item are the index file's.</p>"
         + _img(fig, "Matryoshka dimension against recall and bytes")
-        + f'<table class="numbers"><tr><th>dimension</th>{head}'
-        f"<th>share of d={max(dims)}'s recall@{AUDIT_K}</th><th>bytes per item</th></tr>"
+        + f'<table class="numbers"><tr><th>dimension</th>{head}<th>bytes per item</th></tr>'
         f"{rows}</table>",
     )
 

@@ -110,6 +110,10 @@ def test_a_full_run_draws_every_section_from_its_own_files(full_run):
     matryoshka = _section(html, "matryoshka")
     for dim in (8, 16):
         assert f"<td>{dim}</td><td>{metrics[f'test_d{dim}/recall@20']:.4f}</td>" in matryoshka
+        shares = [
+            metrics[f"test_d{dim}/recall@{k}"] / metrics[f"test/recall@{k}"] for k in (20, 50)
+        ]
+        assert "".join(f"<td>{share:.1%}</td>" for share in shares) in matryoshka  # of the full
     assert f"<td>32 (served)</td><td>{metrics['test/recall@20']:.4f}</td>" in matryoshka
     sweep = read_bundle(output_dir / "bundle").manifest["index"]["sweep"]
     ann = _section(html, "ann")
