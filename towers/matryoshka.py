@@ -132,21 +132,17 @@ def _weights(weights: Sequence[float] | None, dims: tuple[int, ...]) -> tuple[fl
     """One finite non-negative weight per trained dimension, not all zero (None: all 1)."""
     if weights is None:
         return (1.0,) * len(dims)
-    values = tuple(float(w) for w in weights)
-    if len(values) != len(dims):
+    setting, values = "model.matryoshka_weights", _listed(weights)
+    if values is None or len(values) != len(dims):
         raise MatryoshkaError(
-            "model.matryoshka_weights",
-            list(weights),
+            setting,
+            weights if values is None else values,
             f"expected {len(dims)} weights, one per trained dimension {list(dims)} (the full "
             "vector's last)",
         )
-    if not all(math.isfinite(w) and w >= 0 for w in values) or not sum(values) > 0:
-        raise MatryoshkaError(
-            "model.matryoshka_weights",
-            list(weights),
-            "expected finite non-negative weights, not all zero",
-        )
-    return values
+    if not all(_finite_number(w) and w >= 0 for w in values) or not sum(values) > 0:
+        raise MatryoshkaError(setting, values, "expected finite non-negative weights, not all zero")
+    return tuple(float(w) for w in values)
 
 
 def _finite_number(value: object) -> bool:

@@ -115,6 +115,8 @@ def test_only_the_matryoshka_loss_sees_a_signal_carried_by_the_prefix():
         ([4, 8], [1.0, 1.0], "model.matryoshka_weights", "expected 3 weights"),
         ([4], [1.0, -1.0], "model.matryoshka_weights", "non-negative"),
         ([4], [0.0, 0.0], "model.matryoshka_weights", "not all zero"),
+        ([4], 2.0, "model.matryoshka_weights", "expected 2 weights"),  # one number
+        ([4], ["a", 1.0], "model.matryoshka_weights", "finite non-negative"),
         ([], [1.0], "model.matryoshka_weights", "without model.matryoshka"),
     ],
 )
