@@ -102,17 +102,7 @@ class TwoTowerModule(L.LightningModule):
             }
         )
         self.automatic_optimization = False  # one optimiser each: id tables, dense tables, the rest
-        self.user_tower = UserTower(spec, towers)
-        self.item_tower = ItemTower(spec, towers)
-        if towers.share_item_embeddings:
-            self._tie_item_embeddings()
-        self.popularity_prior = popularity_prior
-        # What validation ranks by: the towers plus the prior (from the training counts).
-        self.scorer = Scorer(
-            [(self.user_tower, self.item_tower)],
-            popularity_prior=popularity_prior,
-            item_counts=catalogue.counts,
-        )
+        self._build_towers(towers, catalogue, popularity_prior)
         self.loss = loss or SampledSoftmaxLoss()
         # The loss of each trained dimension (the full vector's last); the prefixes' own losses,
         # where their settings differ, are registered (a learnable temperature trains with them).
@@ -128,6 +118,22 @@ class TwoTowerModule(L.LightningModule):
         self._catalogue_vectors: dict[int | None, torch.Tensor] = {}
         # Set by configure_optimizers (under Lightning or a plain loop).
         self._row_adams: list[RowAdam] = []
+
+    def _build_towers(
+        self, towers: TowerConfig, catalogue: ItemCatalogue, popularity_prior: float
+    ) -> None:
+        """The user and item towers (the history reading the item id table when shared) and
+        the scorer validation ranks by: the towers plus the prior, from the training counts."""
+        self.user_tower = UserTower(self.spec, towers)
+        self.item_tower = ItemTower(self.spec, towers)
+        if towers.share_item_embeddings:
+            self._tie_item_embeddings()
+        self.popularity_prior = popularity_prior
+        self.scorer = Scorer(
+            [(self.user_tower, self.item_tower)],
+            popularity_prior=popularity_prior,
+            item_counts=catalogue.counts,
+        )
 
     def _tie_item_embeddings(self) -> None:
         """The history reads the item tower's id table, where both exist. Tied in training;
