@@ -133,7 +133,7 @@ def write_report(run_dir: str | Path) -> Path:
             _training_section(run_dir, search, metrics),
             _recall_section(curves, metrics),
             _buckets_section(metrics),
-            _matryoshka_section(metrics, manifest),
+            _matryoshka_section(metrics, manifest, _prefix_priors(run_dir)),
             _ann_section(manifest),
             _recipe_section(search, metrics),
         ]
@@ -340,7 +340,19 @@ def _buckets_section(metrics: dict) -> str:
     )
 
 
-def _matryoshka_section(metrics: dict, manifest: dict) -> str:
+def _prefix_priors(run_dir: Path) -> dict[int, float]:
+    """The popularity prior each exported prefix bundle (bundle_d<d>/) serves with, by d."""
+    priors = {}
+    for path in run_dir.glob("bundle_d*"):
+        if path.name[len("bundle_d") :].isdigit() and path.is_dir():
+            scoring = read_manifest(resolve(path)[0])["model"]["scoring"]
+            priors[int(path.name[len("bundle_d") :])] = float(scoring["popularity_prior"])
+    return priors
+
+
+def _matryoshka_section(metrics: dict, manifest: dict, priors: dict[int, float]) -> str:
+    """Recall and bytes per served dimension; `priors`: each prefix bundle's popularity prior
+    (the served bundle's own from `manifest`)."""
     dims = sorted(int(d) for d in _prefix_dims(metrics))
     if not dims:
         return _section(
@@ -354,6 +366,7 @@ def _matryoshka_section(metrics: dict, manifest: dict) -> str:
     stages = {d: f"test_d{d}" for d in dims}
     stages.setdefault(served, "test")  # export.dim=d serves a prefix that test_d<d> has
     dims = sorted(stages)
+    priors = {**priors, served: float(scoring["popularity_prior"])}
     fig, (ax_recall, ax_bytes) = _figure(9, 3.6, ncols=2)
     for k, style in zip(MATRYOSHKA_KS, ("o-", "s--"), strict=True):
         values = [metrics.get(f"{stages[d]}/recall@{k}") for d in dims]
@@ -395,7 +408,8 @@ def _matryoshka_section(metrics: dict, manifest: dict) -> str:
             f"<td>{_share(metrics.get(f'{stages[d]}/recall@{k}'), full[k])}</td>"
             for k in MATRYOSHKA_KS
         )
-        + f"<td>{_number(metrics.get(f'{stages[d]}/{BYTES_PER_ITEM}'), '{:.1f}')}</td></tr>"
+        + f"<td>{_number(metrics.get(f'{stages[d]}/{BYTES_PER_ITEM}'), '{:.1f}')}</td>"
+        + f"<td>{_number(priors.get(d), '{:g}')}</td></tr>"
         for d in dims
     )
     head = "".join(f"<th>recall@{k}</th>" for k in MATRYOSHKA_KS)
@@ -404,10 +418,11 @@ def _matryoshka_section(metrics: dict, manifest: dict) -> str:
         "matryoshka",
         "Matryoshka dimensions",
         "<p>Each trained prefix exported as its own bundle (bundle_d&lt;d&gt;/) and ranked on "
-        "test through the serving path; bytes per item are the index file's.</p>"
+        "test through the serving path; bytes per item are the index file's; each serves with "
+        "its own popularity prior where model.matryoshka_prior gives one.</p>"
         + _img(fig, "Matryoshka dimension against recall and bytes")
-        + f'<table class="numbers"><tr><th>dimension</th>{head}<th>bytes per item</th></tr>'
-        f"{rows}</table>",
+        + f'<table class="numbers"><tr><th>dimension</th>{head}<th>bytes per item</th>'
+        f"<th>popularity prior</th></tr>{rows}</table>",
     )
 
 

@@ -32,6 +32,7 @@ FULL = [
     "logger=csv",
     "model.towers.embedding_dim=32",
     "model.matryoshka=[8,16]",
+    "model.matryoshka_prior=[0.5, null]",  # the 8-dim prefix's own popularity prior
     "index=ivf",
     f"baselines=[popularity{',als' if HAS_ALS else ''}]",
 ]
@@ -114,6 +115,8 @@ def test_a_full_run_draws_every_section_from_its_own_files(full_run):
             metrics[f"test_d{dim}/recall@{k}"] / metrics[f"test/recall@{k}"] for k in (20, 50)
         ]
         assert "".join(f"<td>{share:.1%}</td>" for share in shares) in matryoshka  # of the full
+    for row, prior in (("8", "0.5"), ("16", "0"), ("32 (served)", "0")):  # the bundles' priors
+        assert re.search(rf"<tr><td>{re.escape(row)}</td>.*?<td>{prior}</td></tr>", matryoshka)
     assert f"<td>32 (served)</td><td>{metrics['test/recall@20']:.4f}</td>" in matryoshka
     sweep = read_bundle(output_dir / "bundle").manifest["index"]["sweep"]
     ann = _section(html, "ann")
@@ -211,9 +214,9 @@ def test_the_byte_bars_are_named_by_dimension_and_labelled_by_size(monkeypatch, 
     for d, size in ((16, 72.0), (32, 136.0)):
         metrics |= {f"test_d{d}/recall@20": d / 200, f"test_d{d}/recall@50": d / 100}
         metrics[f"test_d{d}/bytes_per_item"] = size
-    manifest = {"model": {"scoring": {}, "members": [{"embedding_dim": 64}]}}
+    manifest = {"model": {"scoring": {"popularity_prior": 0.0}, "members": [{"embedding_dim": 64}]}}
     with caplog.at_level("INFO", logger="matplotlib"):
-        serve_report._matryoshka_section(metrics, manifest)
+        serve_report._matryoshka_section(metrics, manifest, priors={})
     (axes,) = drawn
     bytes_axis = axes[1]
     assert [t.get_text() for t in bytes_axis.get_xticklabels()] == ["16", "32", "64"]
