@@ -53,7 +53,7 @@ from serve.evaluate import evaluate_recommender
 from serve.export import export_bundle
 from serve.held_out import TEST_PAIRS, write_held_out
 from serve.recommender import Recommender
-from serve.report import write_report
+from serve.report import BUNDLE, prefix_bundle, write_report
 from serve.versions import resolve
 from towers import ConfigError, FeatureSpec, ItemCatalogue, Scorer, TwoTowerModule
 from towers.checkpoint import Checkpoints
@@ -644,11 +644,11 @@ def _evaluate_prefixes(
     prefix served with its own popularity prior (`model.matryoshka_prior`) or the model's."""
     if selected.matryoshka is None:
         return {}
-    served = read_manifest(resolve(output_dir / "bundle")[0])
+    served = read_manifest(resolve(output_dir / BUNDLE)[0])
     metrics = {f"test/{BYTES_PER_ITEM}": index_bytes_per_item(served)}
     for dim in selected.matryoshka.prefixes:
         prefix_scorer = scorer.at_dim(dim, selected.served_prior(dim))
-        path = _export(cfg, prefix_scorer, data, output_dir / f"bundle_d{dim}")
+        path = _export(cfg, prefix_scorer, data, output_dir / prefix_bundle(dim))
         recommender, stage = Recommender.load(path), f"test_d{dim}"
         metrics |= evaluate_recommender(recommender, data.test, ks, stage=stage)
         metrics[f"{stage}/{BYTES_PER_ITEM}"] = recommender.bundle.bytes_per_item
@@ -844,7 +844,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, floa
     if not _rank_zero():  # DDP: every rank trains; rank 0 exports, evaluates and reports
         log.info("rank %d: training done; rank 0 exports and evaluates", rank_zero_only.rank)
         return metrics
-    bundle_dir = _export(cfg, scorer, data, output_dir / "bundle")
+    bundle_dir = _export(cfg, scorer, data, output_dir / BUNDLE)
     write_held_out(output_dir / TEST_PAIRS, data.test, data.user_vocab, data.item_vocab)
     ks = selected.ks
     metrics.update(_evaluate(cfg, bundle_dir, data, ks))

@@ -53,6 +53,13 @@ from towers.metrics import METRICS, metric_name
 
 REPORT = "report.html"
 BUNDLE = "bundle"  # the served bundle in a run directory (train.py exports it there)
+
+
+def prefix_bundle(dim: int) -> str:
+    """The run directory's bundle of Matryoshka prefix `dim` (train.py exports each there)."""
+    return f"{BUNDLE}_d{dim}"
+
+
 METRICS_JSON = "metrics.json"
 TRAINING_PNG = "training.png"
 RECIPE_JSON = "recipe.json"
@@ -133,7 +140,7 @@ def write_report(run_dir: str | Path) -> Path:
             _training_section(run_dir, search, metrics),
             _recall_section(curves, metrics),
             _buckets_section(metrics),
-            _matryoshka_section(metrics, manifest, _prefix_priors(run_dir)),
+            _matryoshka_section(metrics, manifest, _prefix_priors(run_dir, metrics)),
             _ann_section(manifest),
             _recipe_section(search, metrics),
         ]
@@ -340,13 +347,14 @@ def _buckets_section(metrics: dict) -> str:
     )
 
 
-def _prefix_priors(run_dir: Path) -> dict[int, float]:
-    """The popularity prior each exported prefix bundle (bundle_d<d>/) serves with, by d."""
+def _prefix_priors(run_dir: Path, metrics: dict) -> dict[int, float]:
+    """The popularity prior each prefix bundle the run evaluated (bundle_d<d>/) serves with."""
     priors = {}
-    for path in run_dir.glob("bundle_d*"):
-        if path.name[len("bundle_d") :].isdigit() and path.is_dir():
+    for dim in (int(d) for d in _prefix_dims(metrics)):
+        path = run_dir / prefix_bundle(dim)
+        if path.is_dir():
             scoring = read_manifest(resolve(path)[0])["model"]["scoring"]
-            priors[int(path.name[len("bundle_d") :])] = float(scoring["popularity_prior"])
+            priors[dim] = float(scoring["popularity_prior"])
     return priors
 
 
